@@ -1,0 +1,36 @@
+# Everything runs from a project-local virtual environment that `make` creates and fills
+# from pyproject.toml, so a fresh clone needs nothing but Python 3.10+.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: demo test data models bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+data/shapes.h5: scripts/make_data.py | $(STAMP)
+	$(PY) scripts/make_data.py --out data/shapes.h5
+
+data/models/vgg/model.ckpt.index: scripts/build_vgg.py data/shapes.h5 | $(STAMP)
+	$(PY) scripts/build_vgg.py --data data/shapes.h5 --out data/models/vgg
+
+data: data/shapes.h5
+models: data/models/vgg/model.ckpt.index
+
+demo: $(STAMP) data models
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+bench: $(STAMP) data models
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf demo-out data/*.h5 data/models

@@ -1,0 +1,90 @@
+"""Reference architectures built with their original variable names, in tf.compat.v1 graph mode.
+
+Used by the demo builder, the tests and the benchmarks. No weights are downloaded: every
+network here is built and, where a script says so, trained on data generated in `data/`.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+v1 = tf.compat.v1
+
+VGG16_BLOCKS = (2, 2, 3, 3, 3)
+VGG16_WIDTHS = (64, 128, 256, 512, 512)
+
+
+def _conv(net, out_channels: int, kernel: int, scope: str, padding: str = "SAME", relu: bool = True):
+    """A TF-slim style conv layer: `scope/weights`, `scope/biases`, op `scope/Relu`."""
+    with v1.variable_scope(scope):
+        w = v1.get_variable("weights", [kernel, kernel, int(net.shape[-1]), out_channels],
+                            initializer=v1.variance_scaling_initializer(2.0))
+        b = v1.get_variable("biases", [out_channels], initializer=v1.zeros_initializer())
+        net = tf.nn.bias_add(tf.nn.conv2d(net, w, strides=[1, 1, 1, 1], padding=padding), b)
+        return tf.nn.relu(net, name="Relu") if relu else net
+
+
+def vgg(inputs, num_classes: int, *, blocks=VGG16_BLOCKS, widths=VGG16_WIDTHS, fc_width: int = 4096,
+        scope: str = "vgg_16", aliases: bool = True):
+    """TF-slim's `vgg_16` layout and names (`vgg_16/conv1/conv1_1/weights`, …, `vgg_16/fc8/biases`).
+
+    Fully connected layers are convolutions as in slim (`fc6` spans the last feature map).
+    With `aliases`, top-level Identity ops `fc6`, `fc7`, `fc8` make `fc7:0` a tensor name.
+    Returns logits [batch, num_classes].
+    """
+    net = inputs
+
+    def alias(net4d, name):  # `name:0` = the [batch, C] activation, on the path to the logits
+        if not aliases:
+            return net4d
+        squeezed = tf.squeeze(net4d, [1, 2])
+        with v1.get_default_graph().name_scope(None):  # a top-level name
+            flat = tf.identity(squeezed, name=name)
+        return flat[:, None, None, :]
+
+    with v1.variable_scope(scope):
+        for b, (n, width) in enumerate(zip(blocks, widths), start=1):
+            with v1.variable_scope(f"conv{b}"):
+                for i in range(1, n + 1):
+                    net = _conv(net, width, 3, f"conv{b}_{i}")
+            net = tf.nn.max_pool2d(net, 2, 2, "VALID", name=f"pool{b}")
+        net = _conv(net, fc_width, int(net.shape[1]), "fc6", padding="VALID")
+        net = _conv(alias(net, "fc6"), fc_width, 1, "fc7")
+        net = _conv(alias(net, "fc7"), num_classes, 1, "fc8", relu=False)
+        logits = tf.squeeze(net, [1, 2], name="fc8/squeezed")
+    if aliases:
+        with v1.get_default_graph().name_scope(None):
+            logits = tf.identity(logits, name="fc8")
+    return logits
+
+
+def vgg_16(num_classes: int = 1000, image_size: int = 224, aliases: bool = False):
+    """The full VGG-16 (138,357,544 parameters at 1000 classes) in the current default graph.
+
+    Placeholder `input` [?, 224, 224, 3] → `vgg_16/predictions` (softmax). Returns (input, probabilities).
+    """
+    images = v1.placeholder(tf.float32, [None, image_size, image_size, 3], name="input")
+    logits = vgg(images, num_classes, aliases=aliases)
+    return images, tf.nn.softmax(logits, name="vgg_16/predictions")
+
+
+def two_tower(num_items: int = 500, item_features: int = 32, user_features: int = 16, dim: int = 32,
+              tower_width: int = 128):
+    """A recommender: an item tower (heavy, offline) and a user tower (live), scored by a dot product
+    and a small MLP. Names: `item_features`, `user_features` placeholders, `item_tower/embedding`,
+    `user_tower/embedding`, `score`."""
+    items = v1.placeholder(tf.float32, [None, item_features], name="item_features")
+    users = v1.placeholder(tf.float32, [None, user_features], name="user_features")
+    with v1.variable_scope("item_tower"):
+        h = items
+        for i in range(3):
+            h = v1.layers.dense(h, tower_width, activation=tf.nn.relu, name=f"dense_{i}")
+        item_emb = tf.identity(v1.layers.dense(h, dim, name="project"), name="embedding")
+    with v1.variable_scope("user_tower"):
+        u = v1.layers.dense(users, tower_width // 2, activation=tf.nn.relu, name="dense_0")
+        user_emb = tf.identity(v1.layers.dense(u, dim, name="project"), name="embedding")
+    with v1.variable_scope("scorer"):
+        joint = tf.concat([item_emb * user_emb, item_emb, user_emb], axis=1)
+        h = v1.layers.dense(joint, 32, activation=tf.nn.relu, name="dense")
+        logit = tf.squeeze(v1.layers.dense(h, 1, name="logit"), [1])
+    return items, users, tf.sigmoid(logit, name="score")

@@ -1,0 +1,62 @@
+"""Atomic writes: every output goes to a temporary name beside its target and is renamed
+into place only once complete, so a refused or killed command never leaves a partial file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+from .errors import OutputError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str, *, directory: bool = False):
+    """Yield a temporary path beside `target`; on success rename it onto `target`.
+
+    With `directory=True` the temporary path is an empty directory and replaces a
+    directory at `target` (the old one is removed only after the new one is complete).
+    On any exception the temporary path is removed and `target` is left as it was.
+    """
+    target = os.path.abspath(target)
+    parent = os.path.dirname(target)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        if directory:
+            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
+            os.close(fd)
+    except OSError as e:
+        raise OutputError(f"cannot write to {parent}: {e.strerror}", "choose a writable output location") from e
+    try:
+        yield tmp
+        if directory:
+            if os.path.isdir(target):
+                old = tmp + ".old"
+                os.rename(target, old)
+                os.rename(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, target)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_bytes(target: str, data: bytes) -> None:
+    """Write `data` to `target` atomically."""
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def write_text(target: str, text: str) -> None:
+    """Write `text` to `target` atomically."""
+    write_bytes(target, text.encode("utf-8"))

@@ -1,0 +1,180 @@
+"""`surgery inspect`: what a model is, what goes in, what comes out, and what it weighs."""
+
+from __future__ import annotations
+
+import collections
+import re
+
+from . import tfcompat
+from .errors import SurgeryError
+from .names import NOT_OUTPUT_OP_TYPES, is_machinery
+
+tf = tfcompat.tf
+
+
+
+def tensor_info(tensor) -> dict:
+    """`{name, dtype, shape}` with unknown dims as None (the contract's tensor form)."""
+    shape = tensor.shape
+    dims = None if shape.rank is None else [d for d in shape.as_list()]
+    return {"name": tensor.name, "dtype": tensor.dtype.name, "shape": dims}
+
+
+def likely_inputs(model) -> list:
+    """Placeholders the model's answers depend on (signature inputs for a SavedModel)."""
+    sig = _signature(model)
+    if sig is not None:
+        return [_resolve_sig(model, t) for t in sig.inputs.values()]
+    out = []
+    for op in model.graph.get_operations():
+        if op.type in ("Placeholder", "PlaceholderWithDefault") and not is_machinery(op.name, op.type):
+            if any(not is_machinery(c.name, c.type) for c in op.outputs[0].consumers()) or op.type == "Placeholder":
+                out.append(tensor_info(op.outputs[0]))
+    return out
+
+
+def likely_outputs(model) -> list:
+    """Tensors nothing consumes, minus training/saver/summary/initializer machinery."""
+    sig = _signature(model)
+    if sig is not None:
+        return [_resolve_sig(model, t) for t in sig.outputs.values()]
+    out = []
+    for op in model.graph.get_operations():
+        if op.type in NOT_OUTPUT_OP_TYPES or is_machinery(op.name, op.type) or not op.outputs:
+            continue
+        if all(is_machinery(c.name, c.type) for t in op.outputs for c in t.consumers()):
+            out.extend(tensor_info(t) for t in op.outputs)
+    return out
+
+
+def _signature(model):
+    sigs = model.signature_defs
+    if not sigs:
+        return None
+    return sigs.get("serving_default") or sigs[sorted(sigs)[0]]
+
+
+def _resolve_sig(model, tensor_info_proto) -> dict:
+    try:
+        return tensor_info(model.graph.get_tensor_by_name(tensor_info_proto.name))
+    except (KeyError, ValueError):
+        dims = None if tensor_info_proto.tensor_shape.unknown_rank else [
+            None if d.size < 0 else d.size for d in tensor_info_proto.tensor_shape.dim]
+        return {"name": tensor_info_proto.name, "dtype": tf.as_dtype(tensor_info_proto.dtype).name, "shape": dims}
+
+
+def count_params(model) -> int:
+    """Model variables' element count (optimizer slots, `global_step` and other training
+    bookkeeping excluded); for a frozen graph, the float constants of rank ≥ 1 (its weights)."""
+    variables = model.variables()
+    if variables or not model.is_frozen:
+        return sum(v.num_elements for v in variables if not is_machinery(v.name, v.op_type))
+    total = 0
+    for node in model.graph_def.node:
+        if node.op == "Const" and node.attr["dtype"].type in (tf.float32.as_datatype_enum, tf.float16.as_datatype_enum,
+                                                              tf.float64.as_datatype_enum, tf.bfloat16.as_datatype_enum):
+            dims = [d.size for d in node.attr["value"].tensor.tensor_shape.dim]
+            if dims:
+                n = 1
+                for d in dims:
+                    n *= d
+                total += n
+    return total
+
+
+def inspect_model(model, *, tensors: str | None = None) -> dict:
+    """The contract's report: format, num_nodes, ops, inputs, outputs, variables, num_params[, tensors]."""
+    ops = collections.Counter(node.op for node in model.graph_def.node)
+    report = {
+        "path": model.path,
+        "format": model.format,
+        "num_nodes": len(model.graph_def.node),
+        "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "inputs": likely_inputs(model),
+        "outputs": likely_outputs(model),
+        "variables": [{"name": v.name, "dtype": v.dtype, "shape": list(v.shape), "bytes": v.nbytes,
+                       "training_only": is_machinery(v.name, v.op_type)} for v in model.variables()],
+        "num_params": count_params(model),
+        "checkpoint": model.checkpoint,
+    }
+    if model.graph_def.library.function:
+        report["num_functions"] = len(model.graph_def.library.function)
+    if tensors is not None:
+        try:
+            pattern = re.compile(tensors)
+        except re.error as e:
+            raise SurgeryError(f"--tensors '{tensors}' is not a valid regular expression: {e}",
+                               "escape special characters, e.g. 'fc7' or 'conv1/.*'") from e
+        report["tensors"] = [tensor_info(t) for op in model.graph.get_operations() for t in op.outputs
+                             if pattern.search(t.name)]
+    return report
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _shape_str(shape) -> str:
+    if shape is None:
+        return "<unknown rank>"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _table(rows, indent="  ") -> list[str]:
+    if not rows:
+        return [indent + "(none)"]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def format_report(report: dict, *, description: str = "", max_rows: int = 40) -> str:
+    """A readable report for people: summary, inputs, outputs, variables, op histogram."""
+    weights = [v for v in report["variables"] if not v.get("training_only")]
+    training = [v for v in report["variables"] if v.get("training_only")]
+    var_bytes = sum(v["bytes"] for v in weights)
+    lines = [f"Model  {report['path']}",
+             f"  format      {report['format']}" + (f"  ({description})" if description else "")]
+    if report.get("checkpoint"):
+        lines.append(f"  weights     {report['checkpoint']}")
+    lines.append(f"  nodes       {report['num_nodes']:,}  ({len(report['ops'])} op types"
+                 + (f", {report['num_functions']} functions" if report.get("num_functions") else "") + ")")
+    if report["variables"]:
+        lines.append(f"  parameters  {report['num_params']:,} in {len(weights)} variables ({_human_bytes(var_bytes)})"
+                     + (f", plus {len(training)} optimizer/bookkeeping variables" if training else ""))
+    else:
+        lines.append(f"  parameters  {report['num_params']:,} (weight constants)")
+
+    def tensor_rows(ts):
+        return [(t["name"], t["dtype"], _shape_str(t["shape"])) for t in ts]
+
+    lines += ["", "Inputs"] + _table(tensor_rows(report["inputs"]))
+    lines += ["", "Outputs"] + _table(tensor_rows(report["outputs"]))
+    if weights:
+        rows = [(v["name"], v["dtype"], _shape_str(v["shape"]), _human_bytes(v["bytes"])) for v in weights[:max_rows]]
+        lines += ["", f"Variables ({len(weights)})"] + _table(rows)
+        if len(weights) > max_rows:
+            lines.append(f"  … {len(weights) - max_rows} more (use --json for all)")
+    if training:
+        names = ", ".join(v["name"] for v in training[:4])
+        lines.append(f"  + {len(training)} optimizer/bookkeeping: {names}" + (" …" if len(training) > 4 else ""))
+    ops = list(report["ops"].items())
+    top = ops[:12]
+    if top:
+        peak = top[0][1]
+        width = max(len(k) for k, _ in top)
+        lines += ["", "Ops (most common)"]
+        for name, count in top:
+            bar = "█" * max(1, round(24 * count / peak))
+            lines.append(f"  {name.ljust(width)}  {str(count).rjust(5)}  {bar}")
+        if len(ops) > len(top):
+            lines.append(f"  … {len(ops) - len(top)} more op types: " + ", ".join(k for k, _ in ops[len(top):][:10])
+                         + (" …" if len(ops) - len(top) > 10 else ""))
+    if "tensors" in report:
+        lines += ["", f"Tensors matching ({len(report['tensors'])})"] + _table(tensor_rows(report["tensors"][:200]))
+        if len(report["tensors"]) > 200:
+            lines.append(f"  … {len(report['tensors']) - 200} more (use --json for all)")
+    return "\n".join(lines)

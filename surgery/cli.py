@@ -164,22 +164,36 @@ def _cmd_freeze(args) -> int:
     return 0
 
 
-def _not_yet(args) -> int:
+# Each command below has its handler `_cmd_<name>`; `main` dispatches on the name.
+
+def _cmd_restore(args) -> int:
+    return _not_available(args)
+
+
+def _cmd_finetune(args) -> int:
+    return _not_available(args)
+
+
+def _cmd_split(args) -> int:
+    return _not_available(args)
+
+
+def _cmd_precompute(args) -> int:
+    return _not_available(args)
+
+
+def _cmd_export(args) -> int:
+    return _not_available(args)
+
+
+def _cmd_audit(args) -> int:
+    return _not_available(args)
+
+
+def _not_available(args) -> int:
     from .errors import SurgeryError
 
     raise SurgeryError(f"`surgery {args.command}` is not available in this version", "see README.md for what ships")
-
-
-HANDLERS = {
-    "inspect": _cmd_inspect,
-    "freeze": _cmd_freeze,
-    "restore": _not_yet,
-    "finetune": _not_yet,
-    "split": _not_yet,
-    "precompute": _not_yet,
-    "export": _not_yet,
-    "audit": _not_yet,
-}
 
 
 def _quiet_tensorflow(verbose: bool) -> None:
@@ -204,7 +218,7 @@ def main(argv=None) -> int:
     from .errors import SurgeryError
 
     try:
-        return HANDLERS[args.command](args)
+        return globals()[f"_cmd_{args.command}"](args)
     except SurgeryError as e:
         if args.verbose:
             import traceback

@@ -1,0 +1,62 @@
+"""`manifest.json`: what a directory of pieces holds and how to feed and fetch each one.
+
+    {"format": "surgery-manifest/1", "source": {...},
+     "pieces": {NAME: {"graph": FILE, "inputs": [{name, dtype, shape}], "outputs": [...]}}, ...}
+
+Names are those to feed and fetch after `tf.import_graph_def(graph_def, name="")`. `split` adds
+`cut` and `verification`, `finetune` adds `checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .errors import ModelLoadError
+from .files import write_text
+
+FORMAT = "surgery-manifest/1"
+FILENAME = "manifest.json"
+
+
+def source_info(model) -> dict:
+    """Where the pieces came from: the model path, its format and its checkpoint."""
+    return {"path": os.path.abspath(model.path), "format": model.format,
+            "checkpoint": os.path.abspath(model.checkpoint) if model.checkpoint else None}
+
+
+def piece(graph_file: str, frozen) -> dict:
+    """A manifest piece for a `FrozenGraph` written to `graph_file` (relative to the manifest)."""
+    return {"graph": graph_file, "inputs": frozen.inputs, "outputs": frozen.outputs}
+
+
+def write_manifest(directory: str, *, source: dict, pieces: dict, **extra) -> dict:
+    """Write `directory/manifest.json` atomically; returns the manifest."""
+    manifest = {"format": FORMAT, "source": source, "pieces": pieces, **extra}
+    write_text(os.path.join(directory, FILENAME), json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(directory: str) -> dict:
+    """Read and check `directory/manifest.json`."""
+    path = os.path.join(directory, FILENAME)
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError as e:
+        raise ModelLoadError(f"{directory} has no {FILENAME}", "pass a directory written by `surgery split` "
+                             "or `surgery finetune`, or a .pb") from e
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path} is not valid JSON: {e}", "write the pieces again") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("pieces"), dict):
+        raise ModelLoadError(f"{path} is not a {FORMAT} manifest", "write the pieces again with this version")
+    return manifest
+
+
+def piece_path(directory: str, manifest: dict, name: str) -> str:
+    """The absolute path of piece `name`'s graph file."""
+    pieces = manifest["pieces"]
+    if name not in pieces:
+        raise ModelLoadError(f"{directory}/{FILENAME} has no piece '{name}'",
+                             "pieces here: " + ", ".join(sorted(pieces)))
+    return os.path.join(directory, pieces[name]["graph"])

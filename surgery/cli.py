@@ -38,6 +38,8 @@ class _Parser(argparse.ArgumentParser):
 def _model_arg(p, name="MODEL", help_text="checkpoint prefix, .meta, checkpoint dir, .pb/.pbtxt or SavedModel dir"):
     p.add_argument("model", metavar=name, help=help_text)
     p.add_argument("--tag-set", default="serve", help="SavedModel tag set (default: serve)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a graph with ops that touch files, the network or Python (see `surgery audit`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,7 +189,28 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_audit(args) -> int:
-    return _not_available(args)
+    from .audit import audit_model, format_audit
+    from .model import parse_model
+
+    report = audit_model(parse_model(args.model, tag_set=args.tag_set))
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_audit(report))
+    return 0 if report["clean"] else 3
+
+
+def _refuse_flagged(args) -> None:
+    """--strict: audit MODEL before any command touches it."""
+    from .audit import audit_model, strict_violations
+    from .errors import SurgeryError
+    from .model import parse_model
+
+    bad = strict_violations(audit_model(parse_model(args.model, tag_set=args.tag_set)))
+    if bad:
+        listed = ", ".join(f"{f['name']} ({f['op']})" for f in bad[:3]) + (" …" if len(bad) > 3 else "")
+        raise SurgeryError(f"--strict: {args.model} has {len(bad)} op(s) that touch files, the network or "
+                           f"Python: {listed}", "run `surgery audit` on it, or drop --strict if you trust it")
 
 
 def _not_available(args) -> int:
@@ -218,6 +241,8 @@ def main(argv=None) -> int:
     from .errors import SurgeryError
 
     try:
+        if getattr(args, "strict", False) and args.command != "audit":
+            _refuse_flagged(args)
         return globals()[f"_cmd_{args.command}"](args)
     except SurgeryError as e:
         if args.verbose:

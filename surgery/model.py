@@ -7,6 +7,7 @@ SavedModel directory (TF1, or TF2/Keras: object-based, functions + resource vari
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import glob
@@ -19,6 +20,9 @@ from .errors import ModelLoadError, SurgeryError
 from .names import VARIABLE_OP_TYPES
 
 tf = tfcompat.tf
+
+# False while `parse_model` runs: the protos are read but never handed to TensorFlow.
+_IMPORT_GRAPHS = contextvars.ContextVar("import_graphs", default=True)
 
 FORMAT_DESCRIPTIONS = {
     "checkpoint": "checkpoint prefix (.meta graph + checkpoint weights)",
@@ -245,6 +249,8 @@ def _parse_proto(proto, path: str, *, text: bool, what: str):
 
 
 def _import(graph_def=None, meta_graph_def=None, path: str = ""):
+    if not _IMPORT_GRAPHS.get():
+        return None
     graph = tf.Graph()
     try:
         with graph.as_default():
@@ -303,3 +309,16 @@ def _load_saved_model(directory: str, tag_set: str) -> Model:
     return Model(path=directory, format="saved_model_tf2" if tf2 else "saved_model", graph=graph,
                  graph_def=mg.graph_def, meta_graph_def=mg, checkpoint=checkpoint,
                  signature_defs=dict(mg.signature_def))
+
+
+def parse_model(path: str, *, tag_set: str = "serve") -> Model:
+    """Like `load_model`, but the graph is parsed and never imported (`model.graph` is None).
+
+    For `audit`: a hostile or broken graph (unknown ops, bad inputs) can still be read and
+    reported on, since nothing of it reaches TensorFlow's runtime.
+    """
+    token = _IMPORT_GRAPHS.set(False)
+    try:
+        return load_model(path, tag_set=tag_set)
+    finally:
+        _IMPORT_GRAPHS.reset(token)

@@ -1,0 +1,171 @@
+"""`surgery audit`: a graph is a program. List every op that touches files, the network, the
+environment or Python, where it sits, and whether the model's outputs depend on it.
+
+Works on the parsed GraphDef only (`model.parse_model`): nothing of an untrusted graph is
+imported or run, so unknown or hostile ops can be reported too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .names import NOT_OUTPUT_OP_TYPES, is_machinery, node_input_op, split_tensor_name
+
+FILE_OPS = frozenset({
+    "ReadFile", "WriteFile", "MatchingFiles", "Save", "SaveV2", "SaveSlices", "Restore", "RestoreV2",
+    "RestoreSlice", "MergeV2Checkpoints", "ImmutableConst", "InitializeTableFromTextFile",
+    "InitializeTableFromTextFileV2", "LoadAndRemapMatrix", "GenerateVocabRemapping",
+    "TFRecordReader", "TFRecordReaderV2", "TextLineReader", "TextLineReaderV2", "WholeFileReader",
+    "WholeFileReaderV2", "FixedLengthRecordReader", "FixedLengthRecordReaderV2", "LMDBReader",
+    "IdentityReader", "IdentityReaderV2", "RecordInput",
+    "TFRecordDataset", "TFRecordDatasetV2", "TextLineDataset", "FixedLengthRecordDataset",
+    "FixedLengthRecordDatasetV2", "LMDBDataset", "ExperimentalLMDBDataset", "MatchingFilesDataset",
+    "ExperimentalMatchingFilesDataset", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord",
+    "SaveDataset", "SaveDatasetV2", "LoadDataset", "DistributedSave", "SnapshotDataset", "SnapshotDatasetV2",
+    "SnapshotDatasetReader", "SnapshotNestedDatasetReader", "SnapshotChunkDataset", "ListSnapshotChunksDataset",
+    "CacheDataset", "CacheDatasetV2",
+    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary", "WriteScalarSummary",
+    "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary", "WriteGraphSummary",
+    "WriteRawProtoSummary", "FlushSummaryWriter", "CloseSummaryWriter",
+    "DebugIdentity", "DebugIdentityV2", "DebugIdentityV3", "DebugNanCount", "DebugNumericSummary",
+    "DebugNumericSummaryV2",
+})
+NETWORK_OPS = frozenset({
+    "Rpc", "TryRpc", "SqlDataset", "ExperimentalSqlDataset", "DataServiceDataset", "DataServiceDatasetV2",
+    "DataServiceDatasetV3", "DataServiceDatasetV4", "BigQueryReader", "GcsConfigureCredentials",
+    "GcsConfigureBlockCache", "CollectiveReduce", "CollectiveReduceV2", "CollectiveGather",
+    "CollectiveGatherV2", "CollectiveBcastSend", "CollectiveBcastRecv", "CollectiveBcastSendV2",
+    "CollectiveBcastRecvV2", "_Send", "_Recv", "_HostSend", "_HostRecv",
+})
+PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+ENVIRONMENT_OPS = frozenset({"Print", "PrintV2", "FileSystemSetConfiguration", "Timestamp"})
+# Ops whose attrs may name a file (a protobuf descriptor set on disk).
+DESCRIPTOR_OPS = frozenset({"DecodeProtoV2", "EncodeProto"})
+CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+
+
+@dataclasses.dataclass
+class Finding:
+    name: str  # the node's name (for ops inside functions: "FUNCTION/node")
+    op: str
+    category: str  # files | network | python | environment
+    where: str  # "graph" or "function F, called by node N"
+    on_output_path: bool  # the likely outputs depend on it
+    checkpoint_machinery: bool  # a Saver's own save/restore op, off the output path
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def category(node) -> str | None:
+    if node.op in FILE_OPS:
+        return "files"
+    if node.op in NETWORK_OPS:
+        return "network"
+    if node.op in PYTHON_OPS:
+        return "python"
+    if node.op in ENVIRONMENT_OPS:
+        return "environment"
+    if node.op in DESCRIPTOR_OPS and node.attr["descriptor_source"].s not in (b"", b"local://"):
+        return "files"
+    return None
+
+
+def _called_functions(node, library_names) -> list[str]:
+    """Functions a node calls: its op itself, or any `func`-typed attr (If/While/PartitionedCall...)."""
+    out = [node.op] if node.op in library_names else []
+    for value in node.attr.values():
+        if value.HasField("func") and value.func.name in library_names:
+            out.append(value.func.name)
+        for f in value.list.func:
+            if f.name in library_names:
+                out.append(f.name)
+    return out
+
+
+def _function_findings(library) -> dict:
+    """{function name: [(node name, op, category)]}, following calls between functions."""
+    functions = {f.signature.name: f for f in library.function}
+    direct = {name: [(n.name, n.op, c) for n in f.node_def if (c := category(n))] for name, f in functions.items()}
+    calls = {name: {g for n in f.node_def for g in _called_functions(n, functions)} for name, f in functions.items()}
+    result = {}
+    for name in functions:
+        seen, stack, found = set(), [name], []
+        while stack:
+            fn = stack.pop()
+            if fn in seen:
+                continue
+            seen.add(fn)
+            found += [(f"{fn}/{n}", op, c) for n, op, c in direct[fn]]
+            stack.extend(calls[fn])
+        result[name] = found
+    return result
+
+
+def likely_output_nodes(graph_def, signature_outputs=()) -> list[str]:
+    """Output node names: the signature's, or nodes nothing consumes (minus machinery)."""
+    if signature_outputs:
+        return [split_tensor_name(t)[0] for t in signature_outputs]
+    consumed = {node_input_op(i) for n in graph_def.node for i in n.input}
+    return [n.name for n in graph_def.node if n.name not in consumed and n.op not in NOT_OUTPUT_OP_TYPES
+            and not is_machinery(n.name, n.op)]
+
+
+def _ancestors(graph_def, roots) -> set:
+    inputs = {n.name: [node_input_op(i) for i in n.input] for n in graph_def.node}
+    seen, stack = set(), [r for r in roots if r in inputs]
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            stack.extend(inputs.get(name, ()))
+    return seen
+
+
+def audit_graph_def(graph_def, *, outputs=()) -> dict:
+    """Findings for a GraphDef: `{"clean", "outputs", "findings": [Finding.as_dict()]}`."""
+    outputs = likely_output_nodes(graph_def, outputs)
+    on_path = _ancestors(graph_def, outputs)
+    functions = _function_findings(graph_def.library)
+    findings = []
+    for node in graph_def.node:
+        c = category(node)
+        if c:
+            findings.append(Finding(node.name, node.op, c, "graph", node.name in on_path,
+                                    node.name not in on_path and is_machinery(node.name, node.op)))
+        for fn in _called_functions(node, functions):
+            for name, op, c in functions[fn]:
+                findings.append(Finding(name, op, c, f"function {fn}, called by {node.name}",
+                                        node.name in on_path, False))
+    return {"clean": not findings, "outputs": outputs, "findings": [f.as_dict() for f in findings]}
+
+
+def audit_model(model) -> dict:
+    """Audit a `Model` (from `parse_model` or `load_model`), outputs from its signature if any."""
+    sig = model.signature_defs.get("serving_default") if model.signature_defs else None
+    outputs = [t.name for t in sig.outputs.values()] if sig is not None else ()
+    report = audit_graph_def(model.graph_def, outputs=outputs)
+    report.update(path=model.path, format=model.format)
+    return report
+
+
+def strict_violations(report: dict) -> list[dict]:
+    """Findings `--strict` refuses: everything but a Saver's own ops off the output path."""
+    return [f for f in report["findings"] if not f["checkpoint_machinery"]]
+
+
+def format_audit(report: dict) -> str:
+    findings = report["findings"]
+    lines = [f"Audit  {report['path']}  ({report['format']})"]
+    if not findings:
+        lines.append("  clean: no op touches files, the network, the environment or Python")
+        return "\n".join(lines)
+    lines.append(f"  {len(findings)} op(s) touch files, the network, the environment or Python:")
+    rows = [(f["category"], f["name"], f["op"],
+             "on the output path" if f["on_output_path"] else
+             ("checkpoint machinery, off the output path" if f["checkpoint_machinery"] else "off the output path"),
+             "" if f["where"] == "graph" else f["where"]) for f in findings]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + (f"  [{r[4]}]" if r[4] else ""))
+    return "\n".join(lines)

@@ -248,9 +248,48 @@ def _parse_proto(proto, path: str, *, text: bool, what: str):
     return proto
 
 
+MAX_DECLARED_ELEMENTS = 2**31  # more than a 2 GB GraphDef can hold: such a Const is a hostile fill
+
+
+def _dtype_name(enum: int) -> str:
+    try:
+        return tf.as_dtype(enum).name
+    except (TypeError, ValueError):
+        return f"dtype #{enum}"
+
+
+def validate_constants(graph_def, path: str) -> None:
+    """Refuse Const nodes TensorFlow would crash or balloon on: a dtype that disagrees with the
+    tensor, content of the wrong length, or a declared shape far larger than the file."""
+    for node in graph_def.node:
+        if node.op != "Const" or "value" not in node.attr:
+            continue
+        tensor = node.attr["value"].tensor
+        where = f"{path}: constant '{node.name}'"
+        if "dtype" in node.attr and tensor.dtype != node.attr["dtype"].type:
+            raise ModelLoadError(f"{where} declares dtype {_dtype_name(node.attr['dtype'].type)} but holds "
+                                 f"{_dtype_name(tensor.dtype)}",
+                                 "the graph is corrupt or was edited by hand; export it again")
+        dims = [d.size for d in tensor.tensor_shape.dim]
+        if any(d < 0 for d in dims):
+            raise ModelLoadError(f"{where} has a negative dimension {dims}", "the graph is corrupt; export it again")
+        n = int(np.prod(dims, dtype=object)) if dims else 1
+        if n > MAX_DECLARED_ELEMENTS:
+            raise ModelLoadError(f"{where} declares {n:,} elements", "the graph is corrupt or hostile; do not run it")
+        if tensor.tensor_content:
+            try:
+                itemsize = tf.as_dtype(tensor.dtype).size
+            except (TypeError, ValueError):
+                itemsize = 0
+            if itemsize and len(tensor.tensor_content) != n * itemsize:
+                raise ModelLoadError(f"{where} holds {len(tensor.tensor_content)} bytes for shape {dims}",
+                                     "the graph is corrupt or truncated; export it again")
+
+
 def _import(graph_def=None, meta_graph_def=None, path: str = ""):
     if not _IMPORT_GRAPHS.get():
         return None
+    validate_constants(graph_def if graph_def is not None else meta_graph_def.graph_def, path)
     graph = tf.Graph()
     try:
         with graph.as_default():

@@ -31,6 +31,25 @@ def run_cli(*args, cwd=None, timeout=300):
                           env=env, cwd=cwd, timeout=timeout)
 
 
+def cli(*args):
+    """Run `surgery ARGS` in this process (fast: TensorFlow is already imported).
+
+    Same result shape as `run_cli`; use `run_cli` where a separate process matters.
+    """
+    import contextlib
+    import io
+
+    from surgery.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse usage errors
+            code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def build_small_cnn(resource: bool = True, seed: int = 0):
     """A tiny CNN in the default graph: `images` [?, 8, 8, 3] → `net/fc2/logits` → `probs`.
     Returns (images, probs). Variables are ref (`VariableV2`) when `resource=False`."""

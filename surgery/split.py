@@ -34,7 +34,7 @@ tf = tfcompat.tf
 OFFLINE_FILE, ONLINE_FILE = "offline.pb", "online.pb"
 # v1 control flow: a tensor between a Switch and its Merge (or an Enter and its Exit) only exists
 # inside a frame; a placeholder cannot stand in for it.
-_FRAME_OPEN = {"Switch": "Merge", "RefSwitch": "Merge", "Enter": "Exit", "RefEnter": "Exit"}
+_FRAME_CLOSE = {"Merge", "RefMerge", "Exit", "RefExit"}
 _FRAME_OPS = {"Switch", "RefSwitch", "Enter", "RefEnter", "NextIteration", "LoopCond", "RefNextIteration"}
 
 
@@ -82,10 +82,6 @@ def split_model(model, cut, outputs, *, inputs=None) -> Split:
     cut_ancestors = _ancestor_ops(cut_tensors)
     if inputs:
         offline = resolve_tensors(graph, inputs)
-        for t in offline:
-            if t.op not in cut_ancestors:
-                raise CutError(f"input '{t.name}' does not reach any cut tensor ({', '.join(sorted(cut_names))})",
-                               "name as --inputs only tensors below the cut")
     else:
         offline = [op.outputs[0] for op in cut_ancestors
                    if op.type == "Placeholder" and not _is_setting(op.outputs[0])]
@@ -94,6 +90,10 @@ def split_model(model, cut, outputs, *, inputs=None) -> Split:
         raise CutError(f"the cut tensors {', '.join(sorted(cut_names))} depend on no input placeholder",
                        "cut below the heavy part, or name its inputs with --inputs")
     _check_separates(out_tensors, cut_tensors, offline)
+    for t in offline:
+        if t.op not in cut_ancestors:
+            raise CutError(f"input '{t.name}' does not reach any cut tensor ({', '.join(sorted(cut_names))})",
+                           "name as --inputs only tensors below the cut")
 
     online_sources = _ancestor_ops(out_tensors, stop=cut_names)
     for t in cut_tensors:
@@ -140,31 +140,34 @@ def _check_cuttable(tensor) -> None:
                        "cut at a layer's output, e.g. its Relu")
     frame = _enclosing_frame(op)
     if frame is not None:
-        kind = "tf.cond (Switch/Merge)" if frame.type in ("Switch", "RefSwitch") else "tf.while_loop (Enter/Exit)"
-        raise CutError(f"cannot cut at '{tensor.name}': it is inside a {kind} opened by '{frame.name}' "
-                       "(e.g. a batch-norm training switch), where a placeholder cannot stand in for it",
-                       f"cut at the {_FRAME_OPEN[frame.type]} that closes it or below '{frame.name}'")
+        raise CutError(f"cannot cut at '{tensor.name}': it is inside {frame} (e.g. a batch-norm training "
+                       "switch), where a placeholder cannot stand in for it",
+                       "cut at the Merge/Exit that closes the conditional or loop, or below it")
 
 
 def _enclosing_frame(op):
-    """The Switch/Enter op whose branch or loop body `op` lies in, or None.
+    """Describe the v1 cond/while frame `op` lies in, or None.
 
-    Walks back from `op` without crossing a Merge/Exit (which close a frame): reaching a
-    Switch or Enter means `op` is inside. Graph-based, so it works on frozen graphs too,
-    where no control-flow context was imported.
+    TensorFlow's recorded control-flow context answers when the graph has one (built here or
+    imported from a .meta). A frozen graph has none: then walk back from `op` without crossing
+    a Merge/Exit (which close a frame); reaching a Switch or Enter means `op` is inside.
     """
-    if op.type in _FRAME_OPS:
-        return op
-    seen, stack = {op}, [op]
+    context = op._get_control_flow_context()
+    if context is not None:
+        pred = getattr(context, "pred", None)
+        return f"a tf.cond on '{pred.name}'" if pred is not None else f"a tf.while_loop '{context.name}'"
+    if op.type in _FRAME_CLOSE:
+        return None
+    seen, stack = set(), [op]
     while stack:
         cur = stack.pop()
+        if cur.type in _FRAME_OPS:
+            kind = "a tf.cond" if "Switch" in cur.type else "a tf.while_loop"
+            return f"{kind} ({cur.type} '{cur.name}')"
         for src in [t.op for t in cur.inputs] + list(cur.control_inputs):
-            if src in seen or src.type in ("Merge", "RefMerge", "Exit", "RefExit"):
-                continue
-            if src.type in _FRAME_OPS:
-                return src
-            seen.add(src)
-            stack.append(src)
+            if src not in seen and src.type not in _FRAME_CLOSE:
+                seen.add(src)
+                stack.append(src)
     return None
 
 

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import surgery  # noqa: E402
-from surgery.split import split_model, write_split  # noqa: E402
+from surgery.split import import_piece, split_model, write_split  # noqa: E402
 from surgery.tfcompat import tf  # noqa: E402
 
 v1 = tf.compat.v1
@@ -76,16 +76,6 @@ def train(prefix: str, items, users, item_taste, user_taste, steps: int, seed: i
     print(f"trained {steps} steps, final loss {value:.3f} → {prefix}")
 
 
-def load_graph(path: str):
-    graph_def = v1.GraphDef()
-    with open(path, "rb") as f:
-        graph_def.ParseFromString(f.read())
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(graph_def, name="")
-    return graph
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/recommender")
@@ -110,13 +100,13 @@ def main(argv=None) -> int:
           f"verified, max |difference| {v['max_abs_diff']:.2g}")
 
     # Offline: every item's embedding, once.
-    offline = load_graph(os.path.join(pieces, "offline.pb"))
+    offline = import_piece(os.path.join(pieces, "offline.pb"))
     with v1.Session(graph=offline) as sess:
         item_embeddings = sess.run("item_tower/embedding:0", {"item_features:0": items})
     print(f"precomputed {item_embeddings.shape[0]} item embeddings of width {item_embeddings.shape[1]}")
 
     # Online: per request, one user's features against the stored embeddings.
-    online = load_graph(os.path.join(pieces, "online.pb"))
+    online = import_piece(os.path.join(pieces, "online.pb"))
     whole = load_graph_from_checkpoint(prefix)
     hits, worst = [], 0.0
     with v1.Session(graph=online) as online_sess, v1.Session(graph=whole[0]) as whole_sess:

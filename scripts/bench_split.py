@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from bench import median_time  # noqa: E402
 from nets import two_tower, vgg  # noqa: E402
 from surgery import load_model  # noqa: E402
-from surgery.split import split_model, write_split  # noqa: E402
+from surgery.split import import_piece, split_model, write_split  # noqa: E402
 from surgery.tfcompat import tf  # noqa: E402
 
 v1 = tf.compat.v1
@@ -94,15 +94,7 @@ def _case(name, build, cut, output, repeats):
 
 
 def _session(graph_def_or_path):
-    graph_def = graph_def_or_path
-    if isinstance(graph_def_or_path, str):
-        graph_def = v1.GraphDef()
-        with open(graph_def_or_path, "rb") as f:
-            graph_def.ParseFromString(f.read())
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(graph_def, name="")
-    return v1.Session(graph=graph)
+    return v1.Session(graph=import_piece(graph_def_or_path))
 
 
 def run(quick: bool = False) -> list:

@@ -225,9 +225,7 @@ def _format_path(path, keep: int = 4) -> str:
 
 def _defaults(frozen: FrozenGraph) -> list:
     """PlaceholderWithDefault tensors a piece keeps (they run at their default unless fed)."""
-    g = tf.Graph()
-    with g.as_default():
-        tf.import_graph_def(frozen.graph_def, name="")
+    g = import_piece(frozen.graph_def)
     return [tensor_info(op.outputs[0]) for op in g.get_operations() if op.type == "PlaceholderWithDefault"]
 
 
@@ -378,12 +376,19 @@ def _read_graph_def(path: str):
     return gd
 
 
-def _run(graph_def, feeds: dict, fetches: list) -> list:
-    """Plain TensorFlow: import a GraphDef and run it."""
+def import_piece(graph_def_or_path) -> object:
+    """A fresh `tf.Graph` holding a piece (a GraphDef or a `.pb` path), imported with `name=""` so
+    the manifest's names are the names to feed and fetch."""
+    graph_def = _read_graph_def(graph_def_or_path) if isinstance(graph_def_or_path, str) else graph_def_or_path
     g = tf.Graph()
     with g.as_default():
         tf.import_graph_def(graph_def, name="")
-    with tf.compat.v1.Session(graph=g) as sess:
+    return g
+
+
+def _run(graph_def, feeds: dict, fetches: list) -> list:
+    """Plain TensorFlow: import a GraphDef and run it."""
+    with tf.compat.v1.Session(graph=import_piece(graph_def)) as sess:
         return _session_run(sess, fetches, feeds)
 
 
@@ -422,4 +427,4 @@ def _run_original(model, feeds: dict, fetches: list):
                                   if k in {i["name"] for i in whole.inputs}}, fetches), "frozen"
 
 
-__all__ = ["Split", "split_model", "write_split", "verify_split", "random_feeds"]
+__all__ = ["Split", "split_model", "write_split", "verify_split", "random_feeds", "import_piece"]

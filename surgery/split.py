@@ -314,13 +314,17 @@ def _id_bounds(graph_def) -> dict:
                 if c.op in ("Identity", "Cast", "Reshape", "ExpandDims", "Squeeze", "StridedSlice"):
                     stack.append(c.name)
                 elif c.op in ("GatherV2", "Gather", "ResourceGather") and idx == 1:
-                    rows = _rows(nodes.get(c.input[0].split(":")[0]))
+                    rows = _rows(nodes, c.input[0].split(":")[0])
                     if rows:
                         bounds[n.name] = min(bounds.get(n.name, rows), rows)
     return bounds
 
 
-def _rows(node):
+def _rows(nodes, name):
+    """Static first dimension of a gathered table, looking through Identity reads."""
+    node = nodes.get(name)
+    while node is not None and node.op in ("Identity", "ReadVariableOp") and node.input:
+        node = nodes.get(node.input[0].split(":")[0])
     if node is None:
         return None
     if node.op == "Const":
@@ -396,7 +400,10 @@ def _session_run(sess, fetches, feeds):
     try:
         return sess.run(fetches, feeds)
     except tf.errors.OpError as e:
-        msg = (e.message or str(e)).strip().splitlines()[0][:200]
+        # TensorFlow puts the cause on the line before "[[{{node …}}]]", after a traceback.
+        lines = [ln.strip() for ln in (e.message or str(e)).splitlines() if ln.strip()]
+        marker = next((i for i, ln in enumerate(lines) if ln.startswith("[[")), None)
+        msg = (lines[marker - 1] if marker else lines[0] if lines else type(e).__name__)[:200]
         raise CutError(f"cannot verify the split: running on random inputs failed: {msg}",
                        "pass --verify 0 when the inputs need real data (unknown image sizes, ids)") from e
 

@@ -255,3 +255,34 @@ def test_split_a_frozen_graph_with_explicit_inputs(vgg_ckpt, tmp_path):
     assert [i["name"] for i in split.offline_inputs] == ["vgg/conv2/conv2_1/Relu:0"]
     manifest = write_split(model, split, str(tmp_path / "pieces"))
     assert manifest["verification"]["passed"] and manifest["verification"]["reference"] == "graph"
+
+
+def _build_ids():
+    ids = v1.placeholder(tf.int64, [None], name="ids")
+    with v1.variable_scope("emb", use_resource=False):
+        table = v1.get_variable("table", [7, 3])
+    h = tf.nn.relu(dense(tf.nn.embedding_lookup(table, ids), 4, name="body"), name="features")
+    dense(h, 2, name="head")
+
+
+def test_verify_feeds_ids_below_the_table_they_index(tmp_path):
+    """With ids ≥ 7 the lookup would fail: random ids must respect the table's 7 rows."""
+    prefix = _save(str(tmp_path / "ids"), _build_ids)
+    model = load_model(prefix)
+    split = split_model(model, "features", "head/BiasAdd")
+    manifest = write_split(model, split, str(tmp_path / "pieces"), verify=64)
+    assert manifest["verification"]["passed"] and manifest["pieces"]["offline"]["inputs"][0]["dtype"] == "int64"
+
+
+def test_recipe_split_recommender(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "split_recommender.py")
+    r = subprocess.run([sys.executable, recipe, "--out", str(tmp_path), "--items", "60", "--users", "10",
+                        "--steps", "20"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "precomputed 60 item embeddings" in r.stdout and "user 4: top items" in r.stdout
+    diff = float(r.stdout.split("max |score difference| ")[1].split(";")[0])
+    assert diff < 1e-5
+    assert sorted(os.listdir(tmp_path / "pieces")) == ["manifest.json", "offline.pb", "online.pb"]

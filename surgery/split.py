@@ -101,8 +101,8 @@ def split_model(model, cut, outputs, *, inputs=None) -> Split:
             raise CutError(f"cut tensor '{t.name}' is not on the way to any output "
                            f"({', '.join(o.name for o in out_tensors)})", "cut below the outputs, or drop it from --cut")
 
-    offline_piece = freeze_model(model, cut_tensors, inputs=offline)
-    online_piece = freeze_model(model, out_tensors, inputs=cut_tensors)
+    offline_piece = _freeze_piece(model, "offline", cut_tensors, offline)
+    online_piece = _freeze_piece(model, "online", out_tensors, cut_tensors)
 
     graph_def = graph.as_graph_def()
     _, replaced = cut_at(graph_def, cut_tensors)  # the placeholder names freeze gave the cut
@@ -125,6 +125,27 @@ def split_model(model, cut, outputs, *, inputs=None) -> Split:
         defaults={"offline": _defaults(offline_piece), "online": _defaults(online_piece)},
         original_names={f"{ph}:0": t for t, ph in offline_replaced.items() if f"{ph}:0" != t},
     )
+
+
+_FUNCTIONAL_OPS = {"If", "StatelessIf", "While", "StatelessWhile", "Case", "StatelessCase",
+                   "PartitionedCall", "StatefulPartitionedCall"}
+
+
+def _freeze_piece(model, name: str, outputs, inputs) -> FrozenGraph:
+    """`freeze_model`, with a plain refusal where TF2 control flow (If/While, e.g. a batch-norm
+    training switch built with cond_v2) captures resource variables freezing cannot rewrite."""
+    try:
+        return freeze_model(model, outputs, inputs=inputs)
+    except (ValueError, TypeError) as e:
+        captured = [(op, t.op) for op in _ancestor_ops(outputs, stop={t.name for t in inputs})
+                    if op.type in _FUNCTIONAL_OPS for t in op.inputs if t.dtype == tf.resource]
+        if not captured:
+            raise
+        op, var = captured[0]
+        raise CutError(f"cannot freeze the {name} piece: '{op.name}' ({op.type}, e.g. a batch-norm training "
+                       f"switch) reads variable '{var.name}' inside its branches, which freezing cannot turn into "
+                       "a constant", "build the model with ref variables (variable_scope(use_resource=False)) "
+                       "or TF1 control flow (tf.compat.v1.disable_control_flow_v2())") from e
 
 
 def _is_setting(tensor) -> bool:

@@ -154,14 +154,14 @@ def _batch_norm(h, is_training, name):
         return tf.nn.batch_normalization(h, m, v, beta, None, 1e-3)
 
 
-def _build_bn(with_default: bool):
+def _build_bn(with_default: bool, resource: bool = False):
     def build():
         x = v1.placeholder(tf.float32, [None, 4], name="x")
         if with_default:
             is_training = v1.placeholder_with_default(False, [], name="is_training")
         else:
             is_training = v1.placeholder(tf.bool, [], name="is_training")
-        with v1.variable_scope("net", use_resource=False):
+        with v1.variable_scope("net", use_resource=resource):
             h = _batch_norm(dense(x, 6, name="fc1"), is_training, "bn1")
             h = tf.nn.relu(h, name="features")
             h = _batch_norm(dense(h, 3, name="fc2"), is_training, "bn2")
@@ -188,6 +188,19 @@ def test_batch_norm_training_switch_stays_a_setting(tmp_path, with_default):
     (f,), _ = _run_pb(str(tmp_path / "pieces/offline.pb"), {"x:0": x, **feed_mode}, ["net/features:0"])
     (got,), _ = _run_pb(str(tmp_path / "pieces/online.pb"), {"net/features:0": f, **feed_mode}, ["out:0"])
     np.testing.assert_allclose(got, _run_original(prefix, {"x:0": x, **feed_mode}, "out:0"), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_switch_over_resource_variables_freezes_or_is_refused_plainly(tmp_path):
+    """cond_v2 branches capture resource variables: either the pieces verify, or a CutError names the If."""
+    prefix = _save(str(tmp_path / "bn"), _build_bn(True, resource=True))
+    model = load_model(prefix)
+    assert any(op.type in ("If", "StatelessIf") for op in model.graph.get_operations())
+    try:
+        split = split_model(model, "net/features", "out")
+    except CutError as e:
+        assert "net/bn1/cond' (If" in str(e) and "net/bn1/moving_mean" in str(e)
+        return
+    assert write_split(model, split, str(tmp_path / "pieces"))["verification"]["passed"]
 
 
 def test_cut_inside_v1_cond_is_refused(tmp_path, monkeypatch):

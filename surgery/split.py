@@ -112,7 +112,7 @@ def split_model(model, cut, outputs, *, inputs=None) -> Split:
     for t in cut_tensors:
         ph = f"{replaced[t.name]}:0"
         if ph not in online_inputs:
-            raise SurgeryError(f"internal: the online piece has no placeholder '{ph}' for cut tensor '{t.name}'")
+            raise RuntimeError(f"the online piece has no placeholder '{ph}' for cut tensor '{t.name}'")
         cut_info.append({"tensor": t.name, "placeholder": ph, "dtype": online_inputs[ph]["dtype"],
                          "shape": online_inputs[ph]["shape"]})
     cut_placeholders = {c["placeholder"] for c in cut_info}

@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from . import tfcompat
-from .errors import CutError, OutputError, SurgeryError
+from .errors import CutError, OutputError
 from .files import atomic_path
 from .freeze import FrozenGraph, cut_at, freeze_model, write_graph_def
 from .inspect import tensor_info

@@ -5,12 +5,15 @@ A valid cut is derived, not guessed: pick an ancestor-closed set S of ops contai
 to the output then crosses the cut.
 """
 
+import os
+import tempfile
+
 import numpy as np
 from conftest import tf, v1
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from surgery import freeze_graph
+from surgery import load_model, split_model
 
 UNARY = ("tanh", "relu", "square", "matmul")
 BINARY = ("add", "mul", "sub", "maximum")
@@ -76,20 +79,25 @@ def test_offline_then_online_equals_original(case):
     chosen.discard(len(specs))  # the output's producer stays online
     offline = _ancestor_closed(specs, chosen)
     g, tensors, out = _build(specs)
-    consumers = {}
-    for k, (kind, a, b) in enumerate(specs, start=1):
-        for src in (a, b):
-            if src is not None:
-                consumers.setdefault(src, set()).add(k)
-    last = len(specs)
-    cut = sorted(k for k in offline if consumers.get(k, set()) - offline or k == last)
+    # Online ops the output depends on; the cut is what they read from the offline side.
+    needed, stack = set(), [len(specs)]
+    while stack:
+        k = stack.pop()
+        if k not in offline and k not in needed:
+            needed.add(k)
+            stack.extend(src for src in specs[k - 1][1:] if src is not None)
+    cut = sorted({src for k in needed for src in specs[k - 1][1:] if src is not None and src in offline})
     cut_tensors = [tensors[k] for k in cut]
     x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
     with v1.Session(graph=g) as sess:
         expected, cut_values = sess.run([out, cut_tensors], {"x:0": x})
 
-    off = freeze_graph(g, cut_tensors)
-    on = freeze_graph(g, [out], inputs=cut_tensors)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "g.pb")
+        with open(path, "wb") as f:
+            f.write(g.as_graph_def().SerializeToString())
+        pieces = split_model(load_model(path), [t.name for t in cut_tensors], "out:0", inputs="x:0")
+    off, on = pieces.offline, pieces.online
     # Every online input is the placeholder standing for a cut tensor (fed by the same name).
     assert {i["name"] for i in on.inputs} <= {t.name for t in cut_tensors}
     off_values = _run(off.graph_def, {"x:0": x}, [t["name"] for t in off.outputs])

@@ -192,7 +192,14 @@ def finetune(model, *, at: str, head, data: str, x_key: str, y_key: str, out: st
         pretrained = v1.train.Saver(var_list=plan, name="restore_pretrained") if plan else None
         epoch_saver = v1.train.Saver(var_list=all_vars, max_to_keep=2, save_relative_paths=True, name="epoch_saver")
         final_saver = v1.train.Saver(var_list=all_vars, max_to_keep=1, save_relative_paths=True, name="saver")
-    with graph.as_default(), v1.Session(graph=graph) as sess:  # Saver.restore is eager outside it
+    config = v1.ConfigProto()
+    if cache_bottlenecks and sp.opened_variables:
+        # Grappler's constant folding (with its dependency optimizer) makes the gradient of an opened
+        # layer wait on the placeholder *under* a fed PlaceholderWithDefault ("must feed 'input'").
+        from tensorflow.core.protobuf import rewriter_config_pb2
+
+        config.graph_options.rewrite_options.constant_folding = rewriter_config_pb2.RewriterConfig.OFF
+    with graph.as_default(), v1.Session(graph=graph, config=config) as sess:  # Saver.restore is eager outside
         if state:
             epoch_saver.restore(sess, os.path.join(work, state["checkpoint"]))
         else:

@@ -76,8 +76,9 @@ def pretrained(tmp_path_factory):
     return prefix, data, test_x, TARGET[test_q]
 
 
-def raw_tf_finetune(prefix, data, test_x, test_y, epochs=EPOCHS, batch=BATCH, lr=LR, val_split=0.2):
-    """The fc7 recipe by hand: import_meta_graph, stop_gradient(fc7), a new dense layer, Adam on it."""
+def raw_tf_finetune(prefix, data, test_x, test_y, epochs=EPOCHS, batch=BATCH, lr=LR, val_split=0.2, restore=True):
+    """The fc7 recipe by hand: import_meta_graph, stop_gradient(fc7), a new dense layer, Adam on it.
+    With `restore=False` the backbone keeps its random initial weights (what transfer is worth)."""
     with h5py.File(data, "r") as f:
         x, y = f["target/x"][:], f["target/y"][:]
     train_idx = np.random.default_rng(123).permutation(len(x))[int(len(x) * val_split):]
@@ -94,7 +95,8 @@ def raw_tf_finetune(prefix, data, test_x, test_y, epochs=EPOCHS, batch=BATCH, lr
         train = v1.train.AdamOptimizer(lr, name="NewAdam").minimize(loss, var_list=[w, b])
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
-            saver.restore(sess, prefix)
+            if restore:
+                saver.restore(sess, prefix)
             for epoch in range(epochs):
                 order = np.random.default_rng(epoch).permutation(train_idx)
                 for i in range(0, len(order), batch):
@@ -134,8 +136,12 @@ def test_cli_reaches_the_hand_written_recipe(pretrained, cli_run):
     assert "before →" in r.stdout and "head/dense/kernel" in r.stdout
     ours, _ = frozen_accuracy(out, test_x, test_y)
     baseline = raw_tf_finetune(prefix, data, test_x, test_y)
+    print(f"\ntest-set accuracy after fine-tuning at fc7: surgery {ours:.1%}, raw TensorFlow {baseline:.1%}")
     assert baseline > 0.8, f"the raw-TF recipe itself should learn the task ({baseline:.1%})"
     assert ours >= baseline - 0.04, f"surgery {ours:.1%} vs raw TensorFlow {baseline:.1%}"
+    untrained = raw_tf_finetune(prefix, data, test_x, test_y, restore=False)
+    print(f"the same head on the randomly initialised backbone: {untrained:.1%}")
+    assert ours > untrained + 0.1, "the pretrained fc7 is worth something here"
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["format"] == "surgery-manifest/1" and manifest["checkpoint"] == "model.ckpt"
     assert manifest["finetune"]["trainable"] == ["head/dense/kernel", "head/dense/bias"]

@@ -175,8 +175,12 @@ def _cmd_finetune(args) -> int:
     from .train import finetune
 
     model = load_model(args.model, tag_set=args.tag_set)
+    history = []
 
     def on_epoch(r):
+        if not history and r["epoch"] > 1:
+            print(f"(resumed an interrupted run after epoch {r['epoch'] - 1})")
+        history.append(r)
         val = "" if r["val_accuracy"] is None else f"  val accuracy {r['val_accuracy']:.1%}"
         print(f"epoch {r['epoch']}/{args.epochs}: loss {r['loss']:.4f}  train accuracy {r['accuracy']:.1%}"
               f"{val}  ({r['seconds']:.1f}s)", flush=True)
@@ -186,8 +190,6 @@ def _cmd_finetune(args) -> int:
                       train_scopes=args.train_scopes, val_split=args.val_split,
                       cache_bottlenecks=args.cache_bottlenecks, seed=args.seed, on_epoch=on_epoch)
     names = result.names
-    if result.resumed_from_epoch:
-        print(f"(resumed after epoch {result.resumed_from_epoch})")
     if result.val_accuracy is not None:
         print(f"held-out accuracy ({result.num_val} rows): {result.initial_val_accuracy:.1%} before → "
               f"{result.val_accuracy:.1%} after")

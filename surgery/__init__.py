@@ -9,11 +9,14 @@ from .inspect import inspect_model
 from .model import Model, load_model
 from .names import resolve_op, resolve_tensor, resolve_tensors
 from .split import Split, split_model, write_split
+from .splice import Dense, Dropout, Flatten, Splice, parse_head, splice
+from .train import FinetuneResult, finetune
 
 __all__ = [
     "CutError", "DataError", "ModelLoadError", "RestoreError", "SurgeryError", "TensorNotFoundError",
     "FrozenGraph", "freeze_graph", "freeze_model", "write_graph_def",
     "inspect_model", "Model", "load_model", "resolve_op", "resolve_tensor", "resolve_tensors",
     "Split", "split_model", "write_split",
+    "Dense", "Dropout", "Flatten", "Splice", "parse_head", "splice", "FinetuneResult", "finetune",
 ]
 __version__ = "0.1.0"

@@ -173,7 +173,33 @@ def _cmd_restore(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
-    return _not_available(args)
+    from .model import load_model
+    from .train import finetune
+
+    model = load_model(args.model, tag_set=args.tag_set)
+    history = []
+
+    def on_epoch(r):
+        if not history and r["epoch"] > 1:
+            print(f"(resumed an interrupted run after epoch {r['epoch'] - 1})")
+        history.append(r)
+        val = "" if r["val_accuracy"] is None else f"  val accuracy {r['val_accuracy']:.1%}"
+        print(f"epoch {r['epoch']}/{args.epochs}: loss {r['loss']:.4f}  train accuracy {r['accuracy']:.1%}"
+              f"{val}  ({r['seconds']:.1f}s)", flush=True)
+
+    result = finetune(model, at=args.at, head=args.head, data=args.data, x_key=args.x, y_key=args.y, out=args.out,
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                      train_scopes=args.train_scopes, val_split=args.val_split,
+                      cache_bottlenecks=args.cache_bottlenecks, seed=args.seed, on_epoch=on_epoch)
+    names = result.names
+    if result.val_accuracy is not None:
+        print(f"held-out accuracy ({result.num_val} rows): {result.initial_val_accuracy:.1%} before → "
+              f"{result.val_accuracy:.1%} after")
+    print(f"trained {len(result.trainable)} variables: " + ", ".join(result.trainable))
+    print(f"wrote {args.out}/: model.ckpt (+ .meta), frozen.pb, manifest.json")
+    print(f"  feed:  {names['input']} (or cached values at {names['bottleneck']})")
+    print(f"  fetch: {names['probabilities']}, {names['logits']}")
+    return 0
 
 
 def _cmd_split(args) -> int:

@@ -1,10 +1,10 @@
 """Generate the bundled demo data: small synthetic RGB images, deterministic (seeded).
 
 Two tasks share one file, so transfer learning has something to transfer:
-  source/x, source/y : 10 classes = 5 shapes × 2 colour families (red-ish, blue-ish)
-                        — the "pretraining" task the demo VGG learns.
-  target/x, target/y : 5 classes = the same 5 shapes, drawn in green-ish colours at other
-                        sizes — a new task the demo fine-tunes on at fc7.
+  source/x, source/y : 10 classes = 5 shapes × 2 backgrounds (dark, light), shapes in random
+                        colours — the "pretraining" task the demo VGG learns.
+  target/x, target/y : 5 classes = the same 5 shapes on a mid-grey background at other sizes —
+                        a new task the demo fine-tunes on at fc7 (the shape features transfer).
   target/ids         : stable string ids for the target rows (for precompute/serving).
 Images are uint8 [N, 32, 32, 3].
 """
@@ -40,18 +40,21 @@ def _mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
     raise ValueError(shape)
 
 
-def draw(rng: np.random.Generator, shape: str, colour: np.ndarray, rmin: float, rmax: float) -> np.ndarray:
+def draw(rng: np.random.Generator, shape: str, colour: np.ndarray, rmin: float, rmax: float,
+         background: float) -> np.ndarray:
     r = rng.uniform(rmin, rmax)
     cx, cy = rng.uniform(r + 1, SIZE - r - 1, size=2)
-    img = rng.normal(0.35, 0.08, size=(SIZE, SIZE, 3))  # noisy grey background
+    img = rng.normal(background, 0.08, size=(SIZE, SIZE, 3))  # noisy grey background
     m = _mask(shape, cx, cy, r)
     img[m] = colour + rng.normal(0, 0.05, size=(int(m.sum()), 3))
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def colour(rng: np.random.Generator, family: str) -> np.ndarray:
-    base = {"red": [0.9, 0.2, 0.2], "blue": [0.2, 0.3, 0.9], "green": [0.2, 0.85, 0.3]}[family]
-    return np.clip(np.array(base) + rng.uniform(-0.12, 0.12, size=3), 0, 1)
+def colour(rng: np.random.Generator, background: float) -> np.ndarray:
+    """A random saturated colour that stands out from the background."""
+    c = rng.uniform(0, 1, size=3)
+    c[rng.integers(3)] = 1.0 if background < 0.5 else 0.0
+    return c
 
 
 def make(n_source: int, n_target: int, seed: int):
@@ -59,13 +62,13 @@ def make(n_source: int, n_target: int, seed: int):
     sx, sy = [], []
     for i in range(n_source):
         label = i % 10
-        shape, family = SHAPES[label % 5], ("red", "blue")[label // 5]
-        sx.append(draw(rng, shape, colour(rng, family), 5, 11))
+        background = (0.2, 0.8)[label // 5]
+        sx.append(draw(rng, SHAPES[label % 5], colour(rng, background), 5, 11, background))
         sy.append(label)
     tx, ty = [], []
     for i in range(n_target):
         label = i % 5
-        tx.append(draw(rng, SHAPES[label], colour(rng, "green"), 4, 13))
+        tx.append(draw(rng, SHAPES[label], colour(rng, 0.5), 4, 13, 0.5))
         ty.append(label)
     p, q = rng.permutation(n_source), rng.permutation(n_target)
     return (np.stack(sx)[p], np.array(sy, np.int64)[p], np.stack(tx)[q], np.array(ty, np.int64)[q])

@@ -291,6 +291,8 @@ def _quiet_tensorflow(verbose: bool) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_tensorflow(args.verbose)
+    if not sys.stderr.isatty():  # a log file, not a terminal: a progress line every 10 s at most
+        os.environ.setdefault("TQDM_MININTERVAL", "10")
     if not args.verbose:
         import logging
 

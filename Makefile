@@ -5,7 +5,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
-export TQDM_MININTERVAL ?= 5
 
 .PHONY: demo test data models bench clean
 

@@ -56,7 +56,8 @@ def main(argv=None) -> int:
             sess.run(v1.global_variables_initializer())
             for epoch in range(args.epochs):
                 order = rng.permutation(len(x) - n_val) + n_val
-                bar = tqdm(range(0, len(order), 64), desc=f"pretrain epoch {epoch + 1}/{args.epochs}", leave=False)
+                bar = tqdm(range(0, len(order), 64), desc=f"pretrain epoch {epoch + 1}/{args.epochs}", leave=False,
+                           mininterval=0.1 if sys.stderr.isatty() else 10)
                 for i in bar:
                     idx = np.sort(order[i:i + 64])
                     _, l = sess.run([train_op, loss], {images: x[idx], labels: y[idx]})

@@ -294,9 +294,13 @@ def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None =
             try:
                 computed = _run_batches(work, runner, source, feed_dtype, layout, done, batch_size, progress)
                 _finish(work, out)
-            finally:
-                if work.id.valid:
-                    work.close()
+            except BaseException:
+                try:  # keep the work file to resume from; a failed write may leave HDF5 unable to close it
+                    if work.id.valid:
+                        work.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                raise
         return PrecomputeResult(out, len(source), done, computed, layout, "done")
     finally:
         source.close()
@@ -375,29 +379,21 @@ def _open_work_file(out: str, provenance: dict, layout: dict, id_source, rows: i
     h5py = _h5py()
     work_path = out + PARTIAL_SUFFIX
     if os.path.exists(work_path):
-        try:
-            f = h5py.File(work_path, "r+")
+        try:  # read-only first: a refused work file is left exactly as it was
+            with h5py.File(work_path, "r") as f:
+                found = _read_attrs(f)
+            f = h5py.File(work_path, "r+") if found == provenance else None
         except OSError as e:
             raise OutputError(f"the unfinished work file {work_path} cannot be opened: {e}",
                               "delete it to start over") from e
-        found = _read_attrs(f)
-        if found != provenance:
-            f.close()
+        if f is None:
             diff = sorted(k for k in set(found) | set(provenance) if found.get(k) != provenance.get(k))
             raise DataError(f"{work_path} holds an unfinished run with another {', '.join(diff)}",
                             "rerun with the original graph, data and --batch-size, or delete it to start over")
         if PROGRESS not in f:  # killed between dropping the counter and the rename: it is complete
             return f, rows
         return f, int(f[PROGRESS][0])
-    parent = os.path.dirname(out)
-    need = rows * sum(int(np.prod(s["shape"], dtype=np.int64)) * np.dtype(s["dtype"]).itemsize for s in layout.values())
-    try:
-        free = shutil.disk_usage(parent).free
-    except OSError as e:
-        raise OutputError(f"cannot write to {parent}: {e.strerror}", "choose a writable output location") from e
-    if need > free:
-        raise OutputError(f"{out} needs {need / 2**20:.0f} MiB but {parent} has {free / 2**20:.0f} MiB free",
-                          "free some space or write elsewhere")
+    _reserve_space(work_path, _estimate_bytes(layout, id_source, rows))
     try:
         f = h5py.File(work_path, "w")
     except OSError as e:
@@ -422,13 +418,47 @@ def _open_work_file(out: str, provenance: dict, layout: dict, id_source, rows: i
         f.attrs.update(provenance)
         f.flush()
     except BaseException as e:
-        f.close()
+        try:
+            f.close()
+        except Exception:  # noqa: BLE001 - a failed write can leave HDF5 unable to flush; the file goes anyway
+            pass
         os.remove(work_path)
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {work_path}: {getattr(e, 'strerror', None) or e}",
                               "free some space or choose a writable output location") from e
         raise
     return f, 0
+
+
+def _estimate_bytes(layout: dict, id_source, rows: int) -> int:
+    """The work file's size: every output row, the ids, and a generous allowance for HDF5's metadata."""
+    row_bytes = sum(int(np.prod(s["shape"], dtype=np.int64)) * np.dtype(s["dtype"]).itemsize for s in layout.values())
+    if id_source is not None:
+        id_row = int(np.prod(id_source.shape[1:], dtype=np.int64))
+        row_bytes += id_row * (48 if id_source.dtype.kind in "OU" else id_source.dtype.itemsize)
+    return rows * row_bytes + (1 << 20)
+
+
+def _reserve_space(path: str, nbytes: int) -> None:
+    """Allocate `nbytes` at `path` and let it go again: a full disk, a quota or a file-size limit is
+    refused here, in plain Python, before HDF5 writes a byte (a write that fails inside HDF5 can
+    leave the library unable to close the file)."""
+    parent = os.path.dirname(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as e:
+        raise OutputError(f"cannot write to {parent}: {e.strerror}", "choose a writable output location") from e
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, nbytes)
+        elif shutil.disk_usage(parent).free < nbytes:
+            raise OSError(28, "No space left on device")
+    except OSError as e:
+        os.close(fd)
+        os.remove(path)
+        raise OutputError(f"cannot write {path}: it needs {nbytes / 2**20:.1f} MiB and {parent} refuses ({e.strerror})",
+                          "free some space or write elsewhere") from e
+    os.close(fd)
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:

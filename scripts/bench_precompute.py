@@ -81,6 +81,25 @@ def bare_loop(split: str, data: str, out: str) -> None:
             emb[s:s + BATCH] = sess.run("embedding:0", {"features:0": x[s:s + BATCH]})
 
 
+def _surgery(split: str, data: str, out: str) -> None:
+    if os.path.exists(out):
+        os.remove(out)
+    precompute(split, data, "x", out, ids="ids", batch_size=BATCH)
+
+
+def _peak_rss_growth_mb(fn: str, split: str, data: str, out: str) -> float:
+    """How far a fresh process's resident memory rises above its start while running `fn`
+    (Linux: the high-water mark is reset through /proc/self/clear_refs once TensorFlow is loaded)."""
+    import subprocess
+
+    code = (f"import sys; sys.path[:0] = [{HERE!r}]; import bench_precompute as b\n"
+            "def kb(field): return int(next(l for l in open('/proc/self/status') if l.startswith(field)).split()[1])\n"
+            "open('/proc/self/clear_refs', 'w').write('5'); start = kb('VmRSS')\n"
+            f"b.{fn}({split!r}, {data!r}, {out!r}); print(kb('VmHWM') - start)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(r.stdout.split()[-1]) / 1024
+
+
 def run(quick: bool = False) -> list[dict]:
     rows = 50_000 if quick else 500_000
     repeats = 3 if quick else 7
@@ -90,9 +109,7 @@ def run(quick: bool = False) -> list[dict]:
         ours, base = os.path.join(directory, "ours.h5"), os.path.join(directory, "base.h5")
 
         def surgery_run():
-            if os.path.exists(ours):
-                os.remove(ours)
-            precompute(split, data, "x", ours, ids="ids", batch_size=BATCH)
+            _surgery(split, data, ours)
 
         def baseline_run():
             bare_loop(split, data, base)
@@ -109,11 +126,15 @@ def run(quick: bool = False) -> list[dict]:
             same_ids = bool(np.array_equal(a["ids"][()], b["ids"][()]))
         assert diff <= 1e-5 and same_ids, f"precompute disagrees with plain TensorFlow: max |diff| {diff}"
         s, b = statistics.median(times["surgery"]), statistics.median(times["baseline"])
+        rss_s = _peak_rss_growth_mb("_surgery", split, data, ours)
+        rss_b = _peak_rss_growth_mb("bare_loop", split, data, base)
         return [
             {"benchmark": "precompute", "metric": f"{rows // 1000}k x {IN_DIM} → MLP → HDF5, wall time",
              "surgery": s, "baseline": b, "ratio": s / b, "unit": "s", "max_abs_diff": diff},
             {"benchmark": "precompute", "metric": "throughput", "surgery": rows / s, "baseline": rows / b,
              "ratio": b / s, "unit": "rows/s"},
+            {"benchmark": "precompute", "metric": f"peak memory growth ({rows * IN_DIM * 4 >> 20} MiB in)",
+             "surgery": rss_s, "baseline": rss_b, "ratio": rss_s / rss_b, "unit": "MiB"},
         ]
     finally:
         shutil.rmtree(directory, ignore_errors=True)

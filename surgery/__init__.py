@@ -8,10 +8,13 @@ from .freeze import FrozenGraph, freeze_graph, freeze_model, write_graph_def
 from .inspect import inspect_model
 from .model import Model, load_model
 from .names import resolve_op, resolve_tensor, resolve_tensors
+from .precompute import load_offline_graph, precompute
+from .serve import OnlineServer
 
 __all__ = [
     "CutError", "DataError", "ModelLoadError", "RestoreError", "SurgeryError", "TensorNotFoundError",
     "FrozenGraph", "freeze_graph", "freeze_model", "write_graph_def",
     "inspect_model", "Model", "load_model", "resolve_op", "resolve_tensor", "resolve_tensors",
+    "load_offline_graph", "precompute", "OnlineServer",
 ]
 __version__ = "0.1.0"

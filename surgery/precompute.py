@@ -481,13 +481,18 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _get(q: queue.Queue, stop: threading.Event):
-    while not stop.is_set():
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            pass
-    return None
+def _items(q: queue.Queue, stop: threading.Event, count: int):
+    """Up to `count` items from `q`, ending early once `stop` is set."""
+    for _ in range(count):
+        while True:
+            if stop.is_set():
+                return
+            try:
+                item = q.get(timeout=0.1)
+                break
+            except queue.Empty:
+                pass
+        yield item
 
 
 def _run_batches(work, runner: _Runner, source: ArraySource, feed_dtype, layout: dict, done: int, batch_size: int,
@@ -527,11 +532,7 @@ def _run_batches(work, runner: _Runner, source: ArraySource, feed_dtype, layout:
 
     def writer():
         try:
-            for _ in spans:
-                item = _get(to_write, stop)
-                if item is None:
-                    return
-                start, stop_row, results = item
+            for start, stop_row, results in _items(to_write, stop, len(spans)):
                 for d, r in zip(datasets, results):
                     d[start:stop_row] = r
                 work.flush()  # the rows are in the file before the counter says so
@@ -549,11 +550,7 @@ def _run_batches(work, runner: _Runner, source: ArraySource, feed_dtype, layout:
     for t in threads:
         t.start()
     try:
-        for _ in spans:
-            item = _get(to_run, stop)
-            if item is None:
-                break
-            start, stop_row, x = item
+        for start, stop_row, x in _items(to_run, stop, len(spans)):
             if not _put(to_write, (start, stop_row, runner.run(x, start, stop_row)), stop):
                 break
     except BaseException as e:

@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 from . import tfcompat
-from .errors import DataError, ModelLoadError, OutputError, SurgeryError
+from .errors import DataError, OutputError, SurgeryError
 from .names import parse_list, resolve_tensor, resolve_tensors, split_tensor_name
 
 tf = tfcompat.tf

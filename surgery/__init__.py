@@ -11,6 +11,8 @@ from .names import resolve_op, resolve_tensor, resolve_tensors
 from .split import Split, split_model, write_split
 from .splice import Dense, Dropout, Flatten, Splice, parse_head, splice
 from .train import FinetuneResult, finetune
+from .precompute import load_offline_graph, precompute
+from .serve import OnlineServer
 
 __all__ = [
     "CutError", "DataError", "ModelLoadError", "RestoreError", "SurgeryError", "TensorNotFoundError",
@@ -18,5 +20,6 @@ __all__ = [
     "inspect_model", "Model", "load_model", "resolve_op", "resolve_tensor", "resolve_tensors",
     "Split", "split_model", "write_split",
     "Dense", "Dropout", "Flatten", "Splice", "parse_head", "splice", "FinetuneResult", "finetune",
+    "load_offline_graph", "precompute", "OnlineServer",
 ]
 __version__ = "0.1.0"

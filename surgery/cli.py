@@ -112,15 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
 
     p = add("precompute", "run an offline piece over a dataset in batches into HDF5 (resumable)",
-            "surgery precompute pieces/ --data data/shapes.h5 --key target/x --out fc7.h5")
+            "surgery precompute pieces/ --data data/shapes.h5 --key target/x --ids target/ids --out fc7.h5\n"
+            "  surgery precompute data/models/vgg --outputs fc7=fc7,fc6 --data data/shapes.h5 --key target/x "
+            "--out fc.h5")
     _model_arg(p, "GRAPH", "a split directory, a frozen .pb, or any MODEL")
     p.add_argument("--data", required=True, metavar="FILE.h5", help="HDF5 (or .npy) input data")
     p.add_argument("--key", required=True, metavar="KEY", help="dataset key of the inputs")
     p.add_argument("--ids", metavar="KEY", help="dataset key of row ids to copy alongside")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--inputs", metavar="T", help="input tensor (default: the graph's one input)")
-    p.add_argument("--outputs", metavar="T[=NAME],..", help="tensors to store, optionally renamed")
-    p.add_argument("--out", required=True, metavar="FILE.h5")
+    p.add_argument("--outputs", metavar="T[=NAME],..",
+                   help="tensors to store, optionally renamed (default: the piece's outputs; one is stored as "
+                        "`embeddings`)")
+    p.add_argument("--out", required=True, metavar="FILE.h5",
+                   help="HDF5 to write; an interrupted run resumes from FILE.h5.partial when run again")
 
     p = add("export", "write frozen pieces as SavedModels with a serving_default signature",
             "surgery export pieces/ --saved-model serving/")
@@ -238,7 +243,26 @@ def _cmd_split(args) -> int:
 
 
 def _cmd_precompute(args) -> int:
-    return _not_available(args)
+    import numpy as np
+
+    from .precompute import precompute
+
+    result = precompute(args.model, args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
+                        inputs=args.inputs, outputs=args.outputs, tag_set=args.tag_set, progress=True)
+    if result.status == "up to date":
+        print(f"{args.out} is up to date ({result.rows} rows, same graph and data); nothing to do")
+        return 0
+    if result.resumed_from:
+        print(f"resumed at row {result.resumed_from} of {result.rows}; computed {result.computed} rows")
+    else:
+        print(f"computed {result.computed} rows")
+    for name, spec in result.datasets.items():
+        shape = ", ".join(str(d) for d in [result.rows, *spec["shape"]])
+        print(f"  {name:<12} [{shape}] {np.dtype(spec['dtype']).name}  ← {spec['tensor']}")
+    if args.ids:
+        print(f"  {'ids':<12} ← {args.ids}")
+    print(f"→ {args.out}")
+    return 0
 
 
 def _cmd_export(args) -> int:

@@ -1,0 +1,584 @@
+"""Precompute: run an offline piece over a dataset in batches into HDF5, streaming and resumable.
+
+Precomputing is why a graph is split: the heavy offline piece runs once over every row and
+its results are stored; requests are then answered by the online piece (`surgery.serve`).
+
+Speed. A read-ahead thread reads batch k+1 and a writer thread stores batch k-1 while the
+session runs batch k (bounded queues of two batches each, so memory stays bounded whatever
+the dataset size). The graph is fed through `Session.make_callable`, which skips
+`Session.run`'s per-call fetch/feed parsing.
+
+Resumability. Results go to a work file `OUT.partial` beside the target; `OUT` is only ever
+written by the final rename, so a finished `OUT` is never corrupted. Every dataset of the work
+file is allocated in full when it is created (HDF5 early allocation, no fill, no compression),
+so writing a batch never changes HDF5 metadata: a SIGKILL at any moment can only leave raw rows
+half written. After each batch is flushed the committed-row counter (`rows_done`, a one-element
+dataset rather than an attribute, for the same reason) is written and flushed; a restart with the
+same arguments continues from it. The provenance attributes (graph hash, tensors, batch size,
+input file/key/rows and a content fingerprint) are compared on restart: a changed graph or input
+is refused rather than mixed. At the end `rows_done` is dropped and the work file renamed onto
+`OUT` (the deterministic work name is why `files.atomic_path`, which picks a random one, is not
+used here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+
+import numpy as np
+
+from . import tfcompat
+from .errors import DataError, OutputError, SurgeryError
+from .names import parse_list, resolve_tensor, resolve_tensors, split_tensor_name
+
+tf = tfcompat.tf
+
+FORMAT = "surgery-precompute/1"
+PROGRESS = "rows_done"  # the committed-row counter dataset of a work file
+PARTIAL_SUFFIX = ".partial"
+MAX_CHUNK_BYTES = 4 << 20
+SLOW_READ_ENV = "SURGERY_PRECOMPUTE_SLOW_READ_S"  # testing: simulate a slow input (seconds per batch)
+
+
+# ---------------------------------------------------------------- the graph to run
+
+@dataclasses.dataclass
+class OfflineGraph:
+    """A frozen graph ready to run: what to feed, what to fetch and under which dataset names."""
+
+    path: str
+    graph_def: object
+    sha256: str  # of the graph bytes (the .pb file, or the deterministic serialisation of a freeze)
+    input: dict  # {name, dtype, shape}
+    outputs: list  # [{name, dtype, shape, dataset}]
+
+
+def parse_outputs(spec) -> list[tuple[str, str | None]]:
+    """`'fc7=emb,fc6'` → `[('fc7', 'emb'), ('fc6', None)]`."""
+    out = []
+    for item in parse_list(spec):
+        tensor, _, name = item.partition("=")
+        out.append((tensor.strip(), name.strip() or None))
+    return out
+
+
+def _dataset_names(tensors: list[str], names: list) -> list[str]:
+    """`embeddings` for a single unnamed output; otherwise the given name or the op name."""
+    if len(tensors) == 1 and names[0] is None:
+        return ["embeddings"]
+    result = []
+    for t, n in zip(tensors, names):
+        if n is None:
+            op, idx = split_tensor_name(t)
+            n = op.replace("/", "_") + (f"_{idx}" if idx else "")
+        if "/" in n or n in ("ids", PROGRESS) or n in result:
+            raise SurgeryError(f"output dataset name '{n}' is not usable (a '/', a reserved name or named twice)",
+                               "give each output its own plain name: --outputs TENSOR=NAME,..")
+        result.append(n)
+    return result
+
+
+def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "serve") -> OfflineGraph:
+    """GRAPH as `precompute` takes it: a split directory (its `offline` piece), a frozen .pb,
+    or any MODEL (frozen here with values read from its checkpoint)."""
+    from .freeze import freeze_model
+    from .inspect import likely_outputs, tensor_info
+    from .manifest import FILENAME, piece_path, read_manifest
+    from .model import load_model
+
+    default_inputs = default_outputs = None
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, FILENAME)):
+        manifest = read_manifest(path)
+        graph_file = piece_path(path, manifest, "offline")
+        piece = manifest["pieces"]["offline"]
+        default_inputs = [t["name"] for t in piece.get("inputs", [])]
+        default_outputs = [t["name"] for t in piece.get("outputs", [])]
+        path = graph_file
+    model = load_model(path, tag_set=tag_set)
+    output_spec = parse_outputs(outputs)
+    if model.is_frozen:
+        with open(model.path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        graph, graph_def = model.graph, model.graph_def
+    else:
+        wanted = [t for t, _ in output_spec] or [t["name"] for t in likely_outputs(model)]
+        frozen = freeze_model(model, wanted)
+        graph_def = frozen.graph_def
+        digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True)).hexdigest()
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.import_graph_def(graph_def, name="")
+        default_outputs = [t["name"] for t in frozen.outputs]
+    if not output_spec:
+        names = default_outputs if default_outputs is not None else [t["name"] for t in likely_outputs(model)]
+        output_spec = [(n, None) for n in names]
+    if not output_spec:
+        raise SurgeryError(f"{path} has no obvious output", "name the tensors to store with --outputs T[=NAME],..")
+    out_tensors = resolve_tensors(graph, [t for t, _ in output_spec])
+    if inputs:
+        in_names = parse_list(inputs)
+        if len(in_names) != 1:
+            raise SurgeryError(f"--inputs names {len(in_names)} tensors; precompute feeds one",
+                               "name the one tensor the data goes into")
+        in_tensor = resolve_tensor(graph, in_names[0])
+    else:
+        if default_inputs is None:  # the placeholders the outputs depend on
+            needed = tf.compat.v1.graph_util.extract_sub_graph(
+                graph.as_graph_def(), sorted({t.op.name for t in out_tensors}))
+            default_inputs = [n.name + ":0" for n in needed.node if n.op == "Placeholder"]
+        candidates = [graph.get_tensor_by_name(n) for n in default_inputs]
+        candidates = [t for t in candidates if t.shape.rank is None or t.shape.rank > 0]  # scalars are settings
+        if len(candidates) != 1:
+            raise SurgeryError(f"{path} has {len(candidates)} candidate inputs"
+                               + (": " + ", ".join(t.name for t in candidates) if candidates else ""),
+                               "name the tensor the data goes into with --inputs")
+        in_tensor = candidates[0]
+    names = _dataset_names([t.name for t in out_tensors], [n for _, n in output_spec])
+    return OfflineGraph(path=os.path.abspath(path), graph_def=graph_def, sha256=digest, input=tensor_info(in_tensor),
+                        outputs=[{**tensor_info(t), "dataset": n} for t, n in zip(out_tensors, names)])
+
+
+# ---------------------------------------------------------------- the data to read
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+def _dataset_keys(h5file) -> list[str]:
+    keys = []
+    h5file.visititems(lambda name, obj: keys.append(name) if hasattr(obj, "shape") else None)
+    return keys
+
+
+class ArraySource:
+    """Row slices of an HDF5 dataset or a `.npy` file (memory-mapped); opened once, closed at the end."""
+
+    def __init__(self, path: str, key: str | None, what: str = "data"):
+        self.path, self.key, self._file = os.path.abspath(path), key, None
+        if not os.path.isfile(path):
+            raise DataError(f"no such {what} file: {path}", "check the path given with --data")
+        if path.endswith(".npy"):
+            try:
+                self.array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise DataError(f"{path} is not a readable .npy array: {e}", "write it with numpy.save") from e
+            return
+        h5py = _h5py()
+        try:
+            self._file = h5py.File(path, "r")
+        except OSError as e:
+            raise DataError(f"{path} is not a readable HDF5 file", "pass an .h5 file (or a .npy array) with --data") from e
+        keys = _dataset_keys(self._file)
+        if key not in keys:
+            self.close()
+            close = difflib.get_close_matches(key or "", keys, n=3, cutoff=0.4)
+            raise DataError(f"{path} has no dataset '{key}'",
+                            ("did you mean " + ", ".join(close) + "?") if close else
+                            "datasets there: " + (", ".join(keys[:10]) or "(none)"))
+        self.array = self._file[key]
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0] if self.shape else 0
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.array[start:stop])
+
+    def fingerprint(self, samples: int = 16) -> str:
+        """sha256 of shape, dtype and a few rows spread over the data: cheap, and it changes when
+        the data is regenerated, reordered or resized (not a proof that no row changed)."""
+        h = hashlib.sha256(f"{self.shape}|{self.dtype.str}".encode())
+        for i in sorted({int(i) for i in np.linspace(0, len(self) - 1, samples)} if len(self) else ()):
+            row = np.asarray(self.array[i:i + 1])
+            h.update(row.tobytes() if row.dtype != object else repr(row.tolist()).encode())
+        return h.hexdigest()
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _check_input(source: ArraySource, tensor: dict) -> np.dtype:
+    """The dtype to feed: the data's own, or a safe cast of it. Shapes must agree past the batch dim."""
+    want = tf.as_dtype(tensor["dtype"]).as_numpy_dtype
+    shape = tensor["shape"]
+    where = f"data {source.key or os.path.basename(source.path)} {list(source.shape)} {source.dtype}"
+    if len(source.shape) < 1 or len(source) == 0:
+        raise DataError(f"{where} has no rows", "pass a dataset with one row per item")
+    if shape is not None:
+        if shape[0] is not None:
+            raise DataError(f"input {tensor['name']} has a fixed batch size {shape[0]}",
+                            "freeze the graph with a [None, ...] input to run it in batches")
+        row, want_row = source.shape[1:], shape[1:]
+        if len(row) != len(want_row) or any(w is not None and w != r for r, w in zip(row, want_row)):
+            fmt = "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+            raise DataError(f"{where} does not fit input {tensor['name']} {fmt}",
+                            "pass the dataset this graph was built for, or another --inputs tensor")
+    if source.dtype == want:
+        return want
+    if source.dtype != object and np.can_cast(source.dtype, want, "safe"):
+        return want
+    raise DataError(f"{where} cannot be fed to input {tensor['name']} ({np.dtype(want).name}) without losing values",
+                    f"convert the data to {np.dtype(want).name}, or feed another --inputs tensor")
+
+
+# ---------------------------------------------------------------- running it
+
+@dataclasses.dataclass
+class PrecomputeResult:
+    out: str
+    rows: int
+    resumed_from: int  # rows already committed when this run started
+    computed: int  # rows this run computed
+    datasets: dict  # {name: {"tensor", "shape", "dtype"}}
+    status: str  # "done" or "up to date"
+
+
+def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None = None, batch_size: int = 256,
+               inputs=None, outputs=None, tag_set: str = "serve", progress: bool = False) -> PrecomputeResult:
+    """Run GRAPH's offline piece over `data[key]` into `out` (HDF5), resuming an interrupted run.
+
+    `graph` is a split directory, a frozen `.pb`, any MODEL, or an `OfflineGraph`. `outputs` are
+    `T[=NAME],..` (default: the piece's outputs, stored as `embeddings` when there is one);
+    `ids` is a dataset key (for `.npy` data: a `.npy` file) copied alongside as `ids`.
+    """
+    if batch_size < 1:
+        raise SurgeryError(f"--batch-size {batch_size} is not a positive number", "use e.g. --batch-size 256")
+    offline = graph if isinstance(graph, OfflineGraph) else \
+        load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set)
+    out = os.path.abspath(out)
+    if os.path.isdir(out):
+        raise OutputError(f"{out} is a directory", "pass a file name for --out, e.g. --out embeddings.h5")
+    source = ArraySource(data, None if data.endswith(".npy") else key)
+    id_source = None
+    try:
+        feed_dtype = _check_input(source, offline.input)
+        if ids:
+            id_source = ArraySource(ids, None, "ids") if data.endswith(".npy") else ArraySource(data, ids)
+            if id_source.shape[:1] != source.shape[:1] or len(id_source.shape) > 2:
+                raise DataError(f"ids {ids} {list(id_source.shape)} do not match data {key} {list(source.shape)}",
+                                "pass one id per row of the data")
+        with _Runner(offline) as runner:
+            probe = runner.run(source.read(0, 1).astype(feed_dtype, copy=False), 0, 1)
+            layout = _output_layout(offline, probe)
+            provenance = {
+                "format": FORMAT, "graph": offline.path, "graph_sha256": offline.sha256,
+                "input_tensor": offline.input["name"],
+                "output_tensors": json.dumps([o["name"] for o in offline.outputs]),
+                "output_datasets": json.dumps([o["dataset"] for o in offline.outputs]),
+                "batch_size": int(batch_size), "data_file": source.path, "data_key": key or "",
+                "ids_key": ids or "", "rows": len(source), "data_sha256": source.fingerprint(),
+                "ids_sha256": id_source.fingerprint() if id_source else "",
+            }
+            if not os.path.exists(out + PARTIAL_SUFFIX) and _finished(out, provenance):
+                return PrecomputeResult(out, len(source), len(source), 0, layout, "up to date")
+            work, done = _open_work_file(out, provenance, layout, id_source, len(source), batch_size)
+            try:
+                computed = _run_batches(work, runner, source, feed_dtype, layout, done, batch_size, progress)
+                _finish(work, out)
+            except BaseException:
+                try:  # keep the work file to resume from; a failed write may leave HDF5 unable to close it
+                    if work.id.valid:
+                        work.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                raise
+        return PrecomputeResult(out, len(source), done, computed, layout, "done")
+    finally:
+        source.close()
+        if id_source:
+            id_source.close()
+
+
+class _Runner:
+    """One session over the frozen graph, called through TensorFlow's `CallableOptions` path
+    (`Session._make_callable_from_options`, what Keras' v1 backend uses): a feed goes straight to
+    `TF_SessionRunCallable`. `Session.make_callable` with a feed list only wraps `Session.run`,
+    whose per-call feed/fetch parsing would show at small batches."""
+
+    def __init__(self, offline: OfflineGraph):
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.import_graph_def(offline.graph_def, name="")
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        fetch_names = [o["name"] for o in offline.outputs]
+        try:
+            from tensorflow.core.protobuf import config_pb2
+
+            options = config_pb2.CallableOptions(feed=[offline.input["name"]], fetch=fetch_names)
+            self._call = self.session._make_callable_from_options(options)
+        except AttributeError:  # a TensorFlow without it: the public, slower path
+            feed = self.graph.get_tensor_by_name(offline.input["name"])
+            self._call = self.session.make_callable([self.graph.get_tensor_by_name(n) for n in fetch_names],
+                                                    feed_list=[feed])
+
+    def run(self, x, start: int, stop: int) -> list:
+        try:
+            return self._call(x)
+        except tf.errors.OpError as e:
+            msg = (e.message or type(e).__name__).strip().splitlines()[0][:200]
+            raise DataError(f"the graph failed on rows {start}:{stop}: {msg}",
+                            "check that the data is what the graph expects (shape, range, preprocessing)") from e
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.session.close()
+
+
+def _output_layout(offline: OfflineGraph, probe: list) -> dict:
+    layout = {}
+    for o, value in zip(offline.outputs, probe):
+        value = np.asarray(value)
+        if value.ndim == 0 or value.shape[0] != 1:
+            raise DataError(f"output {o['name']} gives shape {list(value.shape)} for one row, not one result per row",
+                            "store only per-row tensors (a leading batch dimension)")
+        layout[o["dataset"]] = {"tensor": o["name"], "shape": list(value.shape[1:]), "dtype": value.dtype.str}
+    return layout
+
+
+def _read_attrs(h5file) -> dict:
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in h5file.attrs.items()}
+
+
+def _finished(out: str, provenance: dict) -> bool:
+    """True when `out` is a finished file written with exactly this provenance."""
+    if not os.path.isfile(out):
+        return False
+    try:
+        with _h5py().File(out, "r") as f:
+            return _read_attrs(f) == provenance and PROGRESS not in f
+    except OSError:
+        return False
+
+
+def _early_dcpl():
+    """Allocate every chunk at creation and never write fill values: later writes touch raw data only."""
+    h5py = _h5py()
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return dcpl
+
+
+def _chunk_rows(batch_size: int, row_bytes: int, rows: int) -> int:
+    return max(1, min(batch_size, rows, MAX_CHUNK_BYTES // max(1, row_bytes)))
+
+
+def _open_work_file(out: str, provenance: dict, layout: dict, id_source, rows: int, batch_size: int):
+    """Open `OUT.partial` to resume (refusing another graph's or data's work), or create it."""
+    h5py = _h5py()
+    work_path = out + PARTIAL_SUFFIX
+    if os.path.exists(work_path):
+        try:  # read-only first: a refused work file is left exactly as it was
+            with h5py.File(work_path, "r") as f:
+                found = _read_attrs(f)
+            f = h5py.File(work_path, "r+") if found == provenance else None
+        except OSError as e:
+            raise OutputError(f"the unfinished work file {work_path} cannot be opened: {e}",
+                              "delete it to start over") from e
+        if f is None:
+            diff = sorted(k for k in set(found) | set(provenance) if found.get(k) != provenance.get(k))
+            raise DataError(f"{work_path} holds an unfinished run with another {', '.join(diff)}",
+                            "rerun with the original graph, data and --batch-size, or delete it to start over")
+        if PROGRESS not in f:  # killed between dropping the counter and the rename: it is complete
+            return f, rows
+        return f, int(f[PROGRESS][0])
+    _reserve_space(work_path, _estimate_bytes(layout, id_source, rows))
+    try:
+        f = h5py.File(work_path, "w")
+    except OSError as e:
+        raise OutputError(f"cannot write {work_path}: {getattr(e, 'strerror', None) or e}",
+                          "choose a writable output location") from e
+    try:
+        for name, spec in layout.items():
+            dtype = np.dtype(spec["dtype"])
+            row_bytes = int(np.prod(spec["shape"], dtype=np.int64)) * dtype.itemsize
+            d = f.create_dataset(name, shape=(rows, *spec["shape"]), dtype=dtype, dcpl=_early_dcpl(),
+                                 chunks=(_chunk_rows(batch_size, row_bytes, rows), *spec["shape"]))
+            d.attrs["tensor"] = spec["tensor"]
+        if id_source is not None:
+            text = id_source.dtype.kind == "U"  # numpy unicode: HDF5 stores it as UTF-8 strings
+            d = f.create_dataset("ids", shape=id_source.shape, dtype=h5py.string_dtype() if text else id_source.dtype,
+                                 chunks=(min(rows, 1 << 16), *id_source.shape[1:]))
+            step = 1 << 16
+            for s in range(0, rows, step):
+                block = id_source.read(s, min(rows, s + step))
+                d[s:s + step] = block.astype(object) if text else block
+        f.create_dataset(PROGRESS, shape=(1,), dtype=np.int64, chunks=(1,), dcpl=_early_dcpl())[0] = 0
+        f.attrs.update(provenance)
+        f.flush()
+    except BaseException as e:
+        try:
+            f.close()
+        except Exception:  # noqa: BLE001 - a failed write can leave HDF5 unable to flush; the file goes anyway
+            pass
+        os.remove(work_path)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {work_path}: {getattr(e, 'strerror', None) or e}",
+                              "free some space or choose a writable output location") from e
+        raise
+    return f, 0
+
+
+def _estimate_bytes(layout: dict, id_source, rows: int) -> int:
+    """The work file's size: every output row, the ids, and a generous allowance for HDF5's metadata."""
+    row_bytes = sum(int(np.prod(s["shape"], dtype=np.int64)) * np.dtype(s["dtype"]).itemsize for s in layout.values())
+    if id_source is not None:
+        id_row = int(np.prod(id_source.shape[1:], dtype=np.int64))
+        row_bytes += id_row * (48 if id_source.dtype.kind in "OU" else id_source.dtype.itemsize)
+    return rows * row_bytes + (1 << 20)
+
+
+def _reserve_space(path: str, nbytes: int) -> None:
+    """Allocate `nbytes` at `path` and let it go again: a full disk, a quota or a file-size limit is
+    refused here, in plain Python, before HDF5 writes a byte (a write that fails inside HDF5 can
+    leave the library unable to close the file)."""
+    parent = os.path.dirname(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as e:
+        raise OutputError(f"cannot write to {parent}: {e.strerror}", "choose a writable output location") from e
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, nbytes)
+        elif shutil.disk_usage(parent).free < nbytes:
+            raise OSError(28, "No space left on device")
+    except OSError as e:
+        os.close(fd)
+        os.remove(path)
+        raise OutputError(f"cannot write {path}: it needs {nbytes / 2**20:.1f} MiB and {parent} refuses ({e.strerror})",
+                          "free some space or write elsewhere") from e
+    os.close(fd)
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
+def _items(q: queue.Queue, stop: threading.Event, count: int):
+    """Up to `count` items from `q`, ending early once `stop` is set."""
+    for _ in range(count):
+        while True:
+            if stop.is_set():
+                return
+            try:
+                item = q.get(timeout=0.1)
+                break
+            except queue.Empty:
+                pass
+        yield item
+
+
+def _run_batches(work, runner: _Runner, source: ArraySource, feed_dtype, layout: dict, done: int, batch_size: int,
+                 progress: bool) -> int:
+    """Read-ahead thread → session (this thread) → writer thread, two batches in flight each way."""
+    rows = len(source)
+    spans = [(s, min(rows, s + batch_size)) for s in range(done, rows, batch_size)]
+    if not spans:
+        return 0
+    datasets = [work[name] for name in layout]
+    counter = work[PROGRESS]
+    stop = threading.Event()
+    errors: list = []
+    to_run: queue.Queue = queue.Queue(2)
+    to_write: queue.Queue = queue.Queue(2)
+    delay = float(os.environ.get(SLOW_READ_ENV, "0") or 0)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=rows, initial=done, unit="rows", unit_scale=True, desc="precompute", smoothing=0.1)
+
+    def reader():
+        try:
+            for start, stop_row in spans:
+                x = source.read(start, stop_row)
+                if x.dtype != feed_dtype:
+                    x = x.astype(feed_dtype)
+                if delay:
+                    time.sleep(delay)
+                if not _put(to_run, (start, stop_row, x), stop):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            errors.append(DataError(f"cannot read rows {start}:{stop_row} of {source.path}: {e}",
+                                    "check the data file") if isinstance(e, OSError) else e)
+            stop.set()
+
+    def writer():
+        try:
+            for start, stop_row, results in _items(to_write, stop, len(spans)):
+                for d, r in zip(datasets, results):
+                    d[start:stop_row] = r
+                work.flush()  # the rows are in the file before the counter says so
+                counter[0] = stop_row
+                work.flush()
+                if bar is not None:
+                    bar.update(stop_row - start)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(OutputError(f"cannot write {work.filename}: {getattr(e, 'strerror', None) or e}",
+                                      "free some space or choose a writable output location; "
+                                      "rerun the same command to resume") if isinstance(e, OSError) else e)
+            stop.set()
+
+    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        for start, stop_row, x in _items(to_run, stop, len(spans)):
+            if not _put(to_write, (start, stop_row, runner.run(x, start, stop_row)), stop):
+                break
+    except BaseException as e:
+        errors.append(e)
+        stop.set()
+    finally:
+        threads[1].join()  # the writer finishes what was handed to it, or stops once `stop` is set
+        stop.set()
+        threads[0].join()
+        if bar is not None:
+            bar.close()
+    if errors:
+        raise errors[0]
+    return rows - done
+
+
+def _finish(work, out: str) -> None:
+    """Drop the counter and rename the work file onto `out`. Like `files.atomic_path`, this guards
+    against a killed process, not a power cut (no fsync: it would cost as much as a tenth of a run)."""
+    work_path = work.filename
+    try:
+        if PROGRESS in work:
+            del work[PROGRESS]
+        work.close()
+        os.replace(work_path, out)
+    except OSError as e:
+        raise OutputError(f"cannot move {work_path} onto {out}: {e.strerror or e}",
+                          "check the output location; rerun the same command to finish") from e
+
+
+__all__ = ["OfflineGraph", "PrecomputeResult", "ArraySource", "load_offline_graph", "parse_outputs", "precompute"]

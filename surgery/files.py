@@ -11,6 +11,12 @@ import tempfile
 from .errors import OutputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str, *, directory: bool = False):
     """Yield a temporary path beside `target`; on success rename it onto `target`.
@@ -28,6 +34,7 @@ def atomic_path(target: str, *, directory: bool = False):
         else:
             fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
             os.close(fd)
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())  # mkstemp/mkdtemp make them private
     except OSError as e:
         raise OutputError(f"cannot write to {parent}: {e.strerror}", "choose a writable output location") from e
     try:

@@ -20,12 +20,20 @@ DATA = "data/shapes.h5"
 STEPS = [
     ("Inspect the pretrained network (a .meta + checkpoint directory)",
      ["inspect", MODEL, "--tensors", "^fc[678]:"]),
-    ("Freeze it for a C++/mobile runtime: variables → constants, training nodes stripped",
-     ["freeze", MODEL, "--outputs", "predictions", "--out", f"{OUT}/vgg_frozen.pb"]),
-    ("Inspect the frozen graph",
-     ["inspect", f"{OUT}/vgg_frozen.pb"]),
-    ("Freeze only the classifier above fc7: fc7 becomes a placeholder",
-     ["freeze", MODEL, "--inputs", "fc7", "--outputs", "predictions", "--out", f"{OUT}/head_above_fc7.pb"]),
+    ("Fine-tune at fc7 on the new 5-class task: a new head behind stop_gradient, trained on cached fc7 values",
+     ["finetune", MODEL, "--at", "fc7", "--head", "dense:5", "--data", DATA, "--x", "target/x", "--y", "target/y",
+      "--epochs", "15", "--lr", "0.01", "--cache-bottlenecks", "--out", f"{OUT}/finetuned"]),
+    ("Split the fine-tuned network at fc7: an offline backbone and an online head, each frozen",
+     ["split", f"{OUT}/finetuned", "--cut", "fc7", "--outputs", "head/probabilities", "--out", f"{OUT}/pieces"]),
+    ("Precompute fc7 embeddings for every target image with the offline piece (resumable, ids alongside)",
+     ["precompute", f"{OUT}/pieces", "--data", DATA, "--key", "target/x", "--ids", "target/ids",
+      "--out", f"{OUT}/fc7_embeddings.h5"]),
+    ("Inspect the online piece: fed at fc7:0, none of the backbone inside",
+     ["inspect", f"{OUT}/pieces/online.pb"]),
+    ("Freeze the whole fine-tuned network for a C++/mobile runtime",
+     ["freeze", f"{OUT}/finetuned", "--outputs", "head/probabilities", "--out", f"{OUT}/finetuned_frozen.pb"]),
+    ("Audit the frozen pieces: nothing in them touches files, the network or Python",
+     ["audit", f"{OUT}/pieces/online.pb"]),
 ]
 
 

@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", metavar="T", help="input tensor (default: the graph's one input)")
     p.add_argument("--outputs", metavar="T[=NAME],..", help="tensors to store, optionally renamed")
     p.add_argument("--out", required=True, metavar="FILE.h5")
+    p.add_argument("--runner", choices=["local", "beam"], default="local",
+                   help="local (default), or Apache Beam: shards + index in FILE.h5.shards/, merged into FILE.h5 "
+                        "(needs pip install 'surgery[beam]')")
+    p.add_argument("--beam-option", action="append", default=[], metavar="K=V",
+                   help="Beam pipeline option, repeatable: runner=DataflowRunner, direct_num_workers=2, "
+                        "direct_running_mode=multi_processing, project=..., temp_location=gs://...")
 
     p = add("export", "write frozen pieces as SavedModels with a serving_default signature",
             "surgery export pieces/ --saved-model serving/")
@@ -181,7 +187,24 @@ def _cmd_split(args) -> int:
 
 
 def _cmd_precompute(args) -> int:
+    if args.runner == "beam":
+        return _precompute_on_beam(args)
     return _not_available(args)
+
+
+def _precompute_on_beam(args) -> int:
+    """`precompute --runner beam`: shards + index in OUT.shards/, merged into OUT (see surgery/beam.py)."""
+    from .beam import merge_shards, require_beam, run_precompute, source_for
+
+    require_beam()
+    source = source_for(args.data, args.key, args.ids)
+    shard_dir = args.out + ".shards"
+    index = run_precompute(args.model, source, shard_dir, inputs=args.inputs, outputs=args.outputs,
+                           batch_size=args.batch_size, beam_options=args.beam_option)
+    merge_shards(index, args.out)
+    print(f"precomputed {source.num_rows} rows on Beam → {args.out}")
+    print(f"  shards and index: {index}")
+    return 0
 
 
 def _cmd_export(args) -> int:

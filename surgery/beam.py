@@ -484,6 +484,7 @@ def _pipeline_options(runner: str, beam_options) -> object:
         items.append(tuple(opt.split("=", 1)))
     flags = {k.lstrip("-"): str(v) for k, v in items}
     flags.setdefault("runner", runner)
+    flags.setdefault("default_sdk_harness_log_level", "WARNING")  # worker INFO lines drown the progress
     return PipelineOptions([f"--{k}={v}" for k, v in flags.items()])
 
 

@@ -29,27 +29,9 @@ def _build(directory: str, rows: int, features: int = 64):
     """A split directory with a frozen MLP offline piece, and an HDF5 of `rows` float32 rows."""
     import h5py
 
-    from surgery import tfcompat
-    from surgery.freeze import freeze_graph, write_graph_def
-    from surgery.manifest import piece, write_manifest
+    from nets import write_mlp_pieces
 
-    tf = tfcompat.tf
-    v1 = tf.compat.v1
-    graph = tf.Graph()
-    with graph.as_default():
-        v1.set_random_seed(0)
-        x = v1.placeholder(tf.float32, [None, features], name="x")
-        with v1.variable_scope("mlp", use_resource=False):
-            h = tf.nn.relu(tf.matmul(x, v1.get_variable("w1", [features, 128])) + v1.get_variable("b1", [128]))
-            out = tf.matmul(h, v1.get_variable("w2", [128, 32]))
-        emb = tf.identity(out, name="emb")
-        with v1.Session() as sess:
-            sess.run(v1.global_variables_initializer())
-            frozen = freeze_graph(graph, [emb], inputs=[x],
-                                  read_variable=lambda n: sess.run(graph.get_tensor_by_name(n + ":0")))
-    pieces = os.path.join(directory, "pieces")
-    write_graph_def(frozen.graph_def, os.path.join(pieces, "offline.pb"))
-    write_manifest(pieces, source={"path": "bench"}, pieces={"offline": piece("offline.pb", frozen)})
+    pieces = write_mlp_pieces(os.path.join(directory, "pieces"), features=features, hidden=128, dim=32)
     data = os.path.join(directory, "data.h5")
     with h5py.File(data, "w") as f:
         f["x"] = np.random.default_rng(0).normal(size=(rows, features)).astype(np.float32)

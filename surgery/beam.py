@@ -585,12 +585,18 @@ class ShardedTable:
         except KeyError as e:
             raise DataError(f"id {e.args[0]!r} is not in {self.directory}", "look up ids that were precomputed") from e
         names = names or self.names
-        out = {n: [] for n in names}
-        for row in wanted:  # one row at a time keeps memory at the size of the answer
-            r = self.rows(row, row + 1, names)
-            for n in names:
-                out[n].append(r[n][0])
-        return {n: np.asarray(v) for n, v in out.items()}
+        wanted = np.asarray(wanted, dtype=np.int64)
+        where, parts = [], []
+        for shard in self.shards:  # each shard holding a wanted row is opened once
+            hit = np.flatnonzero((wanted >= shard["start"]) & (wanted < shard["stop"]))
+            if len(hit):
+                part = self._read(shard, names)
+                where.append(hit)
+                parts.append({n: part[n][wanted[hit] - shard["start"]] for n in names})
+        if not parts:
+            return {n: np.empty((0,)) for n in names}
+        order = np.argsort(np.concatenate(where), kind="stable")
+        return {n: np.concatenate([p[n] for p in parts])[order] for n in names}
 
 
 def _id_key(v):

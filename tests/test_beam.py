@@ -31,25 +31,9 @@ def beam(monkeypatch):
 @pytest.fixture(scope="module")
 def split_dir(tmp_path_factory):
     """A split directory whose offline piece is a small MLP `x` [?, 12] → `emb` [?, 8]."""
-    from surgery.freeze import freeze_graph, write_graph_def
-    from surgery.manifest import piece, write_manifest
+    from nets import write_mlp_pieces
 
-    d = tmp_path_factory.mktemp("pieces")
-    graph = tf.Graph()
-    with graph.as_default():
-        v1.set_random_seed(1)
-        x = v1.placeholder(tf.float32, [None, FEATURES], name="x")
-        with v1.variable_scope("mlp", use_resource=False):
-            h = tf.nn.relu(tf.matmul(x, v1.get_variable("w1", [FEATURES, 32])) + v1.get_variable("b1", [32]))
-            out = tf.matmul(h, v1.get_variable("w2", [32, 8]))
-        emb = tf.identity(out, name="emb")
-        with v1.Session() as sess:
-            sess.run(v1.global_variables_initializer())
-            frozen = freeze_graph(graph, [emb], inputs=[x],
-                                  read_variable=lambda n: sess.run(graph.get_tensor_by_name(n + ":0")))
-    write_graph_def(frozen.graph_def, str(d / "offline.pb"))
-    write_manifest(str(d), source={"path": "test"}, pieces={"offline": piece("offline.pb", frozen)})
-    return str(d)
+    return write_mlp_pieces(str(tmp_path_factory.mktemp("pieces")), features=FEATURES, hidden=32, dim=8, seed=1)
 
 
 @pytest.fixture(scope="module")

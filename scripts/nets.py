@@ -99,3 +99,27 @@ def two_tower(num_items: int = 500, item_features: int = 32, user_features: int 
         h = dense(joint, 32, activation=tf.nn.relu, name="dense")
         logit = tf.squeeze(dense(h, 1, name="logit"), [1])
     return items, users, tf.sigmoid(logit, name="score")
+
+
+def write_mlp_pieces(directory: str, *, features: int, hidden: int, dim: int, seed: int = 0) -> str:
+    """A split directory (`offline.pb` + `manifest.json`) whose offline piece is a frozen MLP
+    `x` [?, features] → relu(hidden) → `emb` [?, dim], as `surgery split` would write it."""
+    from surgery.freeze import freeze_graph, write_graph_def
+    from surgery.manifest import piece, write_manifest
+
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(seed)
+        x = v1.placeholder(tf.float32, [None, features], name="x")
+        with v1.variable_scope("mlp", use_resource=False):
+            h = tf.nn.relu(tf.matmul(x, v1.get_variable("w1", [features, hidden])) + v1.get_variable("b1", [hidden]))
+            out = tf.matmul(h, v1.get_variable("w2", [hidden, dim]))
+        emb = tf.identity(out, name="emb")
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            frozen = freeze_graph(graph, [emb], inputs=[x],
+                                  read_variable=lambda n: sess.run(graph.get_tensor_by_name(n + ":0")))
+    write_graph_def(frozen.graph_def, f"{directory}/offline.pb")
+    write_manifest(directory, source={"path": "scripts/nets.py:write_mlp_pieces"},
+                   pieces={"offline": piece("offline.pb", frozen)})
+    return directory

@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "`embeddings`)")
     p.add_argument("--out", required=True, metavar="FILE.h5",
                    help="HDF5 to write; an interrupted run resumes from FILE.h5.partial when run again")
+    p.add_argument("--runner", choices=["local", "beam"], default="local",
+                   help="local (default), or Apache Beam: shards + index in FILE.h5.shards/, merged into FILE.h5 "
+                        "(needs pip install 'surgery[beam]')")
+    p.add_argument("--beam-option", action="append", default=[], metavar="K=V",
+                   help="Beam pipeline option, repeatable: runner=DataflowRunner, direct_num_workers=2, "
+                        "direct_running_mode=multi_processing, project=..., temp_location=gs://...")
 
     p = add("export", "write frozen pieces as SavedModels with a serving_default signature",
             "surgery export pieces/ --saved-model serving/")
@@ -243,6 +249,8 @@ def _cmd_split(args) -> int:
 
 
 def _cmd_precompute(args) -> int:
+    if args.runner == "beam":
+        return _precompute_on_beam(args)
     import numpy as np
 
     from .precompute import precompute
@@ -262,6 +270,21 @@ def _cmd_precompute(args) -> int:
     if args.ids:
         print(f"  {'ids':<12} ← {args.ids}")
     print(f"→ {args.out}")
+    return 0
+
+
+def _precompute_on_beam(args) -> int:
+    """`precompute --runner beam`: shards + index in OUT.shards/, merged into OUT (see surgery/beam.py)."""
+    from .beam import merge_shards, require_beam, run_precompute, source_for
+
+    require_beam()
+    source = source_for(args.data, args.key, args.ids)
+    shard_dir = args.out + ".shards"
+    index = run_precompute(args.model, source, shard_dir, inputs=args.inputs, outputs=args.outputs,
+                           batch_size=args.batch_size, beam_options=args.beam_option)
+    merge_shards(index, args.out)
+    print(f"precomputed {source.num_rows} rows on Beam → {args.out}")
+    print(f"  shards and index: {index}")
     return 0
 
 

@@ -1,0 +1,632 @@
+"""Precompute on Apache Beam: the offline piece over a dataset too big for one machine.
+
+Beam is the engine people already run TensorFlow batch work on; the same pipeline runs
+locally on the DirectRunner and at scale on Dataflow, Flink or Spark (options only). This
+module builds that pipeline; `pip install 'surgery[beam]'` brings apache-beam.
+
+    rows ─► shards (start, stop) ─► blocks of batch_size rows, read inside the worker
+         ─► RunInference(frozen GraphDef handler) ─► group by shard ─► one HDF5 per shard
+         ─► index.json (written last) ─► ShardedTable / merge_shards
+
+Determinism. TensorFlow's CPU kernels do not give bit-identical rows when the batch around a
+row changes (a matmul over 1 row and over 999 rows differ in the last bits), and Beam's
+batching depends on bundle boundaries, i.e. on the number of workers. So the unit handed to
+TensorFlow is a fixed block: rows [k·batch_size, (k+1)·batch_size) of the global row grid,
+exactly as a plain `for start in range(0, n, batch_size)` loop feeds them. Beam batches
+*blocks* (the handler's batching kwargs) to amortise per-element overhead, and the handler
+runs each block on its own. Shards start on that grid, are written under a name made of their
+row range (a retried bundle overwrites the same file, atomically), and are merged in row order:
+the merged file is byte-identical whatever the number of workers.
+
+Restart safety. Each shard file appears only once complete (temporary name + rename); a rerun
+with the same plan skips shards already on disk; a changed plan (graph, data, batch size)
+clears them first.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from .errors import DataError, ModelLoadError, SurgeryError
+from .files import atomic_path, write_text
+
+INSTALL = "pip install 'surgery[beam]'"
+INDEX_FORMAT = "surgery-shards/1"
+INDEX_FILE = "index.json"
+PLAN_FILE = "plan.json"
+DEFAULT_ROWS_PER_SHARD = 16384
+
+try:  # optional: the table reader and merge work without Beam
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+except ImportError:  # pragma: no cover - exercised by the no-extra test through require_beam
+    beam = None
+    ModelHandler = object
+
+
+class BeamNotInstalledError(SurgeryError):
+    """`--runner beam` without the optional extra."""
+
+
+def require_beam():
+    """Import apache_beam now (not at module import), or say how to install it."""
+    try:
+        import apache_beam
+    except ImportError as e:
+        raise BeamNotInstalledError("apache-beam is not installed, so --runner beam cannot run",
+                                    f"install the extra: {INSTALL}") from e
+    return apache_beam
+
+
+# ---------------------------------------------------------------- the graph to run
+
+@dataclasses.dataclass(frozen=True)
+class GraphSpec:
+    """The offline piece, resolved in the driver: which file, what to feed, what to fetch and store."""
+
+    graph_file: str
+    sha256: str
+    input: dict  # {name, dtype, shape}
+    outputs: tuple  # ({tensor, name, dtype, shape}, ...): tensor to fetch, dataset name to store it under
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _parse_outputs(value) -> list:
+    """`'fc7=emb,probs'` → [('fc7', 'emb'), ('probs', None)]."""
+    from .names import parse_list
+
+    return [(item.split("=", 1)[0], item.split("=", 1)[1]) if "=" in item else (item, None)
+            for item in parse_list(value)]
+
+
+def _dataset_name(tensor_name: str) -> str:
+    return tensor_name.split(":")[0].replace("/", "_")
+
+
+def resolve_graph(graph_path: str, *, inputs: str | None = None, outputs=None) -> GraphSpec:
+    """GRAPH (a split directory's offline piece, or a frozen .pb/.pbtxt) → a `GraphSpec`.
+
+    Defaults: the piece's one input; all its outputs, stored as `embeddings` when there is one.
+    Names are resolved with `resolve_tensor` on the imported graph, so `fc7` works as on the CLI.
+    """
+    from . import manifest as manifest_lib
+    from .inspect import likely_inputs, likely_outputs, tensor_info
+    from .model import load_model
+    from .names import resolve_tensor
+
+    if os.path.isdir(graph_path) and os.path.exists(os.path.join(graph_path, manifest_lib.FILENAME)):
+        man = manifest_lib.read_manifest(graph_path)
+        name = "offline" if "offline" in man["pieces"] else sorted(man["pieces"])[0]
+        graph_file = manifest_lib.piece_path(graph_path, man, name)
+        default_in = man["pieces"][name]["inputs"]
+        default_out = man["pieces"][name]["outputs"]
+        model = load_model(graph_file)
+    elif os.path.isfile(graph_path) and graph_path.endswith((".pb", ".pbtxt")):
+        graph_file = graph_path
+        model = load_model(graph_file)
+        default_in, default_out = likely_inputs(model), likely_outputs(model)
+    else:
+        raise ModelLoadError(f"{graph_path} is neither a split directory nor a frozen .pb",
+                             "for --runner beam pass the directory written by `surgery split` or a "
+                             "`surgery freeze` .pb")
+    if inputs:
+        feed = tensor_info(resolve_tensor(model.graph, inputs))
+    elif len(default_in) == 1:
+        feed = default_in[0]
+    else:
+        raise SurgeryError(f"{graph_path} has {len(default_in)} inputs: "
+                           + ", ".join(t["name"] for t in default_in), "choose one with --inputs")
+    pairs = _parse_outputs(outputs) if outputs else [(t["name"], None) for t in default_out]
+    if not pairs:
+        raise SurgeryError(f"{graph_path} has no outputs to store", "name them with --outputs")
+    fetch = []
+    for tensor, name in pairs:
+        info = tensor_info(resolve_tensor(model.graph, tensor))
+        default = "embeddings" if len(pairs) == 1 else _dataset_name(info["name"])
+        fetch.append({"tensor": info["name"], "name": name or default, "dtype": info["dtype"], "shape": info["shape"]})
+    names = [f["name"] for f in fetch]
+    if len(set(names)) != len(names) or "ids" in names:
+        raise SurgeryError(f"output dataset names {names} repeat or use 'ids'", "rename them with --outputs T=NAME")
+    return GraphSpec(os.path.abspath(graph_file), _sha256(graph_file), feed, tuple(fetch))
+
+
+# ---------------------------------------------------------------- sharded inputs
+
+def _check_rows(rows: np.ndarray, spec: GraphSpec, where: str) -> np.ndarray:
+    """Rows of the input's shape, cast to its dtype when that is safe (uint8 → float32)."""
+    want = spec.input["shape"]
+    if want is not None and (rows.ndim != len(want)
+                             or any(w is not None and w != d for w, d in zip(want[1:], rows.shape[1:]))):
+        raise DataError(f"{where} has rows of shape {list(rows.shape[1:])}, but input '{spec.input['name']}' "
+                        f"takes {want[1:]}", "pass the dataset the offline piece was cut for")
+    dtype = np.dtype(spec.input["dtype"])
+    if rows.dtype != dtype:
+        if not np.can_cast(rows.dtype, dtype, "same_kind"):
+            raise DataError(f"{where} holds {rows.dtype}, input '{spec.input['name']}' takes {dtype}",
+                            "convert the data, or cut the graph at an input of that dtype")
+        rows = rows.astype(dtype)
+    return rows
+
+
+class HDF5Source:
+    """Rows of dataset `key` in an HDF5 file (ids from dataset `ids_key`); opened inside each worker."""
+
+    def __init__(self, path: str, key: str, ids_key: str | None = None):
+        import h5py
+
+        self.path, self.key, self.ids_key = os.path.abspath(path), key, ids_key
+        try:
+            with h5py.File(self.path, "r") as f:
+                for k in filter(None, (key, ids_key)):
+                    if k not in f or not isinstance(f[k], h5py.Dataset):
+                        raise DataError(f"{path} has no dataset '{k}'", "datasets here: " + ", ".join(_h5_datasets(f)))
+                self.num_rows = int(f[key].shape[0])
+                if ids_key and f[ids_key].shape[0] != self.num_rows:
+                    raise DataError(f"{path}: '{ids_key}' has {f[ids_key].shape[0]} rows, '{key}' has {self.num_rows}",
+                                    "ids must have one entry per row")
+        except OSError as e:
+            raise DataError(f"cannot read {path} as HDF5: {e}", "pass an HDF5 file, a .npy or TFRecord files") from e
+
+    def describe(self) -> dict:
+        return {"kind": "hdf5", "path": self.path, "key": self.key, "ids": self.ids_key, "rows": self.num_rows}
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            return f[self.key][start:stop]
+
+    def read_ids(self, start: int, stop: int):
+        import h5py
+
+        if not self.ids_key:
+            return None
+        with h5py.File(self.path, "r") as f:
+            return f[self.ids_key][start:stop]
+
+
+def _h5_datasets(f) -> list:
+    import h5py
+
+    names = []
+    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    return names
+
+
+class NpySource:
+    """Rows of a `.npy` array, memory-mapped (ids from a second `.npy` of the same length)."""
+
+    def __init__(self, path: str, ids_path: str | None = None):
+        self.path, self.ids_path = os.path.abspath(path), ids_path and os.path.abspath(ids_path)
+        try:
+            self.num_rows = int(np.load(self.path, mmap_mode="r").shape[0])
+            if ids_path and np.load(self.ids_path, mmap_mode="r").shape[0] != self.num_rows:
+                raise DataError(f"{ids_path} does not have one id per row of {path}", "pass matching ids")
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {path} as .npy: {e}", "pass an array saved with numpy.save") from e
+
+    def describe(self) -> dict:
+        return {"kind": "npy", "path": self.path, "ids": self.ids_path, "rows": self.num_rows}
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.array(np.load(self.path, mmap_mode="r")[start:stop])
+
+    def read_ids(self, start: int, stop: int):
+        return None if not self.ids_path else np.array(np.load(self.ids_path, mmap_mode="r")[start:stop])
+
+
+class TFRecordSource:
+    """Serialized `tf.train.Example`s in TFRecord files (sorted glob): feature `feature` holds a row.
+
+    A float_list / int64_list is reshaped to the input's row shape; a bytes_list is raw bytes of
+    the input dtype. Records are counted once in the driver so every row has a global number;
+    shards never cross files.
+    """
+
+    def __init__(self, pattern: str, feature: str, ids_feature: str | None = None):
+        from . import tfcompat
+
+        self.files = sorted(glob.glob(pattern)) or ([pattern] if os.path.isfile(pattern) else [])
+        if not self.files:
+            raise DataError(f"no TFRecord files match {pattern}", "check the path or glob")
+        self.files = [os.path.abspath(p) for p in self.files]
+        self.feature, self.ids_feature = feature, ids_feature
+        try:
+            counts = [sum(1 for _ in tfcompat.tf.compat.v1.io.tf_record_iterator(p)) for p in self.files]
+        except Exception as e:
+            raise DataError(f"cannot read TFRecords from {pattern}: {str(e).splitlines()[0][:160]}",
+                            "pass TFRecord files of serialized tf.train.Example") from e
+        self.offsets = [0, *np.cumsum(counts).tolist()]
+        self.num_rows = int(self.offsets[-1])
+        self.row_shape, self.dtype = None, None  # set by `bind` from the graph's input
+
+    def bind(self, spec: GraphSpec) -> None:
+        self.row_shape = [d if d is not None else -1 for d in (spec.input["shape"] or [None, None])[1:]]
+        self.dtype = spec.input["dtype"]
+
+    def describe(self) -> dict:
+        return {"kind": "tfrecord", "files": self.files, "feature": self.feature, "ids": self.ids_feature,
+                "rows": self.num_rows}
+
+    def boundaries(self) -> list:
+        return self.offsets
+
+    def _records(self, start: int, stop: int):
+        from . import tfcompat
+
+        i = bisect.bisect_right(self.offsets, start) - 1
+        local = start - self.offsets[i]
+        for k, rec in enumerate(tfcompat.tf.compat.v1.io.tf_record_iterator(self.files[i])):
+            if k >= local + (stop - start):
+                break
+            if k >= local:
+                yield tfcompat.tf.train.Example.FromString(rec)
+
+    def _value(self, example, key: str, dtype, shape):
+        if key not in example.features.feature:
+            raise DataError(f"a tf.train.Example in {self.files[0]} has no feature '{key}'",
+                            "features here: " + ", ".join(sorted(example.features.feature)))
+        feat = example.features.feature[key]
+        kind = feat.WhichOneof("kind")
+        if kind == "bytes_list":
+            raw = feat.bytes_list.value
+            if dtype is None:
+                return raw[0]
+            return np.frombuffer(b"".join(raw), dtype=dtype).reshape(shape)
+        values = np.asarray(getattr(feat, kind).value)
+        return values.reshape(shape) if shape is not None else values[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        dtype = np.dtype(self.dtype) if self.dtype else None
+        return np.stack([self._value(ex, self.feature, dtype, self.row_shape) for ex in self._records(start, stop)])
+
+    def read_ids(self, start: int, stop: int):
+        if not self.ids_feature:
+            return None
+        return np.asarray([self._value(ex, self.ids_feature, None, None) for ex in self._records(start, stop)])
+
+
+def source_for(data: str, key: str, ids: str | None = None):
+    """The CLI's --data/--key/--ids as a source: HDF5 datasets, a .npy (ids: another .npy), or
+    TFRecord files (a path or glob; key and ids are feature names)."""
+    if data.endswith(".npy"):
+        return NpySource(data, ids)
+    if data.endswith((".tfrecord", ".tfrecords", ".tfr")) or any(c in data for c in "*?["):
+        return TFRecordSource(data, key, ids)
+    if not os.path.exists(data):
+        raise DataError(f"no such file: {data}", "pass an HDF5 file, a .npy, or TFRecord files")
+    return HDF5Source(data, key, ids)
+
+
+def shard_ranges(source, *, rows_per_shard: int, batch_size: int) -> list:
+    """[(start, stop)] covering every row; starts on the batch grid (and, for TFRecord, within a file)."""
+    size = max(batch_size, -(-rows_per_shard // batch_size) * batch_size)
+    bounds = getattr(source, "boundaries", lambda: [0, source.num_rows])()
+    out = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        out.extend((s, min(s + size, hi)) for s in range(lo, hi, size))
+    return out
+
+
+def shard_file(start: int, stop: int) -> str:
+    """The shard's file name: its row range, so a retry or rerun overwrites, never duplicates."""
+    return f"shard-{start:012d}-{stop:012d}.h5"
+
+
+# ---------------------------------------------------------------- Beam parts
+
+class FrozenGraphModelHandler(ModelHandler):
+    """RunInference handler for a frozen GraphDef: examples are row blocks, predictions tuples of arrays.
+
+    RunInference loads the model through `load_model` once per worker process and shares it across
+    that process's threads (Beam's `shared.Shared`); a `tf.compat.v1.Session` is thread-safe.
+    Beam batches blocks (`batch_elements_kwargs`); each block is run on its own (see module doc).
+    """
+
+    def __init__(self, graph_file: str, input_name: str, output_names, *, max_blocks_per_batch: int = 8):
+        try:
+            super().__init__()
+        except TypeError:  # older Beam: ModelHandler has no __init__ arguments at all
+            pass
+        self.graph_file, self.input_name = graph_file, input_name
+        self.output_names = list(output_names)
+        self.max_blocks_per_batch = max_blocks_per_batch
+
+    def load_model(self):
+        from . import tfcompat
+
+        tf = tfcompat.tf
+        graph_def = tf.compat.v1.GraphDef()
+        with tf.io.gfile.GFile(self.graph_file, "rb") as f:
+            graph_def.ParseFromString(f.read())
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.import_graph_def(graph_def, name="")
+        return tf.compat.v1.Session(graph=graph)
+
+    def run_inference(self, batch, model, inference_args=None):
+        return [PredictionResult(None, tuple(model.run(self.output_names, {self.input_name: block})))
+                for block in batch]
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(block.nbytes for block in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "surgery_precompute"
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": self.max_blocks_per_batch}
+
+
+def _read_blocks(shard, source, spec: GraphSpec, shard_dir: str, batch_size: int):
+    """(start, stop) → ((start, stop, block_start), rows) for every block, read here in the worker.
+    A shard already on disk (a rerun) yields nothing."""
+    start, stop = shard
+    if os.path.exists(os.path.join(shard_dir, shard_file(start, stop))):
+        return
+    rows = _check_rows(source.read(start, stop), spec, f"rows {start}:{stop} of {source.describe()['kind']} input")
+    for b in range(0, stop - start, batch_size):
+        yield (start, stop, start + b), rows[b:b + batch_size]
+
+
+def _write_dataset(f, name: str, data: np.ndarray) -> None:
+    import h5py
+
+    if data.dtype == object or data.dtype.kind == "U":
+        data = np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in data], dtype=object)
+        f.create_dataset(name, data=data, dtype=h5py.string_dtype())
+    else:
+        f.create_dataset(name, data=data)
+
+
+def _write_shard(item, source, spec: GraphSpec, shard_dir: str) -> dict:
+    """All blocks of one shard, in row order, into `shard_dir/shard-START-STOP.h5` (atomically)."""
+    import h5py
+
+    (start, stop), blocks = item
+    blocks = sorted(blocks, key=lambda b: b[0])
+    path = os.path.join(shard_dir, shard_file(start, stop))
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for i, out in enumerate(spec.outputs):
+                _write_dataset(f, out["name"], np.concatenate([b[1][i] for b in blocks]))
+            ids = source.read_ids(start, stop)
+            if ids is not None:
+                _write_dataset(f, "ids", np.asarray(ids))
+            f.attrs["graph_sha256"] = spec.sha256
+            f.attrs["rows"] = [start, stop]
+    return {"file": os.path.basename(path), "start": start, "stop": stop}
+
+
+def precompute_transform(graph, source, shard_dir: str, *, inputs: str | None = None, outputs=None,
+                         batch_size: int = 256, max_blocks_per_batch: int = 8):
+    """A PTransform: PCollection of (start, stop) shard ranges → PCollection of the index path.
+
+    Embed it in your own pipeline; `graph` is a `GraphSpec` or a GRAPH path (resolved now, in the
+    driver). Ranges come from `shard_ranges(source, ...)` so that they start on the batch grid.
+    The output holds one element, the index file, written after every shard.
+    """
+    require_beam()
+    spec = graph if isinstance(graph, GraphSpec) else resolve_graph(graph, inputs=inputs, outputs=outputs)
+    if hasattr(source, "bind"):
+        source.bind(spec)
+    shard_dir = os.path.abspath(shard_dir)
+    handler = KeyedModelHandler(FrozenGraphModelHandler(
+        spec.graph_file, spec.input["name"], [o["tensor"] for o in spec.outputs],
+        max_blocks_per_batch=max_blocks_per_batch))
+
+    @beam.ptransform_fn
+    def _precompute(ranges):
+        shards = ranges | "AllShards" >> beam.combiners.ToList()
+        written = (ranges
+                   | "ReadBlocks" >> beam.FlatMap(_read_blocks, source, spec, shard_dir, batch_size)
+                   | "RunInference" >> RunInference(handler)
+                   | "KeyByShard" >> beam.Map(lambda kv: ((kv[0][0], kv[0][1]), (kv[0][2], kv[1].inference)))
+                   | "GroupByShard" >> beam.GroupByKey()
+                   | "WriteShard" >> beam.Map(_write_shard, source, spec, shard_dir)
+                   | "CountWritten" >> beam.combiners.Count.Globally())
+        return (shards | "WriteIndex" >> beam.Map(
+            lambda all_shards, _count: write_index(shard_dir, spec, source, batch_size, all_shards),
+            beam.pvalue.AsSingleton(written)))
+
+    return _precompute()
+
+
+def write_index(shard_dir: str, spec: GraphSpec, source, batch_size: int, shards) -> str:
+    """Write `shard_dir/index.json` from every shard on disk; refuses while a shard is missing."""
+    import h5py
+
+    shards = sorted((int(a), int(b)) for a, b in shards)
+    missing = [shard_file(a, b) for a, b in shards if not os.path.exists(os.path.join(shard_dir, shard_file(a, b)))]
+    if missing:
+        raise SurgeryError(f"{len(missing)} shard(s) missing in {shard_dir}, e.g. {missing[0]}",
+                           "run the pipeline again: finished shards are kept")
+    datasets, ids = [], None
+    if shards:
+        with h5py.File(os.path.join(shard_dir, shard_file(*shards[0])), "r") as f:
+            for out in spec.outputs:
+                d = f[out["name"]]
+                datasets.append({"name": out["name"], "tensor": out["tensor"], "dtype": str(d.dtype),
+                                 "shape": [None, *d.shape[1:]]})
+            if "ids" in f:
+                ids = {"name": "ids", "dtype": "string" if h5py.check_string_dtype(f["ids"].dtype) else str(f["ids"].dtype)}
+    index = {"format": INDEX_FORMAT, "graph": spec.graph_file, "graph_sha256": spec.sha256,
+             "input": spec.input, "source": source.describe(), "batch_size": batch_size,
+             "num_rows": sum(b - a for a, b in shards), "datasets": datasets, "ids": ids,
+             "shards": [{"file": shard_file(a, b), "start": a, "stop": b} for a, b in shards]}
+    path = os.path.join(shard_dir, INDEX_FILE)
+    write_text(path, json.dumps(index, indent=2) + "\n")
+    return path
+
+
+def _pipeline_options(runner: str, beam_options) -> object:
+    """`{'k': 'v'}` or `['k=v', ...]` → PipelineOptions(['--runner=...', '--k=v', ...])."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    items = list(beam_options.items()) if isinstance(beam_options, dict) else []
+    for opt in ([] if isinstance(beam_options, dict) else (beam_options or [])):
+        if "=" not in opt:
+            raise SurgeryError(f"--beam-option '{opt}' is not K=V", "e.g. --beam-option direct_num_workers=2")
+        items.append(tuple(opt.split("=", 1)))
+    flags = {k.lstrip("-"): str(v) for k, v in items}
+    flags.setdefault("runner", runner)
+    flags.setdefault("default_sdk_harness_log_level", "WARNING")  # worker INFO lines drown the progress
+    return PipelineOptions([f"--{k}={v}" for k, v in flags.items()])
+
+
+def run_precompute(graph, source, shard_dir: str, *, inputs: str | None = None, outputs=None,
+                   batch_size: int = 256, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+                   runner: str = "DirectRunner", beam_options=None) -> str:
+    """Run the offline piece over `source` on Beam into `shard_dir`; returns the index path.
+
+    A rerun with the same plan resumes (shards on disk are kept); another plan starts afresh.
+    """
+    require_beam()
+    if batch_size < 1 or rows_per_shard < 1:
+        raise SurgeryError("batch size and rows per shard must be positive", "e.g. --batch-size 256")
+    options = _pipeline_options(runner, beam_options)
+    spec = graph if isinstance(graph, GraphSpec) else resolve_graph(graph, inputs=inputs, outputs=outputs)
+    if hasattr(source, "bind"):
+        source.bind(spec)
+    ranges = shard_ranges(source, rows_per_shard=rows_per_shard, batch_size=batch_size)
+    _start_plan(shard_dir, {"graph_sha256": spec.sha256, "input": spec.input, "outputs": list(spec.outputs),
+                            "source": source.describe(), "batch_size": batch_size, "shards": ranges})
+    with beam.Pipeline(options=options) as p:
+        _ = (p | "Shards" >> beam.Create(ranges)
+             | "Precompute" >> precompute_transform(spec, source, shard_dir, batch_size=batch_size))
+    return os.path.join(os.path.abspath(shard_dir), INDEX_FILE)
+
+
+def _start_plan(shard_dir: str, plan: dict) -> None:
+    """Keep shards written under the same plan (resume); clear them when anything changed."""
+    os.makedirs(shard_dir, exist_ok=True)
+    path = os.path.join(shard_dir, PLAN_FILE)
+    text = json.dumps(plan, indent=2, sort_keys=True) + "\n"
+    try:
+        with open(path) as f:
+            same = f.read() == text
+    except OSError:
+        same = False
+    if os.path.exists(os.path.join(shard_dir, INDEX_FILE)):
+        os.remove(os.path.join(shard_dir, INDEX_FILE))
+    if not same:
+        for old in glob.glob(os.path.join(shard_dir, "shard-*.h5")):
+            os.remove(old)
+        write_text(path, text)
+
+
+# ---------------------------------------------------------------- reading the result
+
+class ShardedTable:
+    """The shards an index names, read as one table: `read_all()`, `rows(a, b)`, `lookup(ids)`."""
+
+    def __init__(self, index_path: str):
+        if os.path.isdir(index_path):
+            index_path = os.path.join(index_path, INDEX_FILE)
+        try:
+            with open(index_path) as f:
+                self.index = json.load(f)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read shard index {index_path}: {e}",
+                            "pass the index.json written by run_precompute (written last: the run may not have finished)") from e
+        if self.index.get("format") != INDEX_FORMAT:
+            raise DataError(f"{index_path} is not a {INDEX_FORMAT} index", "pass the index.json of a Beam precompute")
+        self.directory = os.path.dirname(os.path.abspath(index_path))
+        self.shards = sorted(self.index["shards"], key=lambda s: s["start"])
+        self.names = [d["name"] for d in self.index["datasets"]]
+        self._starts = [s["start"] for s in self.shards]
+        self._id_rows = None
+
+    def __len__(self) -> int:
+        return self.index["num_rows"]
+
+    def _read(self, shard, names, lo=None, hi=None) -> dict:
+        import h5py
+
+        with h5py.File(os.path.join(self.directory, shard["file"]), "r") as f:
+            return {n: f[n][lo:hi] for n in names}
+
+    def rows(self, start: int, stop: int, names=None) -> dict:
+        """Rows [start, stop) of each dataset (default: every output and `ids`)."""
+        names = names or self.names + (["ids"] if self.index["ids"] else [])
+        parts = []
+        for s in self.shards[max(0, bisect.bisect_right(self._starts, start) - 1):]:
+            if s["start"] >= stop:
+                break
+            parts.append(self._read(s, names, max(start, s["start"]) - s["start"], min(stop, s["stop"]) - s["start"]))
+        return {n: np.concatenate([p[n] for p in parts]) if parts else np.empty((0,)) for n in names}
+
+    def read_all(self, names=None) -> dict:
+        return self.rows(0, len(self), names)
+
+    def lookup(self, ids, names=None) -> dict:
+        """The rows whose id is in `ids`, in the order given; an unknown id is a `DataError`."""
+        if not self.index["ids"]:
+            raise DataError(f"{self.directory} was written without ids", "precompute again with --ids KEY")
+        if self._id_rows is None:
+            all_ids = self.read_all(["ids"])["ids"]
+            self._id_rows = {_id_key(v): i for i, v in enumerate(all_ids)}
+        try:
+            wanted = [self._id_rows[_id_key(v)] for v in ids]
+        except KeyError as e:
+            raise DataError(f"id {e.args[0]!r} is not in {self.directory}", "look up ids that were precomputed") from e
+        names = names or self.names
+        wanted = np.asarray(wanted, dtype=np.int64)
+        where, parts = [], []
+        for shard in self.shards:  # each shard holding a wanted row is opened once
+            hit = np.flatnonzero((wanted >= shard["start"]) & (wanted < shard["stop"]))
+            if len(hit):
+                part = self._read(shard, names)
+                where.append(hit)
+                parts.append({n: part[n][wanted[hit] - shard["start"]] for n in names})
+        if not parts:
+            return {n: np.empty((0,)) for n in names}
+        order = np.argsort(np.concatenate(where), kind="stable")
+        return {n: np.concatenate([p[n] for p in parts])[order] for n in names}
+
+
+def _id_key(v):
+    v = v.item() if isinstance(v, np.generic) else v
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def merge_shards(index_path: str, out_h5: str) -> str:
+    """One HDF5 with each output dataset (and `ids`) in row order, like the local precompute writes.
+
+    Shards are copied in row order into preallocated datasets, so the file's bytes depend only on
+    the data, never on which worker wrote which shard.
+    """
+    import h5py
+
+    table = ShardedTable(index_path)
+    names = table.names + (["ids"] if table.index["ids"] else [])
+    with atomic_path(out_h5) as tmp:
+        with h5py.File(tmp, "w") as out:
+            for shard in table.shards:
+                part = table._read(shard, names)
+                for n in names:
+                    if n not in out:
+                        dtype = h5py.string_dtype() if h5py.check_string_dtype(part[n].dtype) else part[n].dtype
+                        out.create_dataset(n, shape=(len(table), *part[n].shape[1:]), dtype=dtype)
+                    out[n][shard["start"]:shard["stop"]] = part[n]
+            out.attrs["graph_sha256"] = table.index["graph_sha256"]
+    return out_h5
+
+
+__all__ = ["GraphSpec", "resolve_graph", "HDF5Source", "NpySource", "TFRecordSource", "source_for", "shard_ranges",
+           "FrozenGraphModelHandler", "precompute_transform", "run_precompute", "write_index",
+           "ShardedTable", "merge_shards", "require_beam", "BeamNotInstalledError", "INSTALL"]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import glob
-import hashlib
 import json
 import os
 
@@ -77,71 +76,23 @@ class GraphSpec:
     outputs: tuple  # ({tensor, name, dtype, shape}, ...): tensor to fetch, dataset name to store it under
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _parse_outputs(value) -> list:
-    """`'fc7=emb,probs'` → [('fc7', 'emb'), ('probs', None)]."""
-    from .names import parse_list
-
-    return [(item.split("=", 1)[0], item.split("=", 1)[1]) if "=" in item else (item, None)
-            for item in parse_list(value)]
-
-
-def _dataset_name(tensor_name: str) -> str:
-    return tensor_name.split(":")[0].replace("/", "_")
-
-
 def resolve_graph(graph_path: str, *, inputs: str | None = None, outputs=None) -> GraphSpec:
     """GRAPH (a split directory's offline piece, or a frozen .pb/.pbtxt) → a `GraphSpec`.
 
-    Defaults: the piece's one input; all its outputs, stored as `embeddings` when there is one.
-    Names are resolved with `resolve_tensor` on the imported graph, so `fc7` works as on the CLI.
+    Resolution (defaults, `T=NAME`, dataset names, the graph's sha256) is the local path's own
+    `precompute.load_offline_graph`, so both runners store the same datasets for the same
+    arguments. Workers load the graph from its file, so GRAPH must be one on disk.
     """
-    from . import manifest as manifest_lib
-    from .inspect import likely_inputs, likely_outputs, tensor_info
-    from .model import load_model
-    from .names import resolve_tensor
+    from .precompute import load_offline_graph
 
-    if os.path.isdir(graph_path) and os.path.exists(os.path.join(graph_path, manifest_lib.FILENAME)):
-        man = manifest_lib.read_manifest(graph_path)
-        name = "offline" if "offline" in man["pieces"] else sorted(man["pieces"])[0]
-        graph_file = manifest_lib.piece_path(graph_path, man, name)
-        default_in = man["pieces"][name]["inputs"]
-        default_out = man["pieces"][name]["outputs"]
-        model = load_model(graph_file)
-    elif os.path.isfile(graph_path) and graph_path.endswith((".pb", ".pbtxt")):
-        graph_file = graph_path
-        model = load_model(graph_file)
-        default_in, default_out = likely_inputs(model), likely_outputs(model)
-    else:
+    offline = load_offline_graph(graph_path, inputs=inputs, outputs=outputs)
+    if not offline.path.endswith((".pb", ".pbtxt")):
         raise ModelLoadError(f"{graph_path} is neither a split directory nor a frozen .pb",
                              "for --runner beam pass the directory written by `surgery split` or a "
                              "`surgery freeze` .pb")
-    if inputs:
-        feed = tensor_info(resolve_tensor(model.graph, inputs))
-    elif len(default_in) == 1:
-        feed = default_in[0]
-    else:
-        raise SurgeryError(f"{graph_path} has {len(default_in)} inputs: "
-                           + ", ".join(t["name"] for t in default_in), "choose one with --inputs")
-    pairs = _parse_outputs(outputs) if outputs else [(t["name"], None) for t in default_out]
-    if not pairs:
-        raise SurgeryError(f"{graph_path} has no outputs to store", "name them with --outputs")
-    fetch = []
-    for tensor, name in pairs:
-        info = tensor_info(resolve_tensor(model.graph, tensor))
-        default = "embeddings" if len(pairs) == 1 else _dataset_name(info["name"])
-        fetch.append({"tensor": info["name"], "name": name or default, "dtype": info["dtype"], "shape": info["shape"]})
-    names = [f["name"] for f in fetch]
-    if len(set(names)) != len(names) or "ids" in names:
-        raise SurgeryError(f"output dataset names {names} repeat or use 'ids'", "rename them with --outputs T=NAME")
-    return GraphSpec(os.path.abspath(graph_file), _sha256(graph_file), feed, tuple(fetch))
+    fetch = tuple({"tensor": o["name"], "name": o["dataset"], "dtype": o["dtype"], "shape": o["shape"]}
+                  for o in offline.outputs)
+    return GraphSpec(offline.path, offline.sha256, offline.input, fetch)
 
 
 # ---------------------------------------------------------------- sharded inputs

@@ -95,6 +95,24 @@ def test_beam_equals_plain_tensorflow_and_workers_do_not_matter(beam, split_dir,
         table.lookup(["item-9999"])
 
 
+def test_beam_equals_the_local_precompute(beam, split_dir, data, tmp_path):
+    """Issue 10's bar: the Beam path and `surgery precompute` (local) store identical embeddings."""
+    from surgery import precompute
+    from surgery.beam import HDF5Source, merge_shards, run_precompute
+
+    h5, _, _, ids = data
+    local = tmp_path / "local.h5"
+    precompute(split_dir, h5, "x", str(local), ids="ids", batch_size=BATCH, progress=False)
+    index = run_precompute(split_dir, HDF5Source(h5, "x", "ids"), str(tmp_path / "shards"), batch_size=BATCH,
+                           rows_per_shard=200, beam_options=direct(1))
+    merged = merge_shards(index, str(tmp_path / "beam.h5"))
+    with h5py.File(local, "r") as a, h5py.File(merged, "r") as b:
+        assert np.array_equal(a["embeddings"][:], b["embeddings"][:])
+        assert [v.decode() if isinstance(v, bytes) else v for v in a["ids"][:]] == \
+            [v.decode() if isinstance(v, bytes) else v for v in b["ids"][:]]
+        assert a.attrs["graph_sha256"] == b.attrs["graph_sha256"]
+
+
 def test_rerun_resumes_without_duplicates(beam, split_dir, data, tmp_path):
     from surgery.beam import HDF5Source, merge_shards, run_precompute
 

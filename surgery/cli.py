@@ -156,9 +156,10 @@ def _cmd_freeze(args) -> int:
     from .model import load_model
 
     model = load_model(args.model, tag_set=args.tag_set)
-    frozen = freeze_model(model, args.outputs, inputs=args.inputs or ())
-    write_graph_def(frozen.graph_def, args.out, text=args.text)
-    print(f"froze {len(frozen.graph_def.node)} nodes → {args.out}")
+    frozen = freeze_model(model, args.outputs, inputs=args.inputs or (), optimize=args.optimize)
+    size = write_graph_def(frozen, args.out, text=args.text, progress=True)
+    print(f"froze {frozen.num_nodes} nodes ({size / 2**20:.1f} MiB) → {args.out}"
+          + ("  [optimized]" if args.optimize else ""))
     print("  feed:  " + (", ".join(t["name"] for t in frozen.inputs) or "(nothing)"))
     print("  fetch: " + ", ".join(t["name"] for t in frozen.outputs))
     return 0

@@ -267,57 +267,44 @@ def _const_stub(variable) -> object:
 
 
 def variables_to_constants(graph_def, read_variable) -> object:
-    """Each variable node becomes a Const holding its value; resource reads become Identity."""
-    return _variables_to_constants(graph_def, read_variable)[0]
+    """Each variable node becomes a Const holding its value (the whole GraphDef in memory)."""
+    gd, constants = _variables_to_constants(graph_def)
+    frozen = FrozenGraph(skeleton=gd, constants=constants, read_variable=read_variable)
+    return frozen.graph_def
 
 
-def _variables_to_constants(graph_def, read_variable=None) -> tuple:
-    """Each variable node becomes a Const; resource reads become Identity, ResourceGather GatherV2.
-
-    Returns (GraphDef, {const name: variable name}). With `read_variable` the constants hold
-    their values; without, they are value-less stubs to be filled while writing.
+def _variables_to_constants(graph_def) -> tuple:
+    """Variables → value-less Const stubs, by TensorFlow's own converter (the engine of
+    `convert_variables_to_constants`): resource reads become Identity, ResourceGather GatherV2,
+    and resource handles passed into functions (`If`, `While`, `PartitionedCall`, as v2 control
+    flow and Keras make them) become plain tensors there too. The converter is fed a scalar
+    stand-in per variable; each Const it makes is then replaced by a stub with the variable's
+    dtype and shape, to be filled while writing. Returns (GraphDef, {const name: variable name}).
     """
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    resource_vars = {}
-    constants = {}
+    from tensorflow.python.framework import convert_to_constants as ctc
+
+    variables = {n.name: n for n in graph_def.node if n.op in VARIABLE_OP_TYPES}
     for node in graph_def.node:
-        if node.op in VARIABLE_OP_TYPES:
-            dtype = tf.as_dtype(node.attr["dtype"].type)
-            if read_variable is None:
-                out.node.append(_const_stub(node))
-            else:
-                out.node.append(_const_node(node.name, read_variable(node.name), dtype))
-            constants[node.name] = node.name
-            if node.op == "VarHandleOp":
-                resource_vars[node.name] = dtype
-            continue
         if node.op in STATE_WRITING_OPS:
             raise SurgeryError(f"cannot freeze '{node.name}' ({node.op}): it writes a variable, "
                                "which becomes a constant",
                                "freeze only the inference part: name outputs that do not depend on training ops")
-        out.node.add().CopyFrom(node)
-    for node in out.node:
-        if node.input and node_input_op(node.input[0]) in resource_vars:
-            dtype = resource_vars[node_input_op(node.input[0])]
-            if node.op == "ReadVariableOp":
-                node.op = "Identity"
-                node.attr["T"].type = dtype.as_datatype_enum
-                del node.attr["dtype"]
-            elif node.op == "ResourceGather":
-                node.op = "GatherV2"
-                axis = _const_node(node.name + "/axis", 0, tf.int32)
-                out.node.append(axis)
-                node.input.insert(2, axis.name)
-                node.attr["Tparams"].type = dtype.as_datatype_enum
-                for a in ("dtype", "batch_dims", "validate_indices"):
-                    if a in node.attr:
-                        del node.attr[a]
-            else:
-                raise SurgeryError(f"cannot freeze op '{node.name}' ({node.op}) that writes or reads a resource variable",
-                                   "freeze only the inference part: name outputs above the training ops")
-    return out, constants
+    if not variables:
+        return graph_def, {}
+    data = ctc._ConverterData(graph_def)
+    for name, node in variables.items():
+        dtype = tf.as_dtype(node.attr["dtype"].type)
+        stand_in = np.array(b"", dtype=object) if dtype == tf.string else np.zeros((), dtype.as_numpy_dtype)
+        data.tensor_data[name] = ctc._TensorData(numpy=stand_in, dtype=node.attr["dtype"].type, index=None)
+    try:
+        converted, _ = ctc._replace_variables_by_constants(data)
+    except ValueError as e:
+        raise SurgeryError(f"cannot turn the variables into constants: {str(e).splitlines()[0][:200]}",
+                           "freeze only the inference part: name outputs above the training ops") from e
+    for node in converted.node:
+        if node.name in variables:
+            node.CopyFrom(_const_stub(variables[node.name]))
+    return converted, {name: name for name in variables}
 
 
 def strip_training_nodes(graph_def, *, protected=(), constants=()) -> object:

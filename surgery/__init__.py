@@ -7,11 +7,12 @@ from .errors import CutError, DataError, ModelLoadError, RestoreError, SurgeryEr
 from .freeze import FrozenGraph, freeze_graph, freeze_model, write_graph_def
 from .inspect import inspect_model
 from .model import Model, load_model
+from .optimize import optimize_for_inference
 from .names import resolve_op, resolve_tensor, resolve_tensors
 
 __all__ = [
     "CutError", "DataError", "ModelLoadError", "RestoreError", "SurgeryError", "TensorNotFoundError",
     "FrozenGraph", "freeze_graph", "freeze_model", "write_graph_def",
-    "inspect_model", "Model", "load_model", "resolve_op", "resolve_tensor", "resolve_tensors",
+    "inspect_model", "Model", "load_model", "optimize_for_inference", "resolve_op", "resolve_tensor", "resolve_tensors",
 ]
 __version__ = "0.1.0"

@@ -59,11 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensors", metavar="REGEX", help="also list tensors whose names match REGEX")
 
     p = add("freeze", "variables → constants, pruned to the outputs, training nodes stripped",
-            "surgery freeze data/models/vgg --outputs predictions --out vgg.pb")
+            "surgery freeze data/models/vgg --outputs predictions --out vgg.pb\n"
+            "  surgery freeze data/models/vgg --inputs fc7 --outputs predictions --optimize --out head.pb\n"
+            "  surgery freeze vgg.pb --outputs fc7 --text --out trunk.pbtxt   # re-prune a frozen graph")
     _model_arg(p)
     p.add_argument("--outputs", required=True, metavar="T[,..]", help="tensors to keep")
     p.add_argument("--inputs", metavar="T[,..]", help="cut the graph here: these tensors become placeholders")
-    p.add_argument("--optimize", action="store_true", help="fold constants and batch norms, drop identities")
+    p.add_argument("--optimize", action="store_true", help="for inference: fix boolean training switches to their default, "
+                   "fold constants and batch norms into convolutions, drop identities")
     p.add_argument("--text", action="store_true", help="write a text GraphDef (.pbtxt)")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the GraphDef")
 

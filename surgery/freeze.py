@@ -131,11 +131,7 @@ class FrozenGraph:
     def _value(self, stub) -> np.ndarray:
         variable = self._constants[stub.name]
         value = np.asarray(self._read_variable(variable))
-        declared = [d.size for d in stub.attr["value"].tensor.tensor_shape.dim]
-        if len(declared) != value.ndim or any(d not in (-1, v) for d, v in zip(declared, value.shape)):
-            raise SurgeryError(f"variable '{variable}' has shape {list(value.shape)} in the checkpoint "
-                               f"but {declared} in the graph",
-                               "restore it from a matching checkpoint with `surgery restore`")
+        _check_shape(variable, stub, value.shape, "the checkpoint")
         return value
 
     def node_chunks(self):
@@ -151,6 +147,14 @@ class FrozenGraph:
             if source.HasField(name):
                 data = getattr(source, name).SerializeToString()
                 yield _length_delimited(field, len(data)) + data
+
+
+def _check_shape(variable: str, stub, found, where: str) -> None:
+    """The value found for `variable` must have the shape its stub declares (-1: any)."""
+    declared = [d.size for d in stub.attr["value"].tensor.tensor_shape.dim]
+    if len(declared) != len(found) or any(d not in (-1, f) for d, f in zip(declared, found)):
+        raise SurgeryError(f"variable '{variable}' has shape {list(found)} in {where} but {declared} in the graph",
+                           "restore it from a matching checkpoint with `surgery restore`")
 
 
 def _stub_dtype(node):
@@ -248,13 +252,6 @@ def cut_at(graph_def, tensors) -> tuple:
             new.input.append(replace.get(key, inp) if op in cut_ops or key in replace else inp)
     out.node.extend(new_nodes)
     return out, replace
-
-
-def _const_node(name: str, value, dtype) -> object:
-    node = tf.compat.v1.NodeDef(name=name, op="Const")
-    node.attr["dtype"].type = dtype.as_datatype_enum
-    node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
-    return node
 
 
 def _const_stub(variable) -> object:
@@ -504,11 +501,7 @@ def freeze_model(model, outputs, *, inputs=(), optimize=False) -> FrozenGraph:
             found = read.shapes.get(variable)
             if found is None:
                 read(variable)  # raises: no value in the checkpoint
-            declared = [d.size for d in by_name[const].attr["value"].tensor.tensor_shape.dim]
-            if len(declared) != len(found) or any(d not in (-1, s) for d, s in zip(declared, found)):
-                raise SurgeryError(f"variable '{variable}' has shape {list(found)} in checkpoint {model.checkpoint} "
-                                   f"but {declared} in the graph",
-                                   "restore it from a matching checkpoint with `surgery restore`")
+            _check_shape(variable, by_name[const], found, f"checkpoint {model.checkpoint}")
     return frozen
 
 

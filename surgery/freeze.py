@@ -75,7 +75,8 @@ class FrozenGraph:
             raise ValueError("give a complete graph_def or a skeleton, not both")
         self._graph_def = graph_def
         self._skeleton = skeleton if skeleton is not None else graph_def
-        self._constants = dict(constants or {})  # Const stub name -> variable name to read its value from
+        # Const stub name -> the variable name to read its value with, or the source Const node holding it
+        self._constants = dict(constants or {})
         self._read_variable = read_variable
         self.inputs = list(inputs or [])
         self.outputs = list(outputs or [])
@@ -99,7 +100,9 @@ class FrozenGraph:
         if self._graph_def is not None:
             return self._graph_def.ByteSize()
         by_name = {n.name: n for n in self._skeleton.node}
-        return self._skeleton.ByteSize() + sum(_stub_nbytes(by_name[c]) + 16 for c in self._constants)
+        return self._skeleton.ByteSize() + sum(
+            (_stub_nbytes(by_name[c]) if isinstance(source, str) else source.ByteSize()) + 16
+            for c, source in self._constants.items())
 
     @property
     def graph_def(self):
@@ -121,6 +124,9 @@ class FrozenGraph:
             if node.name not in self._constants:
                 yield node
                 continue
+            if not isinstance(self._constants[node.name], str):
+                yield _held_constant(self._constants[node.name])
+                continue
             full = tf.compat.v1.NodeDef()
             full.CopyFrom(node)
             value = self._value(node)
@@ -138,8 +144,12 @@ class FrozenGraph:
         """The binary GraphDef as byte chunks: each `node` field, then `library` and `versions`."""
         source = self._skeleton if self._graph_def is None else self._graph_def
         for node in source.node:
-            if node.name in self._constants and self._graph_def is None:
+            held = self._constants.get(node.name) if self._graph_def is None else None
+            if isinstance(held, str):
                 yield from _const_node_chunks(node, self._value(node))
+            elif held is not None:
+                data = _held_constant(held).SerializeToString()
+                yield _length_delimited(_GRAPH_NODE, len(data)) + data
             else:
                 data = node.SerializeToString()
                 yield _length_delimited(_GRAPH_NODE, len(data)) + data
@@ -147,6 +157,38 @@ class FrozenGraph:
             if source.HasField(name):
                 data = getattr(source, name).SerializeToString()
                 yield _length_delimited(field, len(data)) + data
+
+
+def _held_constant(node):
+    """A Const of the source graph as the frozen graph holds it: device and colocation cleared."""
+    if node.device or "_class" in node.attr:
+        clean = tf.compat.v1.NodeDef()
+        clean.CopyFrom(node)
+        clean.device = ""
+        if "_class" in clean.attr:
+            del clean.attr["_class"]
+        return clean
+    return node
+
+
+def hold_large_constants(graph_def, min_bytes: int = 1 << 20) -> tuple:
+    """(structure, {name: Const node}): `graph_def` with each large input-less Const replaced by a
+    value-less stub, and the originals, to be written back in place when the frozen graph is.
+    Re-pruning a frozen graph then moves no weights until they are written."""
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    held = {}
+    for node in graph_def.node:
+        if node.op == "Const" and not node.input and node.attr["value"].tensor.ByteSize() >= min_bytes:
+            stub = out.node.add(name=node.name, op="Const")
+            stub.attr["dtype"].CopyFrom(node.attr["dtype"])
+            stub.attr["value"].tensor.dtype = node.attr["value"].tensor.dtype
+            stub.attr["value"].tensor.tensor_shape.CopyFrom(node.attr["value"].tensor.tensor_shape)
+            held[node.name] = node
+        else:
+            out.node.add().CopyFrom(node)
+    return out, held
 
 
 def _check_shape(variable: str, stub, found, where: str) -> None:
@@ -351,7 +393,7 @@ def _as_tensors(graph, names) -> list:
     return resolve_tensors(graph, names)
 
 
-def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=False) -> FrozenGraph:
+def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=False, graph_def=None) -> FrozenGraph:
     """Freeze `graph` (a tf.Graph) to `outputs`, cut at `inputs`, with variable values from `read_variable`.
 
     `outputs`/`inputs` are names in any form `resolve_tensors` accepts, or tf.Tensors. The
@@ -359,12 +401,15 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
     2 GB limit) before any weight is read; weights are read when the result is written or its
     `graph_def` is first used. `optimize=True` also runs the inference passes of
     `surgery.optimize` (constant and batch-norm folding, identity removal, training flags fixed).
+    `graph_def`, the GraphDef `graph` was imported from, saves copying large constants out of it.
     """
     out_tensors = _as_tensors(graph, outputs)
     in_tensors = _as_tensors(graph, inputs)
     if not out_tensors:
         raise SurgeryError("no outputs given", "name the tensors to keep with --outputs, e.g. --outputs predictions")
-    gd, replaced = cut_at(graph.as_graph_def(), in_tensors)
+    structure, held = hold_large_constants(graph_def if graph_def is not None else graph.as_graph_def())
+    gd, replaced = cut_at(structure, in_tensors)
+    del structure
     _drop_machinery_control_inputs(gd)
     out_names = [replaced.get(t.name, t.name) for t in out_tensors]
     try:
@@ -380,6 +425,7 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
     gd, constants = _variables_to_constants(gd)
     protected = {node_input_op(n) for n in out_names} | set(replaced.values())
     skeleton = strip_training_nodes(gd, protected=protected, constants=constants)
+    constants.update({n.name: held[n.name] for n in skeleton.node if n.name in held})
     infos = _tensor_infos(skeleton, out_names)
     frozen = FrozenGraph(inputs=infos[0], outputs=infos[1], skeleton=skeleton, constants=constants,
                          read_variable=read_variable)
@@ -494,10 +540,13 @@ def checkpoint_variable_reader(model):
 def freeze_model(model, outputs, *, inputs=(), optimize=False) -> FrozenGraph:
     """Freeze a loaded `Model` with values read straight from its checkpoint (see `freeze_graph`)."""
     read = checkpoint_variable_reader(model)
-    frozen = freeze_graph(model.graph, outputs, inputs=inputs, read_variable=read, optimize=optimize)
+    frozen = freeze_graph(model.graph, outputs, inputs=inputs, read_variable=read, optimize=optimize,
+                          graph_def=model.graph_def if model.is_frozen else None)
     if read is not None and frozen._graph_def is None:
         by_name = {n.name: n for n in frozen.skeleton.node}
         for const, variable in frozen._constants.items():
+            if not isinstance(variable, str):
+                continue
             found = read.shapes.get(variable)
             if found is None:
                 read(variable)  # raises: no value in the checkpoint

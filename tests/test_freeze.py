@@ -301,3 +301,29 @@ def test_cli_optimize_with_inputs_cut(tmp_path):
     gd = load_model(str(out)).graph_def
     assert not any(n.name.startswith("conv1") for n in gd.node)
     np.testing.assert_allclose(_run_graph_def(gd, {"Relu:0": mid}, "out:0"), want, rtol=1e-5, atol=1e-6)
+
+
+def test_refreeze_holds_large_constants_until_written(tmp_path):
+    """A frozen graph's big constants are stubbed while pruning and written back from the source."""
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, [None, 600], name="x")
+        with tf.device("/cpu:0"):
+            w = tf.constant(np.random.default_rng(0).normal(size=(600, 600)).astype(np.float32), name="w")
+        h = tf.nn.relu(tf.matmul(x, w), name="h")
+        tf.reduce_sum(h, 1, name="out")
+        tf.reduce_max(h, 1, name="unused")
+    pb = tmp_path / "big.pb"
+    pb.write_bytes(g.as_graph_def().SerializeToString())
+    feeds = {"x:0": np.random.default_rng(1).normal(size=(2, 600)).astype(np.float32)}
+    want = _run_graph_def(g.as_graph_def(), feeds, "out:0")
+
+    frozen = freeze_model(load_model(str(pb)), "out")
+    assert not isinstance(frozen._constants["w"], str)  # held, not copied
+    stub = next(n for n in frozen.skeleton.node if n.name == "w")
+    assert stub.attr["value"].tensor.ByteSize() < 100  # the skeleton is value-less
+    write_graph_def(frozen, str(tmp_path / "out.pb"))
+    parsed = tf.compat.v1.GraphDef.FromString((tmp_path / "out.pb").read_bytes())
+    assert parsed == frozen.graph_def
+    assert "unused" not in {n.name for n in parsed.node} and not any(n.device for n in parsed.node)
+    np.testing.assert_array_equal(_run_graph_def(parsed, feeds, "out:0"), want)

@@ -7,6 +7,7 @@ from .errors import CutError, DataError, ModelLoadError, RestoreError, SurgeryEr
 from .freeze import FrozenGraph, freeze_graph, freeze_model, write_graph_def
 from .inspect import inspect_model
 from .model import Model, load_model
+from .optimize import optimize_for_inference
 from .names import resolve_op, resolve_tensor, resolve_tensors
 from .split import Split, split_model, write_split
 from .splice import Dense, Dropout, Flatten, Splice, parse_head, splice
@@ -21,5 +22,6 @@ __all__ = [
     "Split", "split_model", "write_split",
     "Dense", "Dropout", "Flatten", "Splice", "parse_head", "splice", "FinetuneResult", "finetune",
     "load_offline_graph", "precompute", "OnlineServer",
+    "inspect_model", "Model", "load_model", "optimize_for_inference", "resolve_op", "resolve_tensor", "resolve_tensors",
 ]
 __version__ = "0.1.0"

@@ -61,11 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensors", metavar="REGEX", help="also list tensors whose names match REGEX")
 
     p = add("freeze", "variables → constants, pruned to the outputs, training nodes stripped",
-            "surgery freeze data/models/vgg --outputs predictions --out vgg.pb")
+            "surgery freeze data/models/vgg --outputs predictions --out vgg.pb\n"
+            "  surgery freeze data/models/vgg --inputs fc7 --outputs predictions --optimize --out head.pb\n"
+            "  surgery freeze vgg.pb --outputs fc7 --text --out trunk.pbtxt   # re-prune a frozen graph")
     _model_arg(p)
     p.add_argument("--outputs", required=True, metavar="T[,..]", help="tensors to keep")
     p.add_argument("--inputs", metavar="T[,..]", help="cut the graph here: these tensors become placeholders")
-    p.add_argument("--optimize", action="store_true", help="fold constants and batch norms, drop identities")
+    p.add_argument("--optimize", action="store_true", help="for inference: fix boolean training switches to their default, "
+                   "fold constants and batch norms into convolutions, drop identities")
     p.add_argument("--text", action="store_true", help="write a text GraphDef (.pbtxt)")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the GraphDef")
 
@@ -169,9 +172,10 @@ def _cmd_freeze(args) -> int:
     from .model import load_model
 
     model = load_model(args.model, tag_set=args.tag_set)
-    frozen = freeze_model(model, args.outputs, inputs=args.inputs or ())
-    write_graph_def(frozen.graph_def, args.out, text=args.text)
-    print(f"froze {len(frozen.graph_def.node)} nodes → {args.out}")
+    frozen = freeze_model(model, args.outputs, inputs=args.inputs or (), optimize=args.optimize)
+    size = write_graph_def(frozen, args.out, text=args.text, progress=True)
+    print(f"froze {frozen.num_nodes} nodes ({size / 2**20:.1f} MiB) → {args.out}"
+          + ("  [optimized]" if args.optimize else ""))
     print("  feed:  " + (", ".join(t["name"] for t in frozen.inputs) or "(nothing)"))
     print("  fetch: " + ", ".join(t["name"] for t in frozen.outputs))
     return 0

@@ -32,6 +32,9 @@ STEPS = [
      ["inspect", f"{OUT}/pieces/online.pb"]),
     ("Freeze the whole fine-tuned network for a C++/mobile runtime",
      ["freeze", f"{OUT}/finetuned", "--outputs", "head/probabilities", "--out", f"{OUT}/finetuned_frozen.pb"]),
+    ("Freeze it optimised for inference: constants folded, identities and the training switch removed",
+     ["freeze", f"{OUT}/finetuned", "--outputs", "head/probabilities", "--optimize",
+      "--out", f"{OUT}/finetuned_optimized.pb"]),
     ("Audit the frozen pieces: nothing in them touches files, the network or Python",
      ["audit", f"{OUT}/pieces/online.pb"]),
 ]

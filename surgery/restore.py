@@ -41,6 +41,7 @@ v1 = tf.compat.v1
 METHODS = ("saver", "assignment_map", "assign")
 _TF2_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _PART = re.compile(r"^(.*)/part_(\d+)$")
+_ASSIGN_BATCH_BYTES = 64 << 20  # direct assignment feeds values in runs of about this size
 
 
 # ---------------------------------------------------------------------------- sources
@@ -327,7 +328,7 @@ class RestorePlan:
             "missing": [e.as_dict() for e in self.by_status("missing")],
             "mismatched": [e.as_dict() for e in self.by_status("mismatched")],
             "unused_source_keys": self.unused_source_keys,
-            "num_restored_params": int(sum(np.prod(e.shape, dtype=np.int64) for e in self.restored)),
+            "restored_values": int(sum(np.prod(e.shape, dtype=np.int64) for e in self.restored)),
         }
 
 
@@ -609,10 +610,9 @@ def restore_into_session(sess, plan: RestorePlan, *, method: str = "saver", prog
     return plan.report()
 
 
-def _restore_with_savers(sess, source, todo) -> None:
-    """Selective Savers over `{source_key: variable or its partitions}` (partitions restore
-    their slices of the whole stored tensor); a key appears once per Saver, so a key that
-    fills several targets takes several rounds."""
+def _rounds(source, todo) -> list[dict]:
+    """`{stored source key: variable or its partitions}` dicts, each key once per dict: a key
+    that fills several targets (a one-to-many map) is spread over several rounds."""
     rounds: list[dict] = []
     for e, vs in todo:
         stored = source.tensors[e.source].stored
@@ -623,36 +623,52 @@ def _restore_with_savers(sess, source, todo) -> None:
                 break
         else:
             rounds.append({stored: value})
-    for i, var_list in enumerate(rounds):
+    return rounds
+
+
+def _restore_with_savers(sess, source, todo) -> None:
+    """One selective Saver per round (partitions restore their slices of the stored tensor)."""
+    for i, var_list in enumerate(_rounds(source, todo)):
         saver = v1.train.Saver(var_list=var_list, name=f"surgery_restore_{i}", sharded=False,
                                write_version=v1.train.SaverDef.V2)
         saver.restore(sess, source.prefix)
 
 
 def _restore_with_assignment_map(sess, source, todo) -> None:
-    """`init_from_checkpoint({source_key: variable})`, one call per target, then run the
+    """`init_from_checkpoint(prefix, {source_key: variable})` per round, then run the
     rewritten initializers. Variable objects, not names: the name lookup goes through the
     variable store, which knows only `get_variable` variables of this Python process."""
     from tensorflow.python.training import checkpoint_utils
 
-    for e, vs in todo:
-        stored = source.tensors[e.source].stored
-        checkpoint_utils.init_from_checkpoint(source.prefix, {stored: vs if e.parts else vs[0]})
+    for assignment_map in _rounds(source, todo):
+        checkpoint_utils.init_from_checkpoint(source.prefix, assignment_map)
     sess.run([v.initializer for _, vs in todo for v in vs])
 
 
 def _assign_directly(sess, source, todo, progress: bool) -> None:
     """Read each value into numpy and assign it through a placeholder (no constants baked
-    into the graph); a partitioned target gets its slices."""
+    into the graph); a partitioned target gets its slices. All ops are built first so the
+    session extends its graph once; values are fed in runs of ~64 MB to bound memory."""
     if not todo:
         return
     from tqdm import tqdm
 
-    for e, vs in tqdm(todo, desc="restore", unit="var", disable=not progress, leave=False):
+    ops = []
+    for e, vs in todo:
+        phs = [v1.placeholder(var.dtype.base_dtype, var.shape) for var in vs]
+        ops.append((phs, [var.assign(ph, read_value=False) for var, ph in zip(vs, phs)]))
+    fetches, feeds, pending = [], {}, 0
+    for (e, vs), (phs, assigns) in tqdm(list(zip(todo, ops)), desc="restore", unit="var", disable=not progress,
+                                         leave=False):
         value = source.read(e.source)
-        for var, piece in zip(vs, _slices(value, vs) if e.parts else [value]):
-            ph = v1.placeholder(var.dtype.base_dtype, piece.shape)
-            sess.run(var.assign(ph, read_value=False), {ph: piece})
+        feeds.update(zip(phs, _slices(value, vs) if e.parts else [value]))
+        fetches.extend(assigns)
+        pending += value.nbytes
+        if pending >= _ASSIGN_BATCH_BYTES:
+            sess.run(fetches, feeds)
+            fetches, feeds, pending = [], {}, 0
+    if fetches:
+        sess.run(fetches, feeds)
 
 
 def _slices(value: np.ndarray, parts) -> list:
@@ -715,30 +731,41 @@ def restore(model, source, out: str, *, maps=(), include=(), exclude=(), allow_m
     return restore_model(model, plan, out, method=method, progress=progress)
 
 
-def format_report(report: dict) -> str:
-    """The report as people read it: counts, then each variable with its shape and source."""
+def format_report(report: dict, *, max_rows: int = 40) -> str:
+    """The report as people read it: counts, then each variable with its shape and source
+    (long lists cut at `max_rows`; skipped variables grouped by reason)."""
     lines = [f"source: {report['source']} ({report['source_format']})"]
     if report.get("out"):
         lines.append(f"wrote:  {report['out']} (+ .meta)")
     restored = report["restored"]
-    lines.append(f"restored {len(restored)} variables ({report['num_restored_params']:,} parameters)")
-    for e in restored:
+    lines.append(f"restored {len(restored)} variables ({report['restored_values']:,} values)")
+    for e in restored[:max_rows]:
         src = "" if e["source"] == e["name"] else f"  ← {e['source']}"
         lines.append(f"  {e['name']} {_shape_text(e['shape'])}{src}")
-    for status in ("skipped", "missing", "mismatched"):
+    if len(restored) > max_rows:
+        lines.append(f"  … and {len(restored) - max_rows} more (--json lists all)")
+    groups: dict[str, list] = {}
+    for e in report["skipped"]:
+        groups.setdefault(e["reason"], []).append(e)
+    if report["skipped"]:
+        lines.append(f"skipped {len(report['skipped'])}")
+    for reason, items in groups.items():
+        if len(items) > 3:
+            names = ", ".join(e["name"] for e in items[:3])
+            lines.append(f"  {len(items)} variables ({names}, …): {reason}")
+        else:
+            lines.extend(f"  {e['name']} {_shape_text(e['shape'])} {e['dtype']}: {reason}" for e in items)
+    for status in ("missing", "mismatched"):
         items = report[status]
-        if not items:
-            continue
-        lines.append(f"{status} {len(items)}")
+        if items:
+            lines.append(f"{status} {len(items)}")
         for e in items:
             if status == "mismatched":
                 why = f"source {e['source']} {_shape_text(e['source_shape'])} {e['source_dtype']}"
-            elif status == "missing":
-                why = "looked for " + ", ".join(e["looked_for"]) + " (keeps its own value)"
             else:
-                why = e["reason"]
+                why = "looked for " + ", ".join(e["looked_for"]) + " (keeps its own value)"
             lines.append(f"  {e['name']} {_shape_text(e['shape'])} {e['dtype']}: {why}")
-    if report["unused_source_keys"]:
-        unused = report["unused_source_keys"]
+    unused = report["unused_source_keys"]
+    if unused:
         lines.append(f"unused in the source: {len(unused)} ({', '.join(unused[:6])}{', …' if len(unused) > 6 else ''})")
     return "\n".join(lines)

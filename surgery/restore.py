@@ -41,6 +41,7 @@ v1 = tf.compat.v1
 METHODS = ("saver", "assignment_map", "assign")
 _TF2_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _PART = re.compile(r"^(.*)/part_(\d+)$")
+_TRAINING_STATE = "training state (optimizer slot / step counter) not in the source: keeps its own value"
 _ASSIGN_BATCH_BYTES = 64 << 20  # direct assignment feeds values in runs of about this size
 
 
@@ -524,7 +525,7 @@ def plan_restore(target, source, *, maps=(), include=(), exclude=(), allow_missi
         if key is None:
             if e.training_state:
                 e.status = "skipped"
-                e.reason = "training state (optimizer slot / step counter) not in the source: keeps its own value"
+                e.reason = _TRAINING_STATE
             else:
                 e.status = "missing"
                 e.looked_for = tuple(sorted({k for o, n in maps if (k := _unapply_map(tv.name, o, n))} | {tv.name}))
@@ -733,7 +734,7 @@ def restore(model, source, out: str, *, maps=(), include=(), exclude=(), allow_m
 
 def format_report(report: dict, *, max_rows: int = 40) -> str:
     """The report as people read it: counts, then each variable with its shape and source
-    (long lists cut at `max_rows`; skipped variables grouped by reason)."""
+    (restored cut at `max_rows`; absent optimizer slots and step counters on one line)."""
     lines = [f"source: {report['source']} ({report['source_format']})"]
     if report.get("out"):
         lines.append(f"wrote:  {report['out']} (+ .meta)")
@@ -744,17 +745,15 @@ def format_report(report: dict, *, max_rows: int = 40) -> str:
         lines.append(f"  {e['name']} {_shape_text(e['shape'])}{src}")
     if len(restored) > max_rows:
         lines.append(f"  … and {len(restored) - max_rows} more (--json lists all)")
-    groups: dict[str, list] = {}
-    for e in report["skipped"]:
-        groups.setdefault(e["reason"], []).append(e)
-    if report["skipped"]:
-        lines.append(f"skipped {len(report['skipped'])}")
-    for reason, items in groups.items():
-        if len(items) > 3:
-            names = ", ".join(e["name"] for e in items[:3])
-            lines.append(f"  {len(items)} variables ({names}, …): {reason}")
-        else:
-            lines.extend(f"  {e['name']} {_shape_text(e['shape'])} {e['dtype']}: {reason}" for e in items)
+    skipped = report["skipped"]
+    state = [e for e in skipped if e["reason"] == _TRAINING_STATE]
+    if skipped:
+        lines.append(f"skipped {len(skipped)}")
+    lines.extend(f"  {e['name']} {_shape_text(e['shape'])} {e['dtype']}: {e['reason']}"
+                 for e in skipped if e not in state)
+    if state:
+        names = ", ".join(e["name"] for e in state[:3]) + (", …" if len(state) > 3 else "")
+        lines.append(f"  {len(state)} training-state variables ({names}): not in the source, keep their own values")
     for status in ("missing", "mismatched"):
         items = report[status]
         if items:

@@ -8,10 +8,12 @@ from .freeze import FrozenGraph, freeze_graph, freeze_model, write_graph_def
 from .inspect import inspect_model
 from .model import Model, load_model
 from .names import resolve_op, resolve_tensor, resolve_tensors
+from .restore import RestorePlan, open_source, plan_restore, restore_into_session, restore_model, restore_weights
 
 __all__ = [
     "CutError", "DataError", "ModelLoadError", "RestoreError", "SurgeryError", "TensorNotFoundError",
     "FrozenGraph", "freeze_graph", "freeze_model", "write_graph_def",
     "inspect_model", "Model", "load_model", "resolve_op", "resolve_tensor", "resolve_tensors",
+    "RestorePlan", "open_source", "plan_restore", "restore_into_session", "restore_model", "restore_weights",
 ]
 __version__ = "0.1.0"

@@ -725,8 +725,8 @@ def restore_model(model, plan: RestorePlan, out: str, *, method: str = "saver", 
     return report
 
 
-def restore(model, source, out: str, *, maps=(), include=(), exclude=(), allow_missing: bool = False,
-            method: str = "saver", progress: bool = False) -> dict:
+def restore_weights(model, source, out: str, *, maps=(), include=(), exclude=(), allow_missing: bool = False,
+                    method: str = "saver", progress: bool = False) -> dict:
     """`plan_restore` + `restore_model`: the library side of `surgery restore`."""
     plan = plan_restore(model, source, maps=maps, include=include, exclude=exclude, allow_missing=allow_missing)
     return restore_model(model, plan, out, method=method, progress=progress)

@@ -11,7 +11,7 @@ from conftest import run_cli, tf, v1
 from nets import vgg
 
 from surgery import RestoreError, load_model
-from surgery.restore import format_report, plan_restore, restore, restore_into_session, restore_model
+from surgery.restore import format_report, plan_restore, restore_into_session, restore_model, restore_weights
 
 SMALL = dict(blocks=(1, 1), widths=(4, 8), fc_width=16)
 FC8 = ("fc8/weights", "fc8/biases")
@@ -169,7 +169,7 @@ def test_transplant_from_hdf5(vgg_h5, vgg_source, vgg_target, tmp_path):
     assert r.returncode == 2 and "net/vgg_16/fc8/weights" in r.stderr
     assert _ls(tmp_path) == []
     model = load_model(vgg_target)
-    report = restore(model, vgg_h5, str(tmp_path / "net.ckpt"), maps=["vgg_16/=net/vgg_16/"], exclude=["fc8"])
+    report = restore_weights(model, vgg_h5, str(tmp_path / "net.ckpt"), maps=["vgg_16/=net/vgg_16/"], exclude=["fc8"])
     assert report["source_format"] == "hdf5" and {e["via"] for e in report["restored"]} == {"assign"}
     _check_transplanted(str(tmp_path / "net.ckpt"), vgg_source, vgg_target)
 
@@ -201,6 +201,20 @@ def test_keras_h5_layout(tmp_path):
             got = sess.run(y, {x: data})
     assert {e["source"] for e in report["restored"]} == {"hidden/kernel", "hidden/bias", "logits/kernel", "logits/bias"}
     np.testing.assert_allclose(got, kmodel.predict(data, verbose=0), rtol=1e-5, atol=1e-6)
+    # Keras 2 wrote the same layout with variable names ending in `:0`.
+    keras2 = str(tmp_path / "keras2.h5")
+    with h5py.File(keras2, "w") as f:
+        f.attrs["layer_names"] = [b"hidden", b"logits"]
+        for layer in kmodel.layers[1:]:
+            names = [f"{layer.name}/kernel:0".encode(), f"{layer.name}/bias:0".encode()]
+            f.create_group(layer.name).attrs["weight_names"] = names
+            for name, value in zip(names, layer.get_weights()):
+                f[layer.name][name.decode()] = value
+    with h5py.File(keras2, "r") as f:
+        assert "hidden/hidden/kernel:0" in f
+    plan2 = plan_restore(g, keras2, maps=["=tower/"])
+    assert {(e.name, e.source) for e in plan2.restored} == {(e["name"], e["source"]) for e in report["restored"]}
+    np.testing.assert_array_equal(plan2.source.read("logits/kernel"), kmodel.layers[2].get_weights()[0])
 
 
 def _graph_with_new_head(prefix):
@@ -262,7 +276,7 @@ def test_one_to_many_map(tmp_path):
     want = _values(src)
     for method in ("saver", "assignment_map", "assign"):
         out = str(tmp_path / method / "out.ckpt")
-        report = restore(load_model(target), src, out, maps=["tower/=a/tower/", "tower/=b/tower/"], method=method)
+        report = restore_weights(load_model(target), src, out, maps=["tower/=a/tower/", "tower/=b/tower/"], method=method)
         assert len(report["restored"]) == 4
         got = _values(out)
         for t in ("a", "b"):
@@ -337,7 +351,7 @@ def test_whole_target_from_partitioned_sources(tmp_path):
     target = _ckpt(tmp_path, "target.ckpt", lambda: v1.get_variable("dst/w", [3, 6]))
     for source, method in ((src, "saver"), (src, "assignment_map"), (h5, "saver")):
         out = str(tmp_path / f"{method}{source[-3:]}" / "out.ckpt")
-        report = restore(load_model(target), source, out, maps=["src=dst"], method=method)
+        report = restore_weights(load_model(target), source, out, maps=["src=dst"], method=method)
         assert report["restored"][0]["source"] == "src/w"
         np.testing.assert_array_equal(_values(out)["dst/w"], want)
     assert report["unused_source_keys"] == []
@@ -367,7 +381,7 @@ def test_mismatched_and_allow_missing(tmp_path):
     assert "c [2] float32 ≠ source c [2] float64" in err.value.message
     assert "d [7]" not in err.value.message and "--exclude '^b$' --exclude '^c$'" in err.value.hint
     assert not (tmp_path / "out.ckpt.index").exists()
-    report = restore(model, src, str(tmp_path / "out.ckpt"), exclude=["^[bc]$"], allow_missing=True)
+    report = restore_weights(model, src, str(tmp_path / "out.ckpt"), exclude=["^[bc]$"], allow_missing=True)
     got, src_values, own = _values(str(tmp_path / "out.ckpt")), _values(src), _values(tgt)
     np.testing.assert_array_equal(got["a"], src_values["a"])
     for keep in "bcd":  # skipped and missing keep the target's own checkpoint values
@@ -379,13 +393,13 @@ def test_mismatched_and_allow_missing(tmp_path):
 def test_include_and_existing_output_kept_on_refusal(vgg_source, vgg_target, tmp_path):
     model = load_model(vgg_target)
     out = str(tmp_path / "net.ckpt")
-    report = restore(model, vgg_source[0], out, maps=["vgg_16/=net/vgg_16/"], include=["conv1/"])
+    report = restore_weights(model, vgg_source[0], out, maps=["vgg_16/=net/vgg_16/"], include=["conv1/"])
     assert [e["name"] for e in report["restored"]] == ["net/vgg_16/conv1/conv1_1/weights",
                                                        "net/vgg_16/conv1/conv1_1/biases"]
     assert "not matched by --include" in {e["name"]: e["reason"] for e in report["skipped"]}["net/vgg_16/fc8/weights"]
     before = {name: os.path.getmtime(tmp_path / name) for name in _ls(tmp_path)}
     with pytest.raises(RestoreError):
-        restore(model, vgg_source[0], out, maps=["vgg_16/=net/vgg_16/"])
+        restore_weights(model, vgg_source[0], out, maps=["vgg_16/=net/vgg_16/"])
     assert {name: os.path.getmtime(tmp_path / name) for name in _ls(tmp_path)} == before
     np.testing.assert_array_equal(_values(out)["net/vgg_16/conv1/conv1_1/weights"],
                                   vgg_source[1]["vgg_16/conv1/conv1_1/weights"])

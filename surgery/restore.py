@@ -210,7 +210,8 @@ def _join_parts(raw: dict) -> dict:
 
 
 def open_source(path) -> Source:
-    """A checkpoint (prefix, `.index`/`.data-*` file or directory) or an HDF5 weights file."""
+    """A checkpoint (prefix, `.index`/`.data-*`/`.meta` file, directory, or a SavedModel
+    directory's `variables/variables`) or an HDF5 weights file."""
     if isinstance(path, Source):
         return path
     import h5py
@@ -219,6 +220,9 @@ def open_source(path) -> Source:
     if os.path.isdir(path):
         from .model import _latest_checkpoint
 
+        saved_model_variables = os.path.join(path, "variables", "variables")
+        if os.path.exists(saved_model_variables + ".index"):  # a SavedModel's checkpoint
+            return CheckpointSource(saved_model_variables, path)
         prefix = _latest_checkpoint(path)
         if prefix is None or not os.path.exists(prefix + ".index"):
             raise ModelLoadError(f"{path} holds no checkpoint", "pass a checkpoint prefix, its directory or an HDF5 file")
@@ -228,6 +232,9 @@ def open_source(path) -> Source:
     prefix = re.sub(r"\.(index|meta|data-\d+-of-\d+)$", "", path)
     if os.path.exists(prefix + ".index"):
         return CheckpointSource(prefix, path)
+    if path.endswith(".keras"):
+        raise ModelLoadError(f"{path} is a Keras archive (a zip), not a weights file",
+                             "load it with keras and save_weights to a legacy .h5, or model.save('model.h5')")
     if os.path.exists(path):
         raise ModelLoadError(f"{path} is neither a TF checkpoint nor an HDF5 file",
                              "pass a checkpoint prefix (dir/model.ckpt-1000), its directory, or an .h5 weights file")

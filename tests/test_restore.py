@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, tf, v1
 from nets import vgg
 
-from surgery import RestoreError, load_model
+from surgery import ModelLoadError, RestoreError, load_model
 from surgery.restore import format_report, plan_restore, restore_into_session, restore_model, restore_weights
 
 SMALL = dict(blocks=(1, 1), widths=(4, 8), fc_width=16)
@@ -155,12 +155,11 @@ def test_transplant_with_exclude_cli(vgg_source, vgg_target, tmp_path):
             v1.train.Saver().restore(sess, vgg_source[0])
             want = sess.run("fc7:0", {"input:0": x})
     np.testing.assert_array_equal(got, want)
-    # Human form.
-    r = run_cli("restore", vgg_target, "--from", vgg_source[0], "--map", "vgg_16/=net/vgg_16/",
-                "--exclude", "fc8", "--out", tmp_path / "out2" / "net.ckpt")
-    assert r.returncode == 0, r.stderr
-    assert "restored 8 variables" in r.stdout
-    assert "net/vgg_16/fc8/weights [1,1,16,5] float32: excluded by --exclude fc8" in r.stdout
+    # Human form (what the CLI prints without --json).
+    text = format_report(report)
+    assert "restored 8 variables" in text
+    assert "net/vgg_16/fc8/weights [1,1,16,5] float32: excluded by --exclude fc8" in text
+    assert "training-state variables (global_step, beta1_power, beta2_power, …)" in text
 
 
 def test_transplant_from_hdf5(vgg_h5, vgg_source, vgg_target, tmp_path):
@@ -405,12 +404,35 @@ def test_include_and_existing_output_kept_on_refusal(vgg_source, vgg_target, tmp
                                   vgg_source[1]["vgg_16/conv1/conv1_1/weights"])
 
 
+def test_saved_model_source(small_saved_model, small_ref_ckpt, tmp_path):
+    """A TF1 SavedModel's variables fill the same network saved as a checkpoint."""
+    directory, _ = small_saved_model
+    plan = plan_restore(load_model(small_ref_ckpt[0]), directory)
+    assert len(plan.restored) == 6 and plan.source.kind == "checkpoint"
+    out = str(tmp_path / "out.ckpt")
+    restore_model(load_model(small_ref_ckpt[0]), plan, out)
+    want = _values(os.path.join(directory, "variables", "variables"))
+    assert all(np.array_equal(_values(out)[k], want[k]) for k in want)
+
+
 def test_bad_sources_are_plain_errors(vgg_target, tmp_path):
     r = run_cli("restore", vgg_target, "--from", tmp_path / "nope.ckpt", "--out", tmp_path / "o.ckpt")
     assert r.returncode == 2 and "no such checkpoint or file" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    model = load_model(vgg_target)
     (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
-    r = run_cli("restore", vgg_target, "--from", tmp_path / "junk.bin", "--out", tmp_path / "o.ckpt")
-    assert r.returncode == 2 and "neither a TF checkpoint nor an HDF5 file" in r.stderr
-    r = run_cli("restore", vgg_target, "--from", vgg_target, "--exclude", "(", "--out", tmp_path / "o.ckpt")
-    assert r.returncode == 2 and "not a valid regular expression" in r.stderr
-    assert _ls(tmp_path) == ["junk.bin"]
+    with pytest.raises(ModelLoadError, match="neither a TF checkpoint nor an HDF5 file"):
+        plan_restore(model, tmp_path / "junk.bin")
+    with pytest.raises(RestoreError, match="not a valid regular expression"):
+        plan_restore(model, vgg_target, exclude=["("])
+    with pytest.raises(RestoreError, match="frozen graph"):
+        plan_restore(load_model(_frozen(tmp_path)), vgg_target)
+    assert _ls(tmp_path) == ["frozen.pb", "junk.bin"]
+
+
+def _frozen(tmp_path):
+    g = tf.Graph()
+    with g.as_default():
+        tf.identity(v1.placeholder(tf.float32, [2], name="x"), name="y")
+    tf.io.write_graph(g.as_graph_def(), str(tmp_path), "frozen.pb", as_text=False)
+    return str(tmp_path / "frozen.pb")

@@ -478,6 +478,16 @@ def _variable_objects(graph) -> dict:
     return {v.op.name: v for v in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES)}
 
 
+def _own_saver_keys(target) -> dict:
+    """{variable: checkpoint key} where a `Model`'s saver stores a variable under another name
+    (a `Saver({key: variable})`), so a model's own checkpoint restores without maps."""
+    from .model import Model
+
+    if not isinstance(target, Model):
+        return {}
+    return {name: key for name, key in target.checkpoint_keys().items() if name != key}
+
+
 def _compatible(target_shape, source_shape) -> bool:
     return len(target_shape) == len(source_shape) and all(
         t is None or t == s for t, s in zip(target_shape, source_shape))
@@ -489,7 +499,8 @@ def plan_restore(target, source, *, maps=(), include=(), exclude=(), allow_missi
     `source`: a checkpoint prefix/directory, an HDF5 file, or a `Source`. `maps`: OLD=NEW scope
     rewrites from source names to target names, applied to every source key they match, so
     two maps with one OLD fill two targets from one tensor; a target under an explicit map
-    prefers it to a same-named source key, the longest OLD winning. `include`/`exclude`:
+    prefers it to a same-named source key, the longest OLD winning. A `Model`'s own saver
+    keys (`Model.checkpoint_keys()`) are tried before same-named keys. `include`/`exclude`:
     regexes searched in the target name and the source key (TF-slim's
     checkpoint_exclude_scopes). Nothing is read but the source's index; call `plan.check()`
     (the execute functions do) to refuse a strict restore.
@@ -502,14 +513,18 @@ def plan_restore(target, source, *, maps=(), include=(), exclude=(), allow_missi
             scopes = sorted({k.split("/", 1)[0] + "/" for k in source.tensors})
             raise RestoreError(f"--map {old}={new}: no key of {source.path} is under '{old}'",
                                "its top-level scopes are " + ", ".join(scopes[:8]))
-    # Each target name → candidate source keys, with the length of the OLD that produced them.
+    # Each target name → candidate source keys, ranked: the length of the OLD that produced
+    # them, then (-1) the key MODEL's own saver uses for it, then (-2) the same name.
     candidates: dict[str, list[tuple[int, str]]] = {}
     for key in source.tensors:
-        candidates.setdefault(key, []).append((-1, key))
+        candidates.setdefault(key, []).append((-2, key))
         for old, new in maps:
             name = _apply_map(key, old, new)
             if name is not None:
                 candidates.setdefault(name, []).append((len(old), key))
+    for name, key in _own_saver_keys(target).items():
+        if key in source.tensors:
+            candidates.setdefault(name, []).append((-1, key))
 
     entries = []
     for tv in _target_variables(target):

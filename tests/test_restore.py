@@ -304,6 +304,22 @@ def test_map_scope_rules_and_precedence(tmp_path):
         plan_restore(g, src, maps=["old/=x/", "new/=x/"])
 
 
+def test_model_saver_keys_used(tmp_path):
+    """A checkpoint saved with `Saver({"custom/w": w})` restores into its own model without maps."""
+    g = tf.Graph()
+    with g.as_default():
+        w = v1.get_variable("w", [3])
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            prefix = v1.train.Saver({"custom/w": w}).save(sess, str(tmp_path / "m.ckpt"))
+    model = load_model(prefix)
+    (entry,) = plan_restore(model, prefix).entries
+    assert (entry.name, entry.status, entry.source) == ("w", "restored", "custom/w")
+    out = str(tmp_path / "out" / "m.ckpt")
+    restore_model(model, plan_restore(model, prefix), out)
+    np.testing.assert_array_equal(_values(out)["custom/w"], _values(prefix)["custom/w"])
+
+
 def test_missing_scope_suggests_a_map(vgg_source, vgg_target):
     plan = plan_restore(load_model(vgg_target), vgg_source[0])
     assert len(plan.by_status("missing")) == 10

@@ -14,6 +14,7 @@ from .splice import Dense, Dropout, Flatten, Splice, parse_head, splice
 from .train import FinetuneResult, finetune
 from .precompute import load_offline_graph, precompute
 from .serve import OnlineServer
+from .restore import RestorePlan, open_source, plan_restore, restore_into_session, restore_model, restore_weights
 
 __all__ = [
     "CutError", "DataError", "ModelLoadError", "RestoreError", "SurgeryError", "TensorNotFoundError",
@@ -23,5 +24,6 @@ __all__ = [
     "Dense", "Dropout", "Flatten", "Splice", "parse_head", "splice", "FinetuneResult", "finetune",
     "load_offline_graph", "precompute", "OnlineServer",
     "inspect_model", "Model", "load_model", "optimize_for_inference", "resolve_op", "resolve_tensor", "resolve_tensors",
+    "RestorePlan", "open_source", "plan_restore", "restore_into_session", "restore_model", "restore_weights",
 ]
 __version__ = "0.1.0"

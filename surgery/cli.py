@@ -184,7 +184,18 @@ def _cmd_freeze(args) -> int:
 # Each command below has its handler `_cmd_<name>`; `main` dispatches on the name.
 
 def _cmd_restore(args) -> int:
-    return _not_available(args)
+    from .model import load_model
+    from .restore import format_report, plan_restore, restore_model
+
+    model = load_model(args.model, tag_set=args.tag_set)
+    plan = plan_restore(model, args.source, maps=args.map, include=args.include, exclude=args.exclude,
+                        allow_missing=args.allow_missing)
+    report = restore_model(model, plan, args.out, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_report(report))
+    return 0
 
 
 def _cmd_finetune(args) -> int:

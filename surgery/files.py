@@ -67,3 +67,26 @@ def write_bytes(target: str, data: bytes) -> None:
 def write_text(target: str, text: str) -> None:
     """Write `text` to `target` atomically."""
     write_bytes(target, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_files(directory: str):
+    """Yield a temporary directory inside `directory`; on success move every file in it into
+    `directory` (`.index` files last, so a checkpoint's index never points at missing data).
+
+    For outputs made of several files (a checkpoint prefix's `.index`, `.data-*`, `.meta`).
+    On any exception the temporary directory is removed and nothing in `directory` changes.
+    """
+    directory = os.path.abspath(directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".surgery.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise OutputError(f"cannot write to {directory}: {e.strerror}", "choose a writable output location") from e
+    try:
+        yield tmp
+        names = sorted(os.listdir(tmp), key=lambda n: (n.endswith(".index"), n))
+        for name in names:
+            os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -375,6 +375,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("surgery: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `surgery inspect ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # an internal error: say so plainly, traceback with --verbose
         if args.verbose:
             raise

@@ -62,6 +62,8 @@ class Model:
     meta_graph_def: object = None
     checkpoint: str | None = None
     signature_defs: dict = dataclasses.field(default_factory=dict)
+    # {variable op name: checkpoint key} where the checkpoint is object-based (TF2 SavedModel).
+    variable_keys: dict | None = None
 
     @property
     def description(self) -> str:
@@ -74,11 +76,12 @@ class Model:
     def variables(self) -> list[VariableInfo]:
         """Every variable node of the graph (ref and resource), in graph order.
 
-        A TF2 SavedModel's graph holds each variable several times (one handle per traced
-        function); the object graph names the real ones, so only those are listed.
+        A TF2 SavedModel flattened by `flatten_tf2` has one variable op per variable. One that
+        could not be flattened (no signature) holds each variable several times (one handle per
+        traced function); the object graph names the real ones, so only those are listed.
         """
         real = None
-        if self.format == "saved_model_tf2":
+        if self.format == "saved_model_tf2" and self.variable_keys is None:
             real = {n.variable.name for n in self.meta_graph_def.object_graph_def.nodes
                     if n.WhichOneof("kind") == "variable"}
         out = []
@@ -103,6 +106,8 @@ class Model:
         TF1 savers store a variable under its op name unless a `var_list` dict said
         otherwise; the saver's own restore ops record the real mapping, so read it there.
         """
+        if self.variable_keys is not None:
+            return dict(self.variable_keys)
         keys = {v.name: v.name for v in self.variables()}
         keys.update(_saver_mapping(self.graph_def))
         return keys
@@ -299,7 +304,19 @@ def _load_saved_model(directory: str, tag_set: str) -> Model:
     prefix = os.path.join(directory, "variables", "variables")
     checkpoint = prefix if os.path.exists(prefix + ".index") else None
     tf2 = len(mg.object_graph_def.nodes) > 0
+    if tf2 and checkpoint and _signature_name(mg) is not None:
+        from .tf2 import flatten_tf2
+
+        return flatten_tf2(mg, directory, checkpoint, path=file, signature=_signature_name(mg))
     graph = _import(meta_graph_def=mg, path=file)
     return Model(path=directory, format="saved_model_tf2" if tf2 else "saved_model", graph=graph,
                  graph_def=mg.graph_def, meta_graph_def=mg, checkpoint=checkpoint,
                  signature_defs=dict(mg.signature_def))
+
+
+def _signature_name(meta_graph_def) -> str | None:
+    """The signature to serve: `serving_default`, else the first by name (init ops excluded)."""
+    names = sorted(k for k in meta_graph_def.signature_def if not k.startswith("__"))
+    if "serving_default" in names:
+        return "serving_default"
+    return names[0] if names else None

@@ -24,6 +24,17 @@ def _conv(net, out_channels: int, kernel: int, scope: str, padding: str = "SAME"
         return tf.nn.relu(net, name="Relu") if relu else net
 
 
+def dense(inputs, units: int, name: str, activation=None):
+    """A `tf.compat.v1.layers.dense` look-alike (`name/kernel`, `name/bias`): that API is gone
+    under Keras 3, and checkpoints written with it keep these names."""
+    with v1.variable_scope(name):
+        kernel = v1.get_variable("kernel", [int(inputs.shape[-1]), units],
+                                 initializer=v1.glorot_uniform_initializer())
+        bias = v1.get_variable("bias", [units], initializer=v1.zeros_initializer())
+        out = tf.nn.bias_add(tf.matmul(inputs, kernel), bias)
+        return activation(out) if activation is not None else out
+
+
 def vgg(inputs, num_classes: int, *, blocks=VGG16_BLOCKS, widths=VGG16_WIDTHS, fc_width: int = 4096,
         scope: str = "vgg_16", aliases: bool = True):
     """TF-slim's `vgg_16` layout and names (`vgg_16/conv1/conv1_1/weights`, …, `vgg_16/fc8/biases`).
@@ -78,13 +89,13 @@ def two_tower(num_items: int = 500, item_features: int = 32, user_features: int 
     with v1.variable_scope("item_tower"):
         h = items
         for i in range(3):
-            h = v1.layers.dense(h, tower_width, activation=tf.nn.relu, name=f"dense_{i}")
-        item_emb = tf.identity(v1.layers.dense(h, dim, name="project"), name="embedding")
+            h = dense(h, tower_width, activation=tf.nn.relu, name=f"dense_{i}")
+        item_emb = tf.identity(dense(h, dim, name="project"), name="embedding")
     with v1.variable_scope("user_tower"):
-        u = v1.layers.dense(users, tower_width // 2, activation=tf.nn.relu, name="dense_0")
-        user_emb = tf.identity(v1.layers.dense(u, dim, name="project"), name="embedding")
+        u = dense(users, tower_width // 2, activation=tf.nn.relu, name="dense_0")
+        user_emb = tf.identity(dense(u, dim, name="project"), name="embedding")
     with v1.variable_scope("scorer"):
         joint = tf.concat([item_emb * user_emb, item_emb, user_emb], axis=1)
-        h = v1.layers.dense(joint, 32, activation=tf.nn.relu, name="dense")
-        logit = tf.squeeze(v1.layers.dense(h, 1, name="logit"), [1])
+        h = dense(joint, 32, activation=tf.nn.relu, name="dense")
+        logit = tf.squeeze(dense(h, 1, name="logit"), [1])
     return items, users, tf.sigmoid(logit, name="score")

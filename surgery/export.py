@@ -58,8 +58,8 @@ def _write_saved_model(graph_def, inputs: list, outputs: list, directory: str) -
             tensors[kind][key] = t
     if not tensors["outputs"]:
         raise SurgeryError("the graph to export has no outputs", "freeze it with --outputs first")
-    sig = v1.saved_model.predict_signature_def(tensors["inputs"], tensors["outputs"])
-    with v1.Session(graph=graph) as sess:
+    with graph.as_default(), v1.Session(graph=graph) as sess:
+        sig = v1.saved_model.predict_signature_def(tensors["inputs"], tensors["outputs"])
         builder = v1.saved_model.Builder(directory)
         builder.add_meta_graph_and_variables(sess, [v1.saved_model.tag_constants.SERVING],
                                              signature_def_map={SIGNATURE: sig}, strip_default_attrs=True)

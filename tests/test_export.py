@@ -1,0 +1,154 @@
+"""`surgery export`: frozen pieces served from SavedModels by `tf.saved_model.load`; TF2 SavedModels
+flattened so the TF1 tools (inspect, freeze, Saver restore) work on them; `inspect --tensorboard`."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import run_cli, tf, v1
+from nets import two_tower
+
+from surgery import freeze_graph, freeze_model, load_model, write_graph_def
+from surgery.export import export, export_frozen, signature_key
+from surgery.manifest import piece, write_manifest
+
+
+@pytest.fixture(scope="module")
+def two_tower_split(tmp_path_factory):
+    """A two-tower recommender split by hand at the item embedding (offline: items → embedding,
+    online: embedding + user features → score), written as a split directory with a manifest.
+    Returns (directory, items, users, expected scores of the whole original graph)."""
+    d = tmp_path_factory.mktemp("two_tower") / "pieces"
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(7, 32)).astype(np.float32)
+    users = rng.normal(size=(7, 16)).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(3)
+        item_ph, user_ph, score = two_tower(num_items=50, tower_width=16)
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            expected = sess.run(score, {item_ph: items, user_ph: users})
+            values = {v.op.name: sess.run(v) for v in v1.global_variables()}
+    offline = freeze_graph(graph, ["item_tower/embedding"], read_variable=values.__getitem__)
+    online = freeze_graph(graph, ["score"], inputs=["item_tower/embedding"], read_variable=values.__getitem__)
+    os.makedirs(d)
+    write_graph_def(offline.graph_def, str(d / "offline.pb"))
+    write_graph_def(online.graph_def, str(d / "online.pb"))
+    write_manifest(str(d), source={"path": "two_tower"},
+                   pieces={"offline": piece("offline.pb", offline), "online": piece("online.pb", online)})
+    return str(d), items, users, expected
+
+
+def test_signature_keys_are_identifiers():
+    assert signature_key("item_tower/embedding:0") == "item_tower_embedding"
+    assert signature_key("split:1") == "split_1"
+    assert signature_key("0weird-name:0") == "t_0weird_name"
+    assert signature_key("a/b:0", taken={"a_b"}) == "a_b_1"
+
+
+def test_online_piece_served_with_both_inputs(two_tower_split, tmp_path):
+    directory, items, users, expected = two_tower_split
+    out = tmp_path / "serving"
+    r = run_cli("export", directory, "--saved-model", out)
+    assert r.returncode == 0, r.stderr
+    assert "item_tower_embedding" in r.stdout and "user_features" in r.stdout
+    for name in ("offline", "online"):  # TF Serving's layout inside each piece
+        assert os.path.isfile(out / name / "saved_model.pb") and os.path.isdir(out / name / "variables")
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary left behind
+
+    offline = tf.saved_model.load(str(out / "offline")).signatures["serving_default"]
+    embedding = offline(item_features=tf.constant(items))["item_tower_embedding"]
+    online = tf.saved_model.load(str(out / "online")).signatures["serving_default"]
+    assert set(online.structured_input_signature[1]) == {"item_tower_embedding", "user_features"}
+    scores = online(item_tower_embedding=embedding, user_features=tf.constant(users))["score"].numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_export_frozen_pb(two_tower_split, tmp_path):
+    directory, items, _, _ = two_tower_split
+    keys = export(os.path.join(directory, "offline.pb"), str(tmp_path / "offline_sm"))
+    assert keys[""]["inputs"] == {"item_features": "item_features:0"}
+    assert keys[""]["outputs"] == {"item_tower_embedding": "item_tower/embedding:0"}
+    sig = tf.saved_model.load(str(tmp_path / "offline_sm")).signatures["serving_default"]
+    assert sig(item_features=tf.constant(items))["item_tower_embedding"].shape == (7, 32)
+
+
+def test_export_replaces_existing_directory_whole(two_tower_split, tmp_path):
+    directory = two_tower_split[0]
+    target = tmp_path / "sm"
+    os.makedirs(target / "stale")
+    gd = v1.GraphDef()
+    gd.ParseFromString(open(os.path.join(directory, "offline.pb"), "rb").read())
+    export_frozen(gd, str(target), inputs=["item_features"], outputs=["item_tower/embedding:0"])
+    assert sorted(os.listdir(target)) == ["saved_model.pb", "variables"]
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda p, ckpt: str(p), "no manifest.json"),
+    (lambda p, ckpt: ckpt, "not a frozen graph"),
+])
+def test_export_refuses_bad_graph(tmp_path, small_ckpt, make, needle):
+    graph = make(tmp_path, small_ckpt[0])
+    r = run_cli("export", graph, "--saved-model", tmp_path / "out")
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+    assert not os.path.exists(tmp_path / "out")
+
+
+# ---------------------------------------------------------------- TF2 / Keras SavedModels
+
+def test_keras_saved_model_is_flattened(keras_saved_model):
+    model = load_model(keras_saved_model[0])
+    assert not [op for op in model.graph.get_operations() if "PartitionedCall" in op.type]
+    names = [op.name for op in model.graph.get_operations()]
+    assert any(n.endswith("gap_1/Mean") for n in names)  # Keras layer names survive inlining
+    with model.graph.as_default():
+        assert {v.op.name for v in v1.trainable_variables()} == {
+            "block1_conv/kernel", "block1_conv/bias", "classifier/kernel", "classifier/bias"}
+    assert model.checkpoint_keys()["classifier/kernel"].endswith("/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+def test_keras_flattened_graph_answers_like_the_saved_model(keras_saved_model):
+    directory = keras_saved_model[0]
+    x = np.random.default_rng(0).normal(size=(3, 16, 16, 3)).astype(np.float32)
+    reference = tf.saved_model.load(directory).signatures["serving_default"](pixels=tf.constant(x))["output_0"]
+    model = load_model(directory)
+    sig = model.signature_defs["serving_default"]
+    with v1.Session(graph=model.graph) as sess:  # a plain TF1 Saver restores it, keyed as the checkpoint is
+        with model.graph.as_default():
+            saver = v1.train.Saver({model.checkpoint_keys()[v.op.name]: v for v in v1.global_variables()})
+        saver.restore(sess, model.checkpoint)
+        got = sess.run(sig.outputs["output_0"].name, {sig.inputs["pixels"].name: x})
+    np.testing.assert_allclose(got, reference.numpy(), rtol=1e-6, atol=1e-7)
+    frozen = freeze_model(model, "output_0")
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.import_graph_def(frozen.graph_def, name="")
+    with v1.Session(graph=graph) as sess:
+        np.testing.assert_allclose(sess.run("output_0:0", {"pixels:0": x}), reference.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_cli_inspect_and_freeze_keras(keras_saved_model, tmp_path):
+    r = run_cli("inspect", keras_saved_model[0], "--json", "--tensors", "gap")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert {"name": "functional_1/gap_1/Mean:0", "dtype": "float32", "shape": [None, 8]} in report["tensors"]
+    r = run_cli("freeze", keras_saved_model[0], "--inputs", "gap_1/Mean", "--outputs", "output_0",
+                "--out", tmp_path / "head.pb")
+    assert r.returncode == 0, r.stderr
+    assert load_model(str(tmp_path / "head.pb")).graph.get_tensor_by_name("functional_1/gap_1/Mean:0").shape[1] == 8
+
+
+def test_inspect_tensorboard_writes_the_graph(small_ckpt, tmp_path):
+    logdir = tmp_path / "logs"
+    r = run_cli("inspect", small_ckpt[0], "--tensorboard", logdir)
+    assert r.returncode == 0, r.stderr
+    assert "tensorboard --logdir" in r.stdout
+    (event,) = os.listdir(logdir)
+    assert event.startswith("events.out.tfevents")
+    graph_def = None
+    for e in v1.train.summary_iterator(str(logdir / event)):
+        if e.graph_def:
+            graph_def = v1.GraphDef.FromString(e.graph_def)
+    assert graph_def is not None and "net/fc1/Relu" in {n.name for n in graph_def.node}

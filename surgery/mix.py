@@ -23,7 +23,7 @@ from . import tfcompat
 from .errors import RestoreError, SurgeryError
 from .freeze import FrozenGraph, freeze_graph
 from .model import Model, load_model
-from .names import is_machinery, resolve_tensor, resolve_tensors
+from .names import VARIABLE_OP_TYPES, is_machinery, resolve_tensor, resolve_tensors
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -59,7 +59,7 @@ class MixedGraph:
 
     def variables(self, scope: str) -> list:
         """The variables imported under `scope/`."""
-        return v1.get_collection(v1.GraphKeys.GLOBAL_VARIABLES, scope=re.escape(scope) + "/")
+        return self.graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES, scope=re.escape(scope) + "/")
 
     def restore(self, sess) -> dict:
         """Initialise every variable, then fill each model's variables from its own checkpoint.
@@ -111,13 +111,29 @@ class MixedGraph:
         return freeze_graph(self.graph, outputs, inputs=inputs, read_variable=read)
 
 
+def _scope_shared_names(graph_def, scope: str) -> None:
+    """Prefix each variable's `shared_name` with `scope/` (in place).
+
+    The name scope of an import renames nodes but not `shared_name`, and a session keys resource
+    variables by it: without this, two models that both hold `net/fc1/weights` would read and
+    write one variable — the namespace trap the reference notes warn about."""
+    for node in graph_def.node:
+        if node.op in VARIABLE_OP_TYPES and node.attr["shared_name"].s:
+            node.attr["shared_name"].s = f"{scope}/".encode() + node.attr["shared_name"].s
+
+
 def _import(graph, model: Model, scope: str, input_map: dict) -> None:
     with graph.as_default():
         if model.meta_graph_def is not None and not model.is_frozen:
-            v1.train.import_meta_graph(model.meta_graph_def, import_scope=scope, input_map=input_map,
-                                       clear_devices=True)
+            meta = type(model.meta_graph_def)()
+            meta.CopyFrom(model.meta_graph_def)
+            _scope_shared_names(meta.graph_def, scope)
+            v1.train.import_meta_graph(meta, import_scope=scope, input_map=input_map, clear_devices=True)
         else:
-            tf.import_graph_def(model.graph_def, input_map=input_map, name=scope)
+            graph_def = type(model.graph_def)()
+            graph_def.CopyFrom(model.graph_def)
+            _scope_shared_names(graph_def, scope)
+            tf.import_graph_def(graph_def, input_map=input_map, name=scope)
 
 
 def mix_models(first, second, *, connect: dict, scopes=("first", "second")) -> MixedGraph:

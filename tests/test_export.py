@@ -152,3 +152,30 @@ def test_inspect_tensorboard_writes_the_graph(small_ckpt, tmp_path):
         if e.graph_def:
             graph_def = v1.GraphDef.FromString(e.graph_def)
     assert graph_def is not None and "net/fc1/Relu" in {n.name for n in graph_def.node}
+
+
+def test_tf_saved_model_save_module_is_flattened(tmp_path):
+    """A plain `tf.saved_model.save` of a tf.Module: variables keep their TF2 names and values."""
+
+    class Scorer(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(np.arange(6, dtype=np.float32).reshape(3, 2), name="dense/kernel")
+            self.b = tf.Variable([0.5, -1.0], name="dense/bias")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def __call__(self, x):
+            return {"y": tf.reduce_sum(tf.nn.relu(tf.matmul(x, self.w) + self.b, name="hidden"), axis=1)}
+
+    scorer = Scorer()
+    tf.saved_model.save(scorer, str(tmp_path / "sm"), signatures=scorer.__call__)
+    model = load_model(str(tmp_path / "sm"))
+    assert {v.name for v in model.variables()} == {"dense/kernel", "dense/bias"}
+    np.testing.assert_array_equal(model.read_variable("dense/kernel"), scorer.w.numpy())
+    x = np.array([[1, -2, 3], [0.5, 0, 1]], np.float32)
+    expected = scorer(x)["y"].numpy()
+    frozen = freeze_model(model, "y")
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.import_graph_def(frozen.graph_def, name="")
+    with v1.Session(graph=graph) as sess:
+        np.testing.assert_allclose(sess.run("y:0", {"x:0": x}), expected, rtol=1e-6)

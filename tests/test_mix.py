@@ -139,3 +139,18 @@ def test_mobilenet_split_at_global_average_pooling_composes_back(mobilenet):
     np.testing.assert_allclose(run(online, run(offline, images)), expected, atol=1e-4)
     whole = compose_frozen(offline, online, connect={gap.name: gap.name}, outputs=output)
     np.testing.assert_allclose(run(whole, images), expected, atol=1e-4)
+
+
+def test_recipe_mixes_and_matches_two_sessions(small_ckpt, mlp_ckpt, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "mix_recipe", os.path.join(os.path.dirname(__file__), "..", "recipes", "mix_models.py"))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    out = tmp_path / "mixed.pb"
+    assert recipe.main([small_ckpt[0], mlp_ckpt[0], "--connect", "features=probs", "--outputs", "out",
+                        "--scopes", "cnn,mlp", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "mlp: 2 variables" in text and "max |difference| = 0 " in text
+    assert load_model(str(out)).graph.get_tensor_by_name("mlp/out:0") is not None

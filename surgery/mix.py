@@ -91,22 +91,12 @@ class MixedGraph:
 
     def freeze(self, outputs, *, inputs=()) -> FrozenGraph:
         """One frozen graph of the mix: each variable's value read from its own model's checkpoint."""
-        readers = {}
 
         def read(name):
             scope = self._scope_of(name)
             if scope is None:
                 raise SurgeryError(f"variable '{name}' belongs to no mixed model", "create variables under a scope")
-            model = self.models[scope]
-            if scope not in readers:
-                readers[scope] = (model.checkpoint_reader(), model.checkpoint_keys())
-            reader, keys = readers[scope]
-            unscoped = name[len(scope) + 1:]
-            key = keys.get(unscoped, unscoped)
-            if not reader.has_tensor(key):
-                raise RestoreError(f"variable '{unscoped}' has no value in {model.checkpoint}",
-                                   "restore it first with `surgery restore`")
-            return reader.get_tensor(key)
+            return self.models[scope].read_variable(name[len(scope) + 1:])
 
         return freeze_graph(self.graph, outputs, inputs=inputs, read_variable=read)
 

@@ -2,7 +2,8 @@
 
 Accepted: a checkpoint prefix (`dir/model.ckpt-1000`), its `.meta` file, a checkpoint
 directory (latest checkpoint), a frozen GraphDef (`.pb` binary or `.pbtxt` text), or a
-SavedModel directory (TF1, or TF2/Keras: object-based, functions + resource variables).
+SavedModel directory (TF1, or TF2/Keras: object-based, functions + resource variables;
+its serving signature is flattened into one graph with named variables, see `tf2.py`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Model:
     signature_defs: dict = dataclasses.field(default_factory=dict)
     # {variable op name: checkpoint key} where the checkpoint is object-based (TF2 SavedModel).
     variable_keys: dict | None = None
+    _reader_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def description(self) -> str:
@@ -105,6 +107,8 @@ class Model:
 
         TF1 savers store a variable under its op name unless a `var_list` dict said
         otherwise; the saver's own restore ops record the real mapping, so read it there.
+        A flattened TF2 SavedModel's keys are object paths (`variables/0/.ATTRIBUTES/VARIABLE_VALUE`),
+        so a Saver restores it with `Saver({keys[v.op.name]: v for v in variables})`.
         """
         if self.variable_keys is not None:
             return dict(self.variable_keys)
@@ -113,9 +117,11 @@ class Model:
         return keys
 
     def read_variable(self, name: str) -> np.ndarray:
-        """The value of variable `name` from this model's checkpoint."""
-        key = self.checkpoint_keys().get(name, name)
-        reader = self.checkpoint_reader()
+        """The value of variable `name` from this model's checkpoint (reader and keys opened once)."""
+        if "reader" not in self._reader_cache:
+            self._reader_cache.update(reader=self.checkpoint_reader(), keys=self.checkpoint_keys())
+        key = self._reader_cache["keys"].get(name, name)
+        reader = self._reader_cache["reader"]
         if not reader.has_tensor(key):
             raise ModelLoadError(
                 f"variable '{name}' has no value in checkpoint {self.checkpoint} (key '{key}')",

@@ -101,7 +101,13 @@ def export(graph: str, directory: str) -> dict:
             path = piece_path(graph, manifest, name)
             try:
                 with open(path, "rb") as f:
-                    gd.ParseFromString(f.read())
+                    data = f.read()
+                if path.endswith(".pbtxt"):
+                    from google.protobuf import text_format
+
+                    text_format.Parse(data.decode("utf-8"), gd)
+                else:
+                    gd.ParseFromString(data)
             except Exception as e:  # OSError, or protobuf's DecodeError
                 raise ModelLoadError(f"piece '{name}' of {graph}: {path} cannot be read as a GraphDef",
                                      "write the pieces again") from e
@@ -109,10 +115,13 @@ def export(graph: str, directory: str) -> dict:
         with atomic_path(directory, directory=True) as tmp:
             return {name: _write_saved_model(gd, ins, outs, os.path.join(tmp, name))
                     for name, (gd, ins, outs) in pieces.items()}
-    if os.path.isdir(graph):
-        raise ModelLoadError(f"{graph} has no {FILENAME}",
-                             "pass a frozen .pb or a directory written by `surgery split`")
-    gd, ins, outs = _frozen_source(graph)
+    try:
+        gd, ins, outs = _frozen_source(graph)
+    except ModelLoadError as e:
+        if os.path.isdir(graph) and "not a frozen graph" not in e.message:
+            raise ModelLoadError(f"{graph} has no {FILENAME}",
+                                 "pass a frozen .pb or a directory written by `surgery split`") from e
+        raise
     return {"": export_frozen(gd, directory, inputs=ins, outputs=outs)}
 
 

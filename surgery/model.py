@@ -310,7 +310,7 @@ def _load_saved_model(directory: str, tag_set: str) -> Model:
     prefix = os.path.join(directory, "variables", "variables")
     checkpoint = prefix if os.path.exists(prefix + ".index") else None
     tf2 = len(mg.object_graph_def.nodes) > 0
-    if tf2 and checkpoint and _signature_name(mg) is not None:
+    if tf2 and _signature_name(mg) is not None:
         from .tf2 import flatten_tf2
 
         return flatten_tf2(mg, directory, checkpoint, path=file, signature=_signature_name(mg))

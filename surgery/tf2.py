@@ -130,7 +130,7 @@ def _readable_names(graph_def, signature) -> dict:
     return renames
 
 
-def flatten_tf2(meta_graph_def, directory: str, checkpoint: str, *, path: str, signature: str):
+def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path: str, signature: str):
     """A `Model` of SavedModel `directory`'s `signature`, flattened into one graph (see the module doc)."""
     from .model import Model
 
@@ -149,9 +149,12 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str, *, path: str, s
         raise ModelLoadError(f"{path}: function call '{left[0]}' could not be inlined",
                              "the model uses functions Grappler cannot inline; freeze it with tf.saved_model.load "
                              "and convert_variables_to_constants_v2 instead")
-    ckpt_keys = _checkpoint_keys(checkpoint)
     objects = meta_graph_def.object_graph_def.nodes
     handles = [n for n in inlined.node if n.op == "VarHandleOp"]
+    if handles and not checkpoint:
+        raise ModelLoadError(f"{directory} has variables but no variables/variables checkpoint",
+                             "copy the SavedModel's variables/ directory along with saved_model.pb")
+    ckpt_keys = _checkpoint_keys(checkpoint) if handles else {}
     unknown = [n.name for n in handles if n.name not in captured or captured[n.name] not in ckpt_keys]
     if unknown:
         raise ModelLoadError(f"{path}: variable handle '{unknown[0]}' has no value in the SavedModel's checkpoint",

@@ -179,3 +179,13 @@ def test_tf_saved_model_save_module_is_flattened(tmp_path):
         tf.import_graph_def(frozen.graph_def, name="")
     with v1.Session(graph=graph) as sess:
         np.testing.assert_allclose(sess.run("y:0", {"x:0": x}), expected, rtol=1e-6)
+
+
+def test_keras_saved_model_without_its_variables(keras_saved_model, tmp_path):
+    import shutil
+
+    from surgery import ModelLoadError
+
+    shutil.copy(os.path.join(keras_saved_model[0], "saved_model.pb"), tmp_path / "saved_model.pb")
+    with pytest.raises(ModelLoadError, match="no variables/variables checkpoint"):
+        load_model(str(tmp_path))

@@ -42,10 +42,9 @@ def run(quick: bool = False) -> list:
         x_tf = tf.constant(x)
         want = serving(keras_tensor=x_tf)["output_0"].numpy()
         t_tf = median_time(lambda: serving(keras_tensor=x_tf)["output_0"].numpy(), repeats * 2)
+        saver = model.saver()
         with v1.Session(graph=model.graph) as sess:
-            with model.graph.as_default():
-                v1.train.Saver({model.checkpoint_keys()[v.op.name]: v for v in v1.global_variables()}).restore(
-                    sess, model.checkpoint)
+            saver.restore(sess, model.checkpoint)
             fetch, feed = sig.outputs["output_0"].name, sig.inputs["keras_tensor"].name
             got = sess.run(fetch, {feed: x})
             assert np.allclose(got, want, atol=1e-4), "flattened graph disagrees with the SavedModel"

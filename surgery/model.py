@@ -129,6 +129,15 @@ class Model:
             )
         return reader.get_tensor(key)
 
+    def saver(self):
+        """A `tf.compat.v1.train.Saver` over the graph's variables, keyed as this model's checkpoint
+        stores them (TF1 names, remapped names, or a TF2 SavedModel's object paths), so
+        `model.saver().restore(sess, model.checkpoint)` works for every format."""
+        keys = self.checkpoint_keys()
+        with self.graph.as_default():
+            variables = tf.compat.v1.global_variables()
+            return tf.compat.v1.train.Saver({keys.get(v.op.name, v.op.name): v for v in variables})
+
 
 def _saver_mapping(graph_def) -> dict[str, str]:
     """{variable op name: checkpoint key} read off the graph's RestoreV2 → Assign ops."""

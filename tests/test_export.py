@@ -115,9 +115,8 @@ def test_keras_flattened_graph_answers_like_the_saved_model(keras_saved_model):
     reference = tf.saved_model.load(directory).signatures["serving_default"](pixels=tf.constant(x))["output_0"]
     model = load_model(directory)
     sig = model.signature_defs["serving_default"]
-    with v1.Session(graph=model.graph) as sess:  # a plain TF1 Saver restores it, keyed as the checkpoint is
-        with model.graph.as_default():
-            saver = v1.train.Saver({model.checkpoint_keys()[v.op.name]: v for v in v1.global_variables()})
+    saver = model.saver()  # a plain TF1 Saver, keyed as the object-based checkpoint is
+    with v1.Session(graph=model.graph) as sess:
         saver.restore(sess, model.checkpoint)
         got = sess.run(sig.outputs["output_0"].name, {sig.inputs["pixels"].name: x})
     np.testing.assert_allclose(got, reference.numpy(), rtol=1e-6, atol=1e-7)
@@ -189,3 +188,11 @@ def test_keras_saved_model_without_its_variables(keras_saved_model, tmp_path):
     shutil.copy(os.path.join(keras_saved_model[0], "saved_model.pb"), tmp_path / "saved_model.pb")
     with pytest.raises(ModelLoadError, match="no variables/variables checkpoint"):
         load_model(str(tmp_path))
+
+
+def test_model_saver_restores_tf1_checkpoints_too(small_ckpt, sample_images):
+    model = load_model(small_ckpt[0])
+    saver = model.saver()
+    with v1.Session(graph=model.graph) as sess:
+        saver.restore(sess, model.checkpoint)
+        np.testing.assert_allclose(sess.run("probs:0", {"images:0": sample_images}), small_ckpt[1], rtol=1e-6)

@@ -132,10 +132,12 @@ class Model:
     def saver(self):
         """A `tf.compat.v1.train.Saver` over the graph's variables, keyed as this model's checkpoint
         stores them (TF1 names, remapped names, or a TF2 SavedModel's object paths), so
-        `model.saver().restore(sess, model.checkpoint)` works for every format."""
+        `model.saver().restore(sess, model.checkpoint)` works for every format.
+        Only the variables the loaded graph came with: a head spliced on later is not looked for."""
         keys = self.checkpoint_keys()
+        own = {v.name for v in self.variables()}
         with self.graph.as_default():
-            variables = tf.compat.v1.global_variables()
+            variables = [v for v in tf.compat.v1.global_variables() if v.op.name in own]
             return tf.compat.v1.train.Saver({keys.get(v.op.name, v.op.name): v for v in variables})
 
 

@@ -196,3 +196,32 @@ def test_model_saver_restores_tf1_checkpoints_too(small_ckpt, sample_images):
     with v1.Session(graph=model.graph) as sess:
         saver.restore(sess, model.checkpoint)
         np.testing.assert_allclose(sess.run("probs:0", {"images:0": sample_images}), small_ckpt[1], rtol=1e-6)
+
+
+def test_keras_flattened_graph_trains_like_a_tf1_graph(keras_saved_model):
+    """Splice a loss on the Keras classifier and train its own (restored) variables: gradients flow
+    through the inlined graph, the layers below stay as restored."""
+    from surgery import resolve_tensor
+
+    model = load_model(keras_saved_model[0])
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(16, 16, 16, 3)).astype(np.float32)
+    y = rng.integers(0, 4, size=16)
+    with model.graph.as_default():
+        probs = resolve_tensor(model.graph, "output_0")
+        labels = v1.placeholder(tf.int64, [None])
+        loss = -tf.reduce_mean(tf.math.log(tf.gather(probs, labels, batch_dims=1) + 1e-7))
+        (kernel,) = [v for v in v1.trainable_variables() if v.op.name == "classifier/kernel"]
+        (conv,) = [v for v in v1.trainable_variables() if v.op.name == "block1_conv/kernel"]
+        train = v1.train.GradientDescentOptimizer(0.5).minimize(loss, var_list=[kernel])
+        init = v1.global_variables_initializer()
+    saver = model.saver()
+    with v1.Session(graph=model.graph) as sess:
+        sess.run(init)
+        saver.restore(sess, model.checkpoint)
+        before = sess.run(loss, {"pixels:0": x, labels: y})
+        for _ in range(20):
+            sess.run(train, {"pixels:0": x, labels: y})
+        assert sess.run(loss, {"pixels:0": x, labels: y}) < before
+        np.testing.assert_array_equal(sess.run(conv), model.read_variable("block1_conv/kernel"))
+        assert not np.allclose(sess.run(kernel), model.read_variable("classifier/kernel"))

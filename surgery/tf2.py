@@ -187,17 +187,20 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
     variable_keys = {}
     input_map = {}
     with graph.as_default():
+        by_object = {}  # one variable per TF2 variable, however many calls captured it
         for handle in handles:
-            obj = objects[captured[handle.name]].variable
-            name = _SANITISE.sub("_", re.sub(r":\d+$", "", obj.name)) or handle.name
-            while name in variable_keys:  # two TF2 variables may share a name
-                name += "_1"
-            var = v1.get_variable(
-                name, shape=tf.TensorShape(handle.attr["shape"].shape),
-                dtype=tf.as_dtype(handle.attr["dtype"].type), initializer=v1.zeros_initializer(),
-                trainable=obj.trainable, use_resource=True)
-            variable_keys[var.op.name] = ckpt_keys[captured[handle.name]]
-            input_map[handle.name + ":0"] = var.handle
+            node_id = captured[handle.name]
+            if node_id not in by_object:
+                obj = objects[node_id].variable
+                name = _SANITISE.sub("_", re.sub(r":\d+$", "", obj.name)) or handle.name
+                while name in variable_keys:  # two TF2 variables may share a name
+                    name += "_1"
+                by_object[node_id] = v1.get_variable(
+                    name, shape=tf.TensorShape(handle.attr["shape"].shape),
+                    dtype=tf.as_dtype(handle.attr["dtype"].type), initializer=v1.zeros_initializer(),
+                    trainable=obj.trainable, use_resource=True)
+                variable_keys[by_object[node_id].op.name] = ckpt_keys[node_id]
+            input_map[handle.name + ":0"] = by_object[node_id].handle
         try:
             tf.import_graph_def(graph_def, input_map=input_map, name="")
         except ValueError as e:

@@ -321,11 +321,13 @@ def _load_saved_model(directory: str, tag_set: str) -> Model:
     prefix = os.path.join(directory, "variables", "variables")
     checkpoint = prefix if os.path.exists(prefix + ".index") else None
     tf2 = len(mg.object_graph_def.nodes) > 0
-    if tf2 and _signature_name(mg) is not None:
+    # The SavedModel as written is imported first: that checks it before Grappler sees it, and
+    # flattening happens only where a graph is wanted at all.
+    graph = _import(meta_graph_def=mg, path=file)
+    if tf2 and graph is not None and _signature_name(mg) is not None:
         from .tf2 import flatten_tf2
 
         return flatten_tf2(mg, directory, checkpoint, path=file, signature=_signature_name(mg))
-    graph = _import(meta_graph_def=mg, path=file)
     return Model(path=directory, format="saved_model_tf2" if tf2 else "saved_model", graph=graph,
                  graph_def=mg.graph_def, meta_graph_def=mg, checkpoint=checkpoint,
                  signature_defs=dict(mg.signature_def))

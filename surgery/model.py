@@ -324,18 +324,11 @@ def _load_saved_model(directory: str, tag_set: str) -> Model:
     # The SavedModel as written is imported first: that checks it before Grappler sees it, and
     # flattening happens only where a graph is wanted at all.
     graph = _import(meta_graph_def=mg, path=file)
-    if tf2 and graph is not None and _signature_name(mg) is not None:
-        from .tf2 import flatten_tf2
+    if tf2 and graph is not None:
+        from .tf2 import flatten_tf2, serving_signature
 
-        return flatten_tf2(mg, directory, checkpoint, path=file, signature=_signature_name(mg))
+        if serving_signature(mg) is not None:
+            return flatten_tf2(mg, directory, checkpoint, path=file, signature=serving_signature(mg))
     return Model(path=directory, format="saved_model_tf2" if tf2 else "saved_model", graph=graph,
                  graph_def=mg.graph_def, meta_graph_def=mg, checkpoint=checkpoint,
                  signature_defs=dict(mg.signature_def))
-
-
-def _signature_name(meta_graph_def) -> str | None:
-    """The signature to serve: `serving_default`, else the first by name (init ops excluded)."""
-    names = sorted(k for k in meta_graph_def.signature_def if not k.startswith("__"))
-    if "serving_default" in names:
-        return "serving_default"
-    return names[0] if names else None

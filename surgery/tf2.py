@@ -130,6 +130,14 @@ def _readable_names(graph_def, signature) -> dict:
     return renames
 
 
+def serving_signature(meta_graph_def) -> str | None:
+    """The signature to flatten: `serving_default`, else the first by name (init ops excluded)."""
+    names = sorted(k for k in meta_graph_def.signature_def if not k.startswith("__"))
+    if "serving_default" in names:
+        return "serving_default"
+    return names[0] if names else None
+
+
 def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path: str, signature: str):
     """A `Model` of SavedModel `directory`'s `signature`, flattened into one graph (see the module doc)."""
     from .model import Model

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_cli, tf, v1
 from nets import two_tower
+from test_freeze import _run_graph_def  # the suite's import-and-run helper
 
 from surgery import freeze_graph, freeze_model, load_model, write_graph_def
 from surgery.export import export, export_frozen, signature_key
@@ -121,11 +122,8 @@ def test_keras_flattened_graph_answers_like_the_saved_model(keras_saved_model):
         got = sess.run(sig.outputs["output_0"].name, {sig.inputs["pixels"].name: x})
     np.testing.assert_allclose(got, reference.numpy(), rtol=1e-6, atol=1e-7)
     frozen = freeze_model(model, "output_0")
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(frozen.graph_def, name="")
-    with v1.Session(graph=graph) as sess:
-        np.testing.assert_allclose(sess.run("output_0:0", {"pixels:0": x}), reference.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(_run_graph_def(frozen.graph_def, {"pixels:0": x}, "output_0:0"), reference.numpy(),
+                               rtol=1e-6, atol=1e-7)
 
 
 def test_cli_inspect_and_freeze_keras(keras_saved_model, tmp_path):
@@ -173,11 +171,7 @@ def test_tf_saved_model_save_module_is_flattened(tmp_path):
     x = np.array([[1, -2, 3], [0.5, 0, 1]], np.float32)
     expected = scorer(x)["y"].numpy()
     frozen = freeze_model(model, "y")
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(frozen.graph_def, name="")
-    with v1.Session(graph=graph) as sess:
-        np.testing.assert_allclose(sess.run("y:0", {"x:0": x}), expected, rtol=1e-6)
+    np.testing.assert_allclose(_run_graph_def(frozen.graph_def, {"x:0": x}, "y:0"), expected, rtol=1e-6)
 
 
 def test_keras_saved_model_without_its_variables(keras_saved_model, tmp_path):

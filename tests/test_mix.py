@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 from conftest import tf, v1
+from test_freeze import _run_graph_def  # the suite's import-and-run helper
 
 from surgery import RestoreError, SurgeryError, freeze_graph, freeze_model, load_model, resolve_tensor
 from surgery.mix import compose_frozen, mix_models
@@ -57,11 +58,8 @@ def test_two_models_mixed_run_with_their_own_weights(small_ckpt, mlp_ckpt, sampl
 
     frozen = mixed.freeze("mlp/out")
     assert [t["name"] for t in frozen.inputs] == ["cnn/images:0"]
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(frozen.graph_def, name="")
-    with v1.Session(graph=graph) as sess:
-        np.testing.assert_allclose(sess.run("mlp/out:0", {"cnn/images:0": sample_images}), got, rtol=1e-6)
+    np.testing.assert_allclose(_run_graph_def(frozen.graph_def, {"cnn/images:0": sample_images}, "mlp/out:0"), got,
+                               rtol=1e-6)
 
 
 def test_mix_checks_dtype_shape_and_scopes(small_ckpt, mlp_ckpt):
@@ -92,11 +90,7 @@ def test_frozen_pieces_compose_back(small_ckpt, sample_images):
     offline = freeze_model(model, "net/fc1/Relu")
     online = freeze_model(model, "probs", inputs="net/fc1/Relu")
     whole = compose_frozen(offline, online, connect={"net/fc1/Relu": "net/fc1/Relu"}, outputs="probs")
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(whole.graph_def, name="")
-    with v1.Session(graph=graph) as sess:
-        got = sess.run(whole.outputs[0]["name"], {whole.inputs[0]["name"]: sample_images})
+    got = _run_graph_def(whole.graph_def, {whole.inputs[0]["name"]: sample_images}, whole.outputs[0]["name"])
     np.testing.assert_allclose(got, small_ckpt[1], rtol=1e-5, atol=1e-7)
 
 
@@ -129,11 +123,7 @@ def test_mobilenet_split_at_global_average_pooling_composes_back(mobilenet):
     assert [t["name"] for t in online.inputs] == [gap.name]
 
     def run(frozen, feed):
-        graph = tf.Graph()
-        with graph.as_default():
-            tf.import_graph_def(frozen.graph_def, name="")
-        with v1.Session(graph=graph) as sess:
-            return sess.run(frozen.outputs[0]["name"], {frozen.inputs[0]["name"]: feed})
+        return _run_graph_def(frozen.graph_def, {frozen.inputs[0]["name"]: feed}, frozen.outputs[0]["name"])
 
     # one frozen graph's output fed into the other, in two sessions and composed into one graph
     np.testing.assert_allclose(run(online, run(offline, images)), expected, atol=1e-4)

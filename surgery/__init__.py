@@ -5,7 +5,9 @@ This module only re-exports; each stage of the pipeline lives in its own module.
 
 from .errors import CutError, DataError, ModelLoadError, RestoreError, SurgeryError, TensorNotFoundError
 from .freeze import FrozenGraph, freeze_graph, freeze_model, write_graph_def
+from .export import export_frozen
 from .inspect import inspect_model
+from .mix import MixedGraph, compose_frozen, mix_models
 from .model import Model, load_model
 from .optimize import optimize_for_inference
 from .names import resolve_op, resolve_tensor, resolve_tensors
@@ -26,4 +28,5 @@ __all__ = [
     "inspect_model", "Model", "load_model", "optimize_for_inference", "resolve_op", "resolve_tensor", "resolve_tensors",
     "RestorePlan", "open_source", "plan_restore", "restore_into_session", "restore_model", "restore_weights",
 ]
+__all__ += ["export_frozen", "MixedGraph", "compose_frozen", "mix_models"]
 __version__ = "0.1.0"

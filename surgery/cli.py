@@ -22,6 +22,8 @@ examples:
       --x target/x --y target/y --out runs/ft
   surgery split data/models/vgg --cut fc7 --outputs predictions --out pieces/
   surgery precompute pieces/ --data data/shapes.h5 --key target/x --out fc7.h5
+  surgery export pieces/ --saved-model serving/
+  surgery inspect exported_keras_model/ --tensorboard logs/   # then: tensorboard --logdir logs/
 
 MODEL is a checkpoint prefix, its .meta, a checkpoint directory, a frozen .pb/.pbtxt or a
 SavedModel directory. Tensor names may be given as `op:0`, `op`, or a unique suffix (`fc7`).
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--tensors", metavar="REGEX", help="also list tensors whose names match REGEX")
+    p.add_argument("--tensorboard", metavar="LOGDIR",
+                   help="also write the graph to LOGDIR for `tensorboard --logdir LOGDIR` (Graphs tab)")
 
     p = add("freeze", "variables → constants, pruned to the outputs, training nodes stripped",
             "surgery freeze data/models/vgg --outputs predictions --out vgg.pb\n"
@@ -137,8 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "direct_running_mode=multi_processing, project=..., temp_location=gs://...")
 
     p = add("export", "write frozen pieces as SavedModels with a serving_default signature",
-            "surgery export pieces/ --saved-model serving/")
-    _model_arg(p, "GRAPH", "a frozen .pb or a split directory")
+            "surgery export pieces/ --saved-model serving/   # serving/offline, serving/online\n"
+            "  surgery export head.pb --saved-model serving/head\n\n"
+            "signature keys are the tensor names with '/' and ':' made '_' (item_tower/embedding:0 → "
+            "item_tower_embedding)")
+    _model_arg(p, "GRAPH", "a frozen .pb/.pbtxt, or a directory with manifest.json (one SavedModel per piece)")
     p.add_argument("--saved-model", required=True, metavar="DIR")
 
     p = add("audit", "list ops that touch files, the network or Python (exit 3 when flagged)",
@@ -160,10 +167,16 @@ def _cmd_inspect(args) -> int:
 
     model = load_model(args.model, tag_set=args.tag_set)
     report = inspect_model(model, tensors=args.tensors)
+    if args.tensorboard:
+        from .inspect import write_tensorboard
+
+        write_tensorboard(model, args.tensorboard)
     if args.json:
         _print_json(report)
     else:
         print(format_report(report, description=model.description))
+    if args.tensorboard and not args.json:
+        print(f"\ngraph written for TensorBoard: tensorboard --logdir {args.tensorboard}")
     return 0
 
 
@@ -304,7 +317,15 @@ def _precompute_on_beam(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    return _not_available(args)
+    from .export import export
+
+    written = export(args.model, args.saved_model)
+    for piece, keys in written.items():
+        where = os.path.join(args.saved_model, piece) if piece else args.saved_model
+        print(f"exported {where}  (signature serving_default)")
+        print("  inputs:  " + (", ".join(f"{k} ← {n}" for k, n in keys["inputs"].items()) or "(none)"))
+        print("  outputs: " + ", ".join(f"{k} ← {n}" for k, n in keys["outputs"].items()))
+    return 0
 
 
 def _cmd_audit(args) -> int:

@@ -178,3 +178,30 @@ def format_report(report: dict, *, description: str = "", max_rows: int = 40) ->
         if len(report["tensors"]) > 200:
             lines.append(f"  … {len(report['tensors']) - 200} more (use --json for all)")
     return "\n".join(lines)
+
+
+def write_tensorboard(model, logdir: str) -> str:
+    """Write `model.graph` as a TensorBoard event file in `logdir` (the Graphs tab shows every
+    node name, as the TensorFlow docs suggest for finding them). The event file is written in a
+    temporary directory beside it and moved in whole; returns its path."""
+    import os
+    import shutil
+    import tempfile
+
+    from .errors import OutputError
+
+    try:
+        os.makedirs(logdir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".graph.", dir=logdir)
+    except OSError as e:
+        raise OutputError(f"cannot write to {logdir}: {e.strerror}", "choose a writable --tensorboard LOGDIR") from e
+    try:
+        with model.graph.as_default():
+            writer = tf.compat.v1.summary.FileWriter(tmp, graph=model.graph)
+            writer.close()
+        (event,) = os.listdir(tmp)
+        target = os.path.join(logdir, event)
+        os.replace(os.path.join(tmp, event), target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

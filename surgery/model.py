@@ -2,7 +2,8 @@
 
 Accepted: a checkpoint prefix (`dir/model.ckpt-1000`), its `.meta` file, a checkpoint
 directory (latest checkpoint), a frozen GraphDef (`.pb` binary or `.pbtxt` text), or a
-SavedModel directory (TF1, or TF2/Keras: object-based, functions + resource variables).
+SavedModel directory (TF1, or TF2/Keras: object-based, functions + resource variables;
+its serving signature is flattened into one graph with named variables, see `tf2.py`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class Model:
     meta_graph_def: object = None
     checkpoint: str | None = None
     signature_defs: dict = dataclasses.field(default_factory=dict)
+    # {variable op name: checkpoint key} where the checkpoint is object-based (TF2 SavedModel).
+    variable_keys: dict | None = None
+    _reader_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def description(self) -> str:
@@ -78,11 +82,12 @@ class Model:
     def variables(self) -> list[VariableInfo]:
         """Every variable node of the graph (ref and resource), in graph order.
 
-        A TF2 SavedModel's graph holds each variable several times (one handle per traced
-        function); the object graph names the real ones, so only those are listed.
+        A TF2 SavedModel flattened by `flatten_tf2` has one variable op per variable. One that
+        could not be flattened (no signature) holds each variable several times (one handle per
+        traced function); the object graph names the real ones, so only those are listed.
         """
         real = None
-        if self.format == "saved_model_tf2":
+        if self.format == "saved_model_tf2" and self.variable_keys is None:
             real = {n.variable.name for n in self.meta_graph_def.object_graph_def.nodes
                     if n.WhichOneof("kind") == "variable"}
         out = []
@@ -106,21 +111,38 @@ class Model:
 
         TF1 savers store a variable under its op name unless a `var_list` dict said
         otherwise; the saver's own restore ops record the real mapping, so read it there.
+        A flattened TF2 SavedModel's keys are object paths (`variables/0/.ATTRIBUTES/VARIABLE_VALUE`),
+        so a Saver restores it with `Saver({keys[v.op.name]: v for v in variables})`.
         """
+        if self.variable_keys is not None:
+            return dict(self.variable_keys)
         keys = {v.name: v.name for v in self.variables()}
         keys.update(_saver_mapping(self.graph_def))
         return keys
 
     def read_variable(self, name: str) -> np.ndarray:
-        """The value of variable `name` from this model's checkpoint."""
-        key = self.checkpoint_keys().get(name, name)
-        reader = self.checkpoint_reader()
+        """The value of variable `name` from this model's checkpoint (reader and keys opened once)."""
+        if "reader" not in self._reader_cache:
+            self._reader_cache.update(reader=self.checkpoint_reader(), keys=self.checkpoint_keys())
+        key = self._reader_cache["keys"].get(name, name)
+        reader = self._reader_cache["reader"]
         if not reader.has_tensor(key):
             raise ModelLoadError(
                 f"variable '{name}' has no value in checkpoint {self.checkpoint} (key '{key}')",
                 "restore it from another source with `surgery restore`",
             )
         return reader.get_tensor(key)
+
+    def saver(self):
+        """A `tf.compat.v1.train.Saver` over the graph's variables, keyed as this model's checkpoint
+        stores them (TF1 names, remapped names, or a TF2 SavedModel's object paths), so
+        `model.saver().restore(sess, model.checkpoint)` works for every format.
+        Only the variables the loaded graph came with: a head spliced on later is not looked for."""
+        keys = self.checkpoint_keys()
+        own = {v.name for v in self.variables()}
+        with self.graph.as_default():
+            variables = [v for v in tf.compat.v1.global_variables() if v.op.name in own]
+            return tf.compat.v1.train.Saver({keys.get(v.op.name, v.op.name): v for v in variables})
 
 
 def _saver_mapping(graph_def) -> dict[str, str]:
@@ -344,7 +366,14 @@ def _load_saved_model(directory: str, tag_set: str) -> Model:
     prefix = os.path.join(directory, "variables", "variables")
     checkpoint = prefix if os.path.exists(prefix + ".index") else None
     tf2 = len(mg.object_graph_def.nodes) > 0
+    # The SavedModel as written is imported first: that checks it before Grappler sees it, and
+    # flattening happens only where a graph is wanted at all.
     graph = _import(meta_graph_def=mg, path=file)
+    if tf2 and graph is not None:
+        from .tf2 import flatten_tf2, serving_signature
+
+        if serving_signature(mg) is not None:
+            return flatten_tf2(mg, directory, checkpoint, path=file, signature=serving_signature(mg))
     return Model(path=directory, format="saved_model_tf2" if tf2 else "saved_model", graph=graph,
                  graph_def=mg.graph_def, meta_graph_def=mg, checkpoint=checkpoint,
                  signature_defs=dict(mg.signature_def))

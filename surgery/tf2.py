@@ -1,0 +1,228 @@
+"""Flatten a TF2 SavedModel (functions + resource variables) into one TF1-style graph.
+
+Keras 3 `model.export` and `tf.saved_model.save` write a graph whose real work hides in
+library functions called by `StatefulPartitionedCall`, with variables captured as resource
+handles and values in an object-based checkpoint. Surgery needs named tensors and named
+variables, so the serving signature is flattened:
+
+1. the graph is pruned to the signature's outputs;
+2. Grappler's function optimizer inlines every call (what `convert_variables_to_constants_v2`
+   does internally), so layer ops appear as `functional_1/gap_1/Mean`;
+3. each captured handle becomes a real resource variable named after the TF2 variable
+   (`block1_conv/kernel`), found through the object graph's `bound_inputs`, in the
+   `variables`/`trainable_variables` collections, so a `Saver`, `restore` and `finetune`
+   treat it like a TF1 meta graph;
+4. the object-based checkpoint keys (`variables/0/.ATTRIBUTES/VARIABLE_VALUE`) are kept in
+   `Model.variable_keys`, so `read_variable` and `freeze_model` read the SavedModel's own values.
+"""
+
+from __future__ import annotations
+
+import re
+
+from . import tfcompat
+from .errors import ModelLoadError
+from .names import node_input_op
+
+tf = tfcompat.tf
+v1 = tf.compat.v1
+
+_CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
+_CALL_PREFIX = re.compile(r"^(Stateful)?PartitionedCall(_\d+)?/")
+_SANITISE = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+def _inline_functions(graph_def, fetches) -> object:
+    """Grappler's function inlining alone (every other optimizer off), as convert_to_constants does."""
+    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+    from tensorflow.python.grappler import tf_optimizer
+
+    gd = v1.GraphDef()
+    gd.CopyFrom(graph_def)
+    for function in gd.library.function:  # a second implementation (e.g. CuDNN) blocks inlining
+        if "api_implements" in function.attr:
+            del function.attr["api_implements"]
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.import_graph_def(gd, name="")
+    meta = v1.train.export_meta_graph(graph_def=gd, graph=graph)
+    fetch = meta_graph_pb2.CollectionDef()
+    fetch.node_list.value.extend(fetches)
+    meta.collection_def["train_op"].CopyFrom(fetch)
+    config = config_pb2.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.min_graph_nodes = -1
+    rewrite.optimizers.append("function")
+    return tf_optimizer.OptimizeGraph(config, meta)
+
+
+def _captured_variables(graph_def, meta_graph_def) -> dict:
+    """{VarHandleOp name in graph_def: object graph node id}, read off each call's bound inputs."""
+    functions = meta_graph_def.object_graph_def.concrete_functions
+    nodes = {n.name: n for n in graph_def.node}
+    captured = {}
+    for node in graph_def.node:
+        if node.op not in _CALL_OPS:
+            continue
+        bound = list(functions[node.attr["f"].func.name].bound_inputs) if node.attr["f"].func.name in functions else []
+        data_inputs = [i for i in node.input if not i.startswith("^")]
+        for inp, node_id in zip(data_inputs[len(data_inputs) - len(bound):], bound):
+            handle = nodes.get(node_input_op(inp))
+            if handle is not None and handle.op == "VarHandleOp":
+                captured[handle.name] = node_id
+    return captured
+
+
+def _checkpoint_keys(checkpoint: str) -> dict:
+    """{object graph node id: checkpoint key of its VARIABLE_VALUE} from the checkpoint's own object graph.
+
+    A SavedModel's object graph and its checkpoint's object graph share node ids."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    reader = tfcompat.checkpoint_reader(checkpoint)
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    keys = {}
+    for node_id, node in enumerate(graph.nodes):
+        for attribute in node.attributes:
+            if attribute.name == "VARIABLE_VALUE":
+                keys[node_id] = attribute.checkpoint_key
+    return keys
+
+
+def _rename(graph_def, renames: dict) -> object:
+    """Rename nodes (and every reference to them, control inputs included)."""
+    out = v1.GraphDef()
+    out.CopyFrom(graph_def)
+    for node in out.node:
+        node.name = renames.get(node.name, node.name)
+        for i, inp in enumerate(node.input):
+            op = node_input_op(inp)
+            if op in renames:
+                node.input[i] = inp.replace(op, renames[op], 1)
+    return out
+
+
+def _readable_names(graph_def, signature) -> dict:
+    """Drop the `StatefulPartitionedCall_1/StatefulPartitionedCall/` prefixes inlining leaves, and
+    name signature inputs and outputs after their keys, wherever that collides with nothing."""
+    taken = {n.name for n in graph_def.node}
+    renames = {}
+
+    def claim(old, new):
+        new = _SANITISE.sub("_", new)
+        if new and new != old and new not in taken:
+            taken.discard(old)
+            taken.add(new)
+            renames[old] = new
+
+    for key, info in list(signature.inputs.items()) + list(signature.outputs.items()):
+        op = node_input_op(info.name)
+        if info.name.endswith(":0") and op not in renames:
+            claim(op, key)
+    for node in graph_def.node:
+        name = node.name
+        stripped = name
+        while _CALL_PREFIX.match(stripped):
+            stripped = _CALL_PREFIX.sub("", stripped, count=1)
+        if stripped != name and name not in renames:
+            claim(name, stripped)
+    return renames
+
+
+def serving_signature(meta_graph_def) -> str | None:
+    """The signature to flatten: `serving_default`, else the first by name (init ops excluded)."""
+    names = sorted(k for k in meta_graph_def.signature_def if not k.startswith("__"))
+    if "serving_default" in names:
+        return "serving_default"
+    return names[0] if names else None
+
+
+def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path: str, signature: str):
+    """A `Model` of SavedModel `directory`'s `signature`, flattened into one graph (see the module doc)."""
+    from .model import Model
+
+    sig = meta_graph_def.signature_def[signature]
+    outputs = sorted({node_input_op(t.name) for t in sig.outputs.values()})
+    try:
+        pruned = v1.graph_util.extract_sub_graph(meta_graph_def.graph_def, outputs)
+        captured = _captured_variables(pruned, meta_graph_def)
+        inlined = _inline_functions(pruned, [t.name for t in sig.outputs.values()])
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{path}: signature '{signature}' could not be flattened into one graph: {msg}",
+                             "re-export the model with `model.export(...)` or `tf.saved_model.save(...)`") from e
+    left = [n.name for n in inlined.node if n.op in _CALL_OPS]
+    if left:
+        raise ModelLoadError(f"{path}: function call '{left[0]}' could not be inlined",
+                             "the model uses functions Grappler cannot inline; freeze it with tf.saved_model.load "
+                             "and convert_variables_to_constants_v2 instead")
+    objects = meta_graph_def.object_graph_def.nodes
+    handles = [n for n in inlined.node if n.op == "VarHandleOp"]
+    if handles and not checkpoint:
+        raise ModelLoadError(f"{directory} has variables but no variables/variables checkpoint",
+                             "copy the SavedModel's variables/ directory along with saved_model.pb")
+    ckpt_keys = _checkpoint_keys(checkpoint) if handles else {}
+    unknown = [n.name for n in handles if n.name not in captured or captured[n.name] not in ckpt_keys]
+    if unknown:
+        raise ModelLoadError(f"{path}: variable handle '{unknown[0]}' has no value in the SavedModel's checkpoint",
+                             "the SavedModel is incomplete; export it again")
+
+    renames = _readable_names(inlined, sig)
+    graph_def = v1.GraphDef(library=inlined.library, versions=inlined.versions)
+    handle_names = {n.name for n in handles}
+    # Inlining passes each handle through Identity nodes; readers should see the variable itself.
+    passes = {n.name: n.input[0] for n in inlined.node
+              if n.op == "Identity" and n.attr["T"].type == tf.resource.as_datatype_enum}
+
+    def source(inp):
+        while node_input_op(inp) in passes:
+            inp = passes[node_input_op(inp)]
+        return inp
+
+    for node in inlined.node:  # handles are re-created as variables below; control edges on them go
+        if node.op != "VarHandleOp" and node.name not in passes:
+            new = graph_def.node.add()
+            new.CopyFrom(node)
+            new.input[:] = [("^" + node_input_op(source(i[1:])) if i.startswith("^") else source(i))
+                            for i in node.input
+                            if not (i.startswith("^") and node_input_op(source(i[1:])) in handle_names)]
+            new.device = ""
+            if "_class" in new.attr:  # colocation names the pre-rename nodes
+                del new.attr["_class"]
+    graph_def = _rename(graph_def, renames)
+    graph = tf.Graph()
+    variable_keys = {}
+    input_map = {}
+    with graph.as_default():
+        by_object = {}  # one variable per TF2 variable, however many calls captured it
+        for handle in handles:
+            node_id = captured[handle.name]
+            if node_id not in by_object:
+                obj = objects[node_id].variable
+                name = _SANITISE.sub("_", re.sub(r":\d+$", "", obj.name)) or handle.name
+                while name in variable_keys:  # two TF2 variables may share a name
+                    name += "_1"
+                by_object[node_id] = v1.get_variable(
+                    name, shape=tf.TensorShape(handle.attr["shape"].shape),
+                    dtype=tf.as_dtype(handle.attr["dtype"].type), initializer=v1.zeros_initializer(),
+                    trainable=obj.trainable, use_resource=True)
+                variable_keys[by_object[node_id].op.name] = ckpt_keys[node_id]
+            input_map[handle.name + ":0"] = by_object[node_id].handle
+        try:
+            tf.import_graph_def(graph_def, input_map=input_map, name="")
+        except ValueError as e:
+            raise ModelLoadError(f"{path}: the flattened graph could not be imported: {str(e).splitlines()[0][:200]}",
+                                 "report this model; freeze it with convert_variables_to_constants_v2 meanwhile") from e
+    flat_sig = type(sig)()
+    flat_sig.CopyFrom(sig)
+    for info in list(flat_sig.inputs.values()) + list(flat_sig.outputs.values()):
+        op, _, index = info.name.partition(":")
+        info.name = f"{renames.get(op, op)}:{index or 0}"
+    with graph.as_default():
+        meta = v1.train.export_meta_graph(graph=graph, clear_devices=True)
+    meta.signature_def[signature].CopyFrom(flat_sig)
+    meta.meta_info_def.tags[:] = list(meta_graph_def.meta_info_def.tags)
+    return Model(path=directory, format="saved_model_tf2", graph=graph, graph_def=meta.graph_def,
+                 meta_graph_def=meta, checkpoint=checkpoint, signature_defs={signature: flat_sig},
+                 variable_keys=variable_keys)

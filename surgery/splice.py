@@ -324,7 +324,7 @@ def splice(model, at: str, head, *, train_scopes=(), optimizer: str = "adam", lr
     """
     if optimizer not in OPTIMIZERS:
         raise SurgeryError(f"unknown optimizer '{optimizer}'", "use one of: " + ", ".join(OPTIMIZERS))
-    if model.format == "saved_model_tf2":
+    if model.format == "saved_model_tf2" and model.variable_keys is None:
         raise SurgeryError(f"{model.path} is a TF2 SavedModel, whose variables live in functions",
                            "freeze it first (`surgery freeze MODEL --outputs T --out m.pb`) and fine-tune the .pb")
     at_tensor = resolve_tensor(model.graph, at)

@@ -119,7 +119,7 @@ def write_mlp_pieces(directory: str, *, features: int, hidden: int, dim: int, se
             sess.run(v1.global_variables_initializer())
             frozen = freeze_graph(graph, [emb], inputs=[x],
                                   read_variable=lambda n: sess.run(graph.get_tensor_by_name(n + ":0")))
-    write_graph_def(frozen.graph_def, f"{directory}/offline.pb")
+            write_graph_def(frozen, f"{directory}/offline.pb")  # values are read while writing
     write_manifest(directory, source={"path": "scripts/nets.py:write_mlp_pieces"},
                    pieces={"offline": piece("offline.pb", frozen)})
     return directory

@@ -28,6 +28,8 @@ STEPS = [
     ("Precompute fc7 embeddings for every target image with the offline piece (resumable, ids alongside)",
      ["precompute", f"{OUT}/pieces", "--data", DATA, "--key", "target/x", "--ids", "target/ids",
       "--out", f"{OUT}/fc7_embeddings.h5"]),
+    ("Export both pieces as SavedModels with a serving_default signature (TF Serving layout)",
+     ["export", f"{OUT}/pieces", "--saved-model", f"{OUT}/serving"]),
     ("Inspect the online piece: fed at fc7:0, none of the backbone inside",
      ["inspect", f"{OUT}/pieces/online.pb"]),
     ("Freeze the whole fine-tuned network for a C++/mobile runtime",
@@ -37,6 +39,10 @@ STEPS = [
       "--out", f"{OUT}/finetuned_optimized.pb"]),
     ("Audit the frozen pieces: nothing in them touches files, the network or Python",
      ["audit", f"{OUT}/pieces/online.pb"]),
+    ("Restore selectively: refill the fine-tuned graph's backbone from the pretrained checkpoint, head excluded",
+     ["restore", f"{OUT}/finetuned", "--from", MODEL, "--exclude", "^head/", "--out", f"{OUT}/restored/model.ckpt"]),
+    ("Recipe: a two-tower recommender split at its item embedding, served from precomputed items",
+     ["python", "recipes/split_recommender.py", "--out", f"{OUT}/recommender"]),
 ]
 
 
@@ -47,8 +53,12 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=ROOT)
     for i, (title, args) in enumerate(STEPS, start=1):
         print(f"\n── {i}/{len(STEPS)}  {title}")
-        print("$ surgery " + " ".join(shlex.quote(a) for a in args), flush=True)
-        rc = subprocess.call([sys.executable, "-m", "surgery", *args], env=env)
+        if args[0] == "python":  # a recipe script
+            print("$ " + " ".join(shlex.quote(a) for a in args), flush=True)
+            rc = subprocess.call([sys.executable, *args[1:]], env=env)
+        else:
+            print("$ surgery " + " ".join(shlex.quote(a) for a in args), flush=True)
+            rc = subprocess.call([sys.executable, "-m", "surgery", *args], env=env)
         if rc != 0:
             print(f"demo step {i} failed with exit code {rc}", file=sys.stderr)
             return rc

@@ -754,7 +754,7 @@ def restore_weights(model, source, out: str, *, maps=(), include=(), exclude=(),
     return restore_model(model, plan, out, method=method, progress=progress)
 
 
-def format_report(report: dict, *, max_rows: int = 40) -> str:
+def format_report(report: dict, *, max_rows: int = 12) -> str:
     """The report as people read it: counts, then each variable with its shape and source
     (restored cut at `max_rows`; absent optimizer slots and step counters on one line)."""
     lines = [f"source: {report['source']} ({report['source_format']})"]

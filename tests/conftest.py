@@ -50,6 +50,15 @@ def cli(*args):
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
+def run_graph_def(graph_def, feeds, fetches):
+    """Plain TensorFlow: import a GraphDef with name="" and run it once."""
+    g = tf.Graph()
+    with g.as_default():
+        tf.import_graph_def(graph_def, name="")
+    with v1.Session(graph=g) as sess:
+        return sess.run(fetches, feeds)
+
+
 def build_small_cnn(resource: bool = True, seed: int = 0):
     """A tiny CNN in the default graph: `images` [?, 8, 8, 3] → `net/fc2/logits` → `probs`.
     Returns (images, probs). Variables are ref (`VariableV2`) when `resource=False`."""

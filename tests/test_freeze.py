@@ -4,19 +4,12 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run_cli, tf, v1
+from conftest import run_graph_def, run_cli, tf, v1
 
 from surgery import CutError, freeze_model, load_model, write_graph_def
 from surgery.errors import OutputError
 from surgery.names import VARIABLE_OP_TYPES
 
-
-def _run_graph_def(graph_def, feeds, fetch):
-    g = tf.Graph()
-    with g.as_default():
-        tf.import_graph_def(graph_def, name="")
-    with v1.Session(graph=g) as sess:
-        return sess.run(fetch, feeds)
 
 
 @pytest.mark.parametrize("fixture", ["small_ckpt", "small_ref_ckpt"])
@@ -26,9 +19,9 @@ def test_frozen_answers_like_the_checkpoint(request, fixture, sample_images):
     ops = {n.op for n in frozen.graph_def.node}
     assert not ops & (VARIABLE_OP_TYPES | {"Assign", "AssignVariableOp", "SaveV2", "RestoreV2", "ReadVariableOp"})
     assert not any(n.name.startswith(("save", "gradients", "Adam")) for n in frozen.graph_def.node)
-    got = _run_graph_def(frozen.graph_def, {"images:0": sample_images}, "probs:0")
+    got = run_graph_def(frozen.graph_def, {"images:0": sample_images}, "probs:0")
     np.testing.assert_array_equal(got, expected)
-    ref = _run_graph_def(tf_frozen, {"images:0": sample_images}, "probs:0")
+    ref = run_graph_def(tf_frozen, {"images:0": sample_images}, "probs:0")
     np.testing.assert_array_equal(got, ref)  # same as TensorFlow's own freeze
     assert frozen.inputs == [{"name": "images:0", "dtype": "float32", "shape": [None, 8, 8, 3]}]
     assert frozen.outputs == [{"name": "probs:0", "dtype": "float32", "shape": [None, 5]}]
@@ -43,14 +36,14 @@ def test_inputs_cut_into_placeholders(small_ckpt, sample_images):
     frozen = freeze_model(model, "probs", inputs="net/fc1/Relu")
     assert frozen.inputs == [{"name": "net/fc1/Relu:0", "dtype": "float32", "shape": [None, 16]}]
     assert not any(n.name.startswith("net/conv1") for n in frozen.graph_def.node)
-    got = _run_graph_def(frozen.graph_def, {"net/fc1/Relu:0": fc1}, "probs:0")
+    got = run_graph_def(frozen.graph_def, {"net/fc1/Relu:0": fc1}, "probs:0")
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
 def test_refreeze_a_frozen_graph(small_frozen_pb, small_ckpt, sample_images):
     frozen = freeze_model(load_model(small_frozen_pb[0]), "net/fc2/logits")
     assert "probs" not in {n.name for n in frozen.graph_def.node}
-    logits = _run_graph_def(frozen.graph_def, {"images:0": sample_images}, "net/fc2/logits:0")
+    logits = run_graph_def(frozen.graph_def, {"images:0": sample_images}, "net/fc2/logits:0")
     np.testing.assert_allclose(tf.nn.softmax(logits).numpy(), small_ckpt[1], rtol=1e-5)
 
 
@@ -100,7 +93,7 @@ def test_cli_freeze_round_trip(tmp_path, small_ckpt, sample_images):
     assert r.returncode == 0, r.stderr
     assert "images:0" in r.stdout and "probs:0" in r.stdout
     gd = load_model(str(out)).graph_def
-    np.testing.assert_array_equal(_run_graph_def(gd, {"images:0": sample_images}, "probs:0"), expected)
+    np.testing.assert_array_equal(run_graph_def(gd, {"images:0": sample_images}, "probs:0"), expected)
 
 
 def test_cli_freeze_typo(tmp_path, small_ckpt):
@@ -120,7 +113,7 @@ def test_saved_model_tf1(small_saved_model, sample_images):
     directory, expected = small_saved_model
     frozen = freeze_model(load_model(directory), "probs")
     assert not _frozen_ops(frozen.graph_def) & (VARIABLE_OP_TYPES | {"Assign", "SaveV2", "RestoreV2"})
-    got = _run_graph_def(frozen.graph_def, {"images:0": sample_images}, "probs:0")
+    got = run_graph_def(frozen.graph_def, {"images:0": sample_images}, "probs:0")
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
@@ -161,7 +154,7 @@ def test_streaming_writer_equals_the_whole_graph(tmp_path):
     from google.protobuf import text_format
 
     assert text_format.Parse(pbtxt.read_text(), tf.compat.v1.GraphDef()) == whole
-    np.testing.assert_allclose(_run_graph_def(parsed, feeds, "out:0"), expected, rtol=1e-5)
+    np.testing.assert_allclose(run_graph_def(parsed, feeds, "out:0"), expected, rtol=1e-5)
 
 
 def test_frozen_loads_by_name_in_a_fresh_process(tmp_path, small_ref_ckpt, sample_images):
@@ -246,9 +239,9 @@ def test_optimize_folds_batch_norm_and_fixes_the_training_switch(tmp_path):
     plain = freeze_model(model, "out")
     ops = _frozen_ops(plain.graph_def)
     assert "AssignVariableOp" not in ops and "PlaceholderWithDefault" in ops
-    np.testing.assert_allclose(_run_graph_def(plain.graph_def, {"images:0": x}, "out:0"), expected, rtol=1e-6)
+    np.testing.assert_allclose(run_graph_def(plain.graph_def, {"images:0": x}, "out:0"), expected, rtol=1e-6)
     # unoptimised, the switch still works
-    np.testing.assert_allclose(_run_graph_def(plain.graph_def, {"images:0": x, "is_training:0": True}, "out:0"),
+    np.testing.assert_allclose(run_graph_def(plain.graph_def, {"images:0": x, "is_training:0": True}, "out:0"),
                                expected_training, rtol=1e-5)
 
     optimized = freeze_model(model, "out", optimize=True)
@@ -260,9 +253,9 @@ def test_optimize_folds_batch_norm_and_fixes_the_training_switch(tmp_path):
     assert "scale" in names  # … a non-boolean PlaceholderWithDefault is an input and stays
     assert len(gd.node) < len(plain.graph_def.node)
     assert optimized.outputs == plain.outputs and optimized.inputs == plain.inputs
-    np.testing.assert_allclose(_run_graph_def(gd, {"images:0": x}, "out:0"), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(_run_graph_def(gd, {"images:0": x, "scale:0": 2.0}, "out:0"),
-                               _run_graph_def(plain.graph_def, {"images:0": x, "scale:0": 2.0}, "out:0"),
+    np.testing.assert_allclose(run_graph_def(gd, {"images:0": x}, "out:0"), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_graph_def(gd, {"images:0": x, "scale:0": 2.0}, "out:0"),
+                               run_graph_def(plain.graph_def, {"images:0": x, "scale:0": 2.0}, "out:0"),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -275,17 +268,17 @@ def test_optimize_passes_each_keep_the_numbers(tmp_path):
     base = freeze_model(load_model(prefix), "out").graph_def
     feeds = {"images:0": x}
     gd = optimize.fix_training_flags(base)
-    np.testing.assert_allclose(_run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-6)
+    np.testing.assert_allclose(run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-6)
     gd = optimize.take_constant_branches(gd)
     assert "If" not in _frozen_ops(gd)
-    np.testing.assert_allclose(_run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-6)
+    np.testing.assert_allclose(run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-6)
     gd = optimize.grappler(gd, ["images:0"], ["out:0"])
-    np.testing.assert_allclose(_run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-5, atol=1e-6)
     gd = tf.compat.v1.graph_util.remove_training_nodes(gd, ["images", "out"])
     assert "FusedBatchNormV3" in _frozen_ops(gd)
     gd = optimize_for_inference_lib.fold_batch_norms(gd)
     assert "FusedBatchNormV3" not in _frozen_ops(gd)
-    np.testing.assert_allclose(_run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_cli_optimize_with_inputs_cut(tmp_path):
@@ -300,7 +293,7 @@ def test_cli_optimize_with_inputs_cut(tmp_path):
     assert "feed:  Relu:0" in r.stdout and "optimized" in r.stdout
     gd = load_model(str(out)).graph_def
     assert not any(n.name.startswith("conv1") for n in gd.node)
-    np.testing.assert_allclose(_run_graph_def(gd, {"Relu:0": mid}, "out:0"), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_graph_def(gd, {"Relu:0": mid}, "out:0"), want, rtol=1e-5, atol=1e-6)
 
 
 def test_refreeze_holds_large_constants_until_written(tmp_path):
@@ -316,7 +309,7 @@ def test_refreeze_holds_large_constants_until_written(tmp_path):
     pb = tmp_path / "big.pb"
     pb.write_bytes(g.as_graph_def().SerializeToString())
     feeds = {"x:0": np.random.default_rng(1).normal(size=(2, 600)).astype(np.float32)}
-    want = _run_graph_def(g.as_graph_def(), feeds, "out:0")
+    want = run_graph_def(g.as_graph_def(), feeds, "out:0")
 
     frozen = freeze_model(load_model(str(pb)), "out")
     assert not isinstance(frozen._constants["w"], str)  # held, not copied
@@ -326,4 +319,4 @@ def test_refreeze_holds_large_constants_until_written(tmp_path):
     parsed = tf.compat.v1.GraphDef.FromString((tmp_path / "out.pb").read_bytes())
     assert parsed == frozen.graph_def
     assert "unused" not in {n.name for n in parsed.node} and not any(n.device for n in parsed.node)
-    np.testing.assert_array_equal(_run_graph_def(parsed, feeds, "out:0"), want)
+    np.testing.assert_array_equal(run_graph_def(parsed, feeds, "out:0"), want)

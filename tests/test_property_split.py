@@ -9,7 +9,7 @@ import os
 import tempfile
 
 import numpy as np
-from conftest import tf, v1
+from conftest import run_graph_def, tf, v1
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -100,19 +100,12 @@ def test_offline_then_online_equals_original(case):
     off, on = pieces.offline, pieces.online
     # Every online input is the placeholder standing for a cut tensor (fed by the same name).
     assert {i["name"] for i in on.inputs} <= {t.name for t in cut_tensors}
-    off_values = _run(off.graph_def, {"x:0": x}, [t["name"] for t in off.outputs])
+    off_values = run_graph_def(off.graph_def, {"x:0": x}, [t["name"] for t in off.outputs])
     needed = {i["name"] for i in on.inputs}
     feeds = {t.name: v for t, v in zip(cut_tensors, off_values) if t.name in needed}
     np.testing.assert_allclose(off_values, cut_values, rtol=1e-6)
-    got = _run(on.graph_def, feeds, ["out:0"])[0]
+    got = run_graph_def(on.graph_def, feeds, ["out:0"])[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     online_ops = {n.name for n in on.graph_def.node if n.op != "Placeholder"}
     assert not any(f"n{k - 1}" in online_ops for k in offline if k), "an offline op leaked into the online piece"
 
-
-def _run(graph_def, feeds, fetches):
-    g = tf.Graph()
-    with g.as_default():
-        tf.import_graph_def(graph_def, name="")
-    with v1.Session(graph=g) as sess:
-        return sess.run(fetches, feeds)

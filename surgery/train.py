@@ -28,6 +28,7 @@ from .files import atomic_path, write_text
 from .freeze import freeze_graph, write_graph_def
 from .manifest import piece, source_info, write_manifest
 from .model import Model, load_model
+from .restore import plan_restore
 from .splice import splice
 
 tf = tfcompat.tf
@@ -122,29 +123,19 @@ def _digest(obj) -> str:
 
 
 def _restore_plan(model: Model, variables) -> dict:
-    """{checkpoint key: variable} for every original variable, checked against the checkpoint first."""
+    """{checkpoint key: variable} for the original variables, planned and checked against the
+    checkpoint by `restore.plan_restore` before anything runs (absent optimizer slots are fine:
+    the fine-tune's own optimizer starts fresh)."""
     if not variables:
         return {}
-    reader = model.checkpoint_reader()
-    keys = model.checkpoint_keys()
-    shapes = reader.get_variable_to_shape_map()
-    plan, missing, mismatched = {}, [], []
-    for v in variables:
-        key = keys.get(v.op.name, v.op.name)
-        if key not in shapes:
-            missing.append(v.op.name)
-        elif list(shapes[key]) != v.shape.as_list():
-            mismatched.append(f"{v.op.name} {v.shape.as_list()} vs {shapes[key]}")
-        else:
-            plan[key] = v
-    if missing:
-        raise RestoreError(f"checkpoint {model.checkpoint} has no value for '{missing[0]}'"
-                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                           "restore it first with `surgery restore --allow-missing`, or pass the full checkpoint")
-    if mismatched:
-        raise RestoreError(f"checkpoint {model.checkpoint} holds another shape for {mismatched[0]}",
-                           "pass the checkpoint that was saved with this graph")
-    return plan
+    plan = plan_restore(model, model.checkpoint)
+    plan.check()
+    keys = {e.name: e.source for e in plan.restored if not e.parts}
+    partitioned = [e.name for e in plan.restored if e.parts]
+    if partitioned:
+        raise RestoreError(f"'{partitioned[0]}' is a partitioned variable, which finetune cannot restore yet",
+                           "restore the model into a new checkpoint with `surgery restore` first")
+    return {keys[v.op.name]: v for v in variables if v.op.name in keys}
 
 
 def finetune(model, *, at: str, head, data: str, x_key: str, y_key: str, out: str, epochs: int = 5,

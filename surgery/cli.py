@@ -162,19 +162,24 @@ def _print_json(obj) -> None:
 
 
 def _cmd_inspect(args) -> int:
-    from .inspect import format_report, inspect_model
+    from .inspect import format_report, inspect_model, write_tensorboard
+    from .manifest import is_pieces_dir, load_pieces
     from .model import load_model
 
-    model = load_model(args.model, tag_set=args.tag_set)
-    report = inspect_model(model, tensors=args.tensors)
-    if args.tensorboard:
-        from .inspect import write_tensorboard
-
-        write_tensorboard(model, args.tensorboard)
-    if args.json:
-        _print_json(report)
+    if is_pieces_dir(args.model):  # a split directory: one report per piece
+        models = load_pieces(args.model)
     else:
-        print(format_report(report, description=model.description))
+        models = {"": load_model(args.model, tag_set=args.tag_set)}
+    reports = {name: inspect_model(m, tensors=args.tensors) for name, m in models.items()}
+    if args.tensorboard:
+        for name, m in models.items():
+            write_tensorboard(m, os.path.join(args.tensorboard, name) if name else args.tensorboard)
+    if args.json:
+        _print_json(reports[""] if "" in reports else
+                    {"format": "pieces", "path": args.model, "pieces": reports})
+    else:
+        print("\n\n".join((f"── piece '{name}'\n" if name else "") + format_report(r, description=models[name].description)
+                          for name, r in reports.items()))
     if args.tensorboard and not args.json:
         print(f"\ngraph written for TensorBoard: tensorboard --logdir {args.tensorboard}")
     return 0

@@ -60,3 +60,19 @@ def piece_path(directory: str, manifest: dict, name: str) -> str:
         raise ModelLoadError(f"{directory}/{FILENAME} has no piece '{name}'",
                              "pieces here: " + ", ".join(sorted(pieces)))
     return os.path.join(directory, pieces[name]["graph"])
+
+
+def is_pieces_dir(path: str) -> bool:
+    """A directory of frozen pieces (`split`'s output): a manifest and no model of its own."""
+    from .model import _latest_checkpoint, _saved_model_file
+
+    return (os.path.isdir(path) and os.path.exists(os.path.join(path, FILENAME))
+            and not _saved_model_file(path) and _latest_checkpoint(path) is None)
+
+
+def load_pieces(directory: str) -> dict:
+    """{piece name: Model} for every piece of a pieces directory, in manifest order."""
+    from .model import load_model
+
+    manifest = read_manifest(directory)
+    return {name: load_model(piece_path(directory, manifest, name)) for name in manifest["pieces"]}

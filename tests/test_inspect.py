@@ -1,6 +1,7 @@
 """`inspect` reports: formats, counts, inputs, outputs, variables, tensors — on real graphs."""
 
 import json
+import os
 
 import numpy as np
 
@@ -121,3 +122,21 @@ def test_vgg_16_public_architecture(tmp_path):
         assert [t["name"] for t in r["inputs"]] == ["input:0"]
         assert [t["name"] for t in r["outputs"]] == ["vgg_16/predictions:0"]
     assert all(len(r["variables"]) == 32 for r in reports[:3])
+
+
+def test_inspect_a_split_directory_reports_each_piece(small_ckpt, tmp_path):
+    from conftest import cli
+
+    from surgery import split_model, write_split
+
+    model = load_model(small_ckpt[0])
+    write_split(model, split_model(model, "net/fc1/Relu", "probs"), str(tmp_path / "pieces"), verify=1)
+    r = cli("inspect", tmp_path / "pieces", "--json", "--tensorboard", tmp_path / "tb")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["format"] == "pieces" and list(report["pieces"]) == ["offline", "online"]
+    assert [t["name"] for t in report["pieces"]["online"]["inputs"]] == ["net/fc1/Relu:0"]
+    assert [t["name"] for t in report["pieces"]["offline"]["outputs"]] == ["net/fc1/Relu:0"]
+    assert report["pieces"]["offline"]["num_params"] + report["pieces"]["online"]["num_params"] == SMALL_CNN_PARAMS
+    assert sorted(os.listdir(tmp_path / "tb")) == ["offline", "online"]
+    assert all(os.listdir(tmp_path / "tb" / p)[0].startswith("events.out.tfevents") for p in ("offline", "online"))

@@ -12,10 +12,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from surgery.tfcompat import tf  # noqa: E402  (imports TensorFlow without its C++ start-up chatter)
 from tqdm import tqdm  # noqa: E402
 
 from nets import vgg  # noqa: E402
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
                 for i in bar:
                     idx = np.sort(order[i:i + 64])
                     _, l = sess.run([train_op, loss], {images: x[idx], labels: y[idx]})
-                    bar.set_postfix(loss=f"{l:.3f}")
+                    bar.set_postfix(loss=f"{l:.3f}", refresh=False)
             acc = sess.run(accuracy, {images: x[:n_val], labels: y[:n_val]})
             tmp = args.out + ".tmp"
             os.makedirs(tmp, exist_ok=True)

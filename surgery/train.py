@@ -239,7 +239,7 @@ def finetune(model, *, at: str, head, data: str, x_key: str, y_key: str, out: st
                 total_loss += float(loss) * len(b)
                 total_correct += float(acc) * len(b)
                 seen += len(b)
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.3f}")
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.3f}", refresh=False)
             seconds = time.perf_counter() - t0
             record = {"epoch": epoch + 1, "loss": total_loss / seen, "accuracy": total_correct / seen,
                       "val_accuracy": evaluate(val_idx, f"evaluate epoch {epoch + 1}"), "seconds": seconds}

@@ -108,9 +108,7 @@ class FrozenGraph:
     def graph_def(self):
         """The complete frozen GraphDef (built once, on first use; prefer `write_graph_def(frozen, path)`)."""
         if self._graph_def is None:
-            gd = tf.compat.v1.GraphDef()
-            gd.versions.CopyFrom(self._skeleton.versions)
-            gd.library.CopyFrom(self._skeleton.library)
+            gd = empty_like(self._skeleton)
             gd.node.extend(self.nodes())
             self._graph_def = gd
         return self._graph_def
@@ -171,13 +169,19 @@ def _held_constant(node):
     return node
 
 
+def empty_like(graph_def):
+    """A GraphDef with `graph_def`'s versions and function library, and no nodes."""
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    return out
+
+
 def hold_large_constants(graph_def, min_bytes: int = 1 << 20) -> tuple:
     """(structure, {name: Const node}): `graph_def` with each large input-less Const replaced by a
     value-less stub, and the originals, to be written back in place when the frozen graph is.
     Re-pruning a frozen graph then moves no weights until they are written."""
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = empty_like(graph_def)
     held = {}
     for node in graph_def.node:
         if node.op == "Const" and not node.input and node.attr["value"].tensor.ByteSize() >= min_bytes:
@@ -274,9 +278,7 @@ def cut_at(graph_def, tensors) -> tuple:
             node.attr["shape"].shape.CopyFrom(t.shape.as_proto())
         new_nodes.append(node)
     cut_ops = {t.op.name for t in tensors if replace[t.name] != t.op.name or t.op.type != "Placeholder"}
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = empty_like(graph_def)
     for node in graph_def.node:
         if node.name in cut_ops:
             continue
@@ -357,9 +359,7 @@ def strip_training_nodes(graph_def, *, protected=(), constants=()) -> object:
         if node.op == "CheckNumerics" or (node.op == "Identity" and len(node.input) == 1
                                           and node_input_op(node.input[0]) in constants):
             bypass[node.name] = node.input[0]
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = empty_like(graph_def)
     for node in graph_def.node:
         if node.name in bypass:
             continue

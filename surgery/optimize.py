@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from . import tfcompat
 from .errors import SurgeryError
+from .freeze import empty_like
 from .names import node_input_op
 
 tf = tfcompat.tf
@@ -36,9 +37,7 @@ def fix_training_flags(graph_def, *, keep=()) -> object:
     keep = {node_input_op(k) for k in keep}
     nodes = {n.name: n for n in graph_def.node}
     rewire = {}
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = empty_like(graph_def)
     for node in graph_def.node:
         is_flag = (node.op == "PlaceholderWithDefault" and node.name not in keep
                    and node.attr["dtype"].type == tf.bool.as_datatype_enum

@@ -76,7 +76,7 @@ def _digest(path) -> str:
     return h.hexdigest()
 
 
-FRACTIONS = (0.55, 0.8, 0.95)
+FRACTIONS = (0.4, 0.7, 0.95)
 
 
 def _kill_series(make_args, target, complete_ok):

@@ -6,9 +6,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run_cli, tf, v1
+from conftest import run_cli, run_graph_def, tf, v1
 from nets import two_tower
-from test_freeze import _run_graph_def  # the suite's import-and-run helper
 
 from surgery import freeze_graph, freeze_model, load_model, write_graph_def
 from surgery.export import export, export_frozen, signature_key
@@ -122,7 +121,7 @@ def test_keras_flattened_graph_answers_like_the_saved_model(keras_saved_model):
         got = sess.run(sig.outputs["output_0"].name, {sig.inputs["pixels"].name: x})
     np.testing.assert_allclose(got, reference.numpy(), rtol=1e-6, atol=1e-7)
     frozen = freeze_model(model, "output_0")
-    np.testing.assert_allclose(_run_graph_def(frozen.graph_def, {"pixels:0": x}, "output_0:0"), reference.numpy(),
+    np.testing.assert_allclose(run_graph_def(frozen.graph_def, {"pixels:0": x}, "output_0:0"), reference.numpy(),
                                rtol=1e-6, atol=1e-7)
 
 
@@ -171,7 +170,7 @@ def test_tf_saved_model_save_module_is_flattened(tmp_path):
     x = np.array([[1, -2, 3], [0.5, 0, 1]], np.float32)
     expected = scorer(x)["y"].numpy()
     frozen = freeze_model(model, "y")
-    np.testing.assert_allclose(_run_graph_def(frozen.graph_def, {"x:0": x}, "y:0"), expected, rtol=1e-6)
+    np.testing.assert_allclose(run_graph_def(frozen.graph_def, {"x:0": x}, "y:0"), expected, rtol=1e-6)
 
 
 def test_keras_saved_model_without_its_variables(keras_saved_model, tmp_path):

@@ -5,8 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import tf, v1
-from test_freeze import _run_graph_def  # the suite's import-and-run helper
+from conftest import run_graph_def, tf, v1
 
 from surgery import RestoreError, SurgeryError, freeze_graph, freeze_model, load_model, resolve_tensor
 from surgery.mix import compose_frozen, mix_models
@@ -58,7 +57,7 @@ def test_two_models_mixed_run_with_their_own_weights(small_ckpt, mlp_ckpt, sampl
 
     frozen = mixed.freeze("mlp/out")
     assert [t["name"] for t in frozen.inputs] == ["cnn/images:0"]
-    np.testing.assert_allclose(_run_graph_def(frozen.graph_def, {"cnn/images:0": sample_images}, "mlp/out:0"), got,
+    np.testing.assert_allclose(run_graph_def(frozen.graph_def, {"cnn/images:0": sample_images}, "mlp/out:0"), got,
                                rtol=1e-6)
 
 
@@ -90,7 +89,7 @@ def test_frozen_pieces_compose_back(small_ckpt, sample_images):
     offline = freeze_model(model, "net/fc1/Relu")
     online = freeze_model(model, "probs", inputs="net/fc1/Relu")
     whole = compose_frozen(offline, online, connect={"net/fc1/Relu": "net/fc1/Relu"}, outputs="probs")
-    got = _run_graph_def(whole.graph_def, {whole.inputs[0]["name"]: sample_images}, whole.outputs[0]["name"])
+    got = run_graph_def(whole.graph_def, {whole.inputs[0]["name"]: sample_images}, whole.outputs[0]["name"])
     np.testing.assert_allclose(got, small_ckpt[1], rtol=1e-5, atol=1e-7)
 
 
@@ -123,7 +122,7 @@ def test_mobilenet_split_at_global_average_pooling_composes_back(mobilenet):
     assert [t["name"] for t in online.inputs] == [gap.name]
 
     def run(frozen, feed):
-        return _run_graph_def(frozen.graph_def, {frozen.inputs[0]["name"]: feed}, frozen.outputs[0]["name"])
+        return run_graph_def(frozen.graph_def, {frozen.inputs[0]["name"]: feed}, frozen.outputs[0]["name"])
 
     # one frozen graph's output fed into the other, in two sessions and composed into one graph
     np.testing.assert_allclose(run(online, run(offline, images)), expected, atol=1e-4)

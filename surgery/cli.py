@@ -161,6 +161,8 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+# Each command has its handler `_cmd_<name>`; `main` dispatches on the name.
+
 def _cmd_inspect(args) -> int:
     from .inspect import format_report, inspect_model, write_tensorboard
     from .manifest import is_pieces_dir, load_pieces
@@ -198,8 +200,6 @@ def _cmd_freeze(args) -> int:
     print("  fetch: " + ", ".join(t["name"] for t in frozen.outputs))
     return 0
 
-
-# Each command below has its handler `_cmd_<name>`; `main` dispatches on the name.
 
 def _cmd_restore(args) -> int:
     from .model import load_model

@@ -358,12 +358,6 @@ def _refuse_flagged(args) -> None:
                            f"Python: {listed}", "run `surgery audit` on it, or drop --strict if you trust it")
 
 
-def _not_available(args) -> int:
-    from .errors import SurgeryError
-
-    raise SurgeryError(f"`surgery {args.command}` is not available in this version", "see README.md for what ships")
-
-
 def _quiet_tensorflow(verbose: bool) -> None:
     """Silence TensorFlow's C++ and Python chatter unless --verbose (must run before import)."""
     if not verbose:

@@ -307,13 +307,6 @@ def _const_stub(variable) -> object:
     return node
 
 
-def variables_to_constants(graph_def, read_variable) -> object:
-    """Each variable node becomes a Const holding its value (the whole GraphDef in memory)."""
-    gd, constants = _variables_to_constants(graph_def)
-    frozen = FrozenGraph(skeleton=gd, constants=constants, read_variable=read_variable)
-    return frozen.graph_def
-
-
 def _variables_to_constants(graph_def) -> tuple:
     """Variables → value-less Const stubs, by TensorFlow's own converter (the engine of
     `convert_variables_to_constants`): resource reads become Identity, ResourceGather GatherV2,

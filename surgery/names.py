@@ -52,10 +52,6 @@ def split_tensor_name(name: str) -> tuple[str, int | None]:
     return name, None
 
 
-def tensor_name(op_name: str, index: int = 0) -> str:
-    return f"{op_name}:{index}"
-
-
 def node_input_op(inp: str) -> str:
     """The op name a GraphDef input string refers to (`^a`, `a:1`, `a` → `a`)."""
     return split_tensor_name(inp)[0]

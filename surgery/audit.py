@@ -169,3 +169,14 @@ def format_audit(report: dict) -> str:
     for r in rows:
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + (f"  [{r[4]}]" if r[4] else ""))
     return "\n".join(lines)
+
+
+def audit_path(path: str, *, tag_set: str = "serve") -> list:
+    """Reports for MODEL, or one per piece of a split directory (each piece's graph parsed only)."""
+    from .manifest import is_pieces_dir, piece_path, read_manifest
+    from .model import parse_model
+
+    if is_pieces_dir(path):
+        manifest = read_manifest(path)
+        return [audit_model(parse_model(piece_path(path, manifest, name))) for name in manifest["pieces"]]
+    return [audit_model(parse_model(path, tag_set=tag_set))]

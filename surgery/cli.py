@@ -334,24 +334,22 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_audit(args) -> int:
-    from .audit import audit_model, format_audit
-    from .model import parse_model
+    from .audit import audit_path, format_audit
 
-    report = audit_model(parse_model(args.model, tag_set=args.tag_set))
+    reports = audit_path(args.model, tag_set=args.tag_set)
     if args.json:
-        _print_json(report)
+        _print_json(reports[0] if len(reports) == 1 else {"clean": all(r["clean"] for r in reports), "pieces": reports})
     else:
-        print(format_audit(report))
-    return 0 if report["clean"] else 3
+        print("\n".join(format_audit(r) for r in reports))
+    return 0 if all(r["clean"] for r in reports) else 3
 
 
 def _refuse_flagged(args) -> None:
     """--strict: audit MODEL before any command touches it."""
-    from .audit import audit_model, strict_violations
+    from .audit import audit_path, strict_violations
     from .errors import SurgeryError
-    from .model import parse_model
 
-    bad = strict_violations(audit_model(parse_model(args.model, tag_set=args.tag_set)))
+    bad = [f for r in audit_path(args.model, tag_set=args.tag_set) for f in strict_violations(r)]
     if bad:
         listed = ", ".join(f"{f['name']} ({f['op']})" for f in bad[:3]) + (" …" if len(bad) > 3 else "")
         raise SurgeryError(f"--strict: {args.model} has {len(bad)} op(s) that touch files, the network or "

@@ -1,6 +1,7 @@
 """`audit` flags ops that touch files, the network or Python; `--strict` refuses such graphs."""
 
 import json
+import os
 
 from conftest import run_cli, tf, v1
 
@@ -92,3 +93,18 @@ def test_freeze_output_is_always_clean(small_ckpt):
 
     frozen = freeze_model(load_model(small_ckpt[0]), "probs")
     assert audit_graph_def(frozen.graph_def)["clean"]
+
+
+def test_split_directory_is_audited_piece_by_piece(small_ckpt, tmp_path):
+    from conftest import cli
+
+    from surgery import load_model, split_model, write_split
+
+    model = load_model(small_ckpt[0])
+    write_split(model, split_model(model, "net/fc1/Relu", "probs"), str(tmp_path / "pieces"), verify=0)
+    r = cli("audit", tmp_path / "pieces", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["clean"] and [os.path.basename(p["path"]) for p in report["pieces"]] == ["offline.pb", "online.pb"]
+    assert cli("freeze", tmp_path / "pieces" / "online.pb", "--outputs", "probs", "--out", tmp_path / "o.pb",
+               "--strict").returncode == 0

@@ -32,6 +32,12 @@ def _import_tensorflow_quietly():
 
 tf = _import_tensorflow_quietly()
 
+# surgery works in tf.compat.v1 graph mode on purpose; its "designed for TensorFlow v1" notices
+# (extract_sub_graph, Session, ...) say nothing a user can act on.
+from tensorflow.python.util import deprecation as _deprecation  # noqa: E402
+
+_deprecation._PRINT_DEPRECATION_WARNINGS = False
+
 from .errors import ModelLoadError  # noqa: E402
 
 

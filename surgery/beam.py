@@ -304,10 +304,7 @@ class FrozenGraphModelHandler(ModelHandler):
         graph_def = tf.compat.v1.GraphDef()
         with tf.io.gfile.GFile(self.graph_file, "rb") as f:
             graph_def.ParseFromString(f.read())
-        graph = tf.Graph()
-        with graph.as_default():
-            tf.import_graph_def(graph_def, name="")
-        return tf.compat.v1.Session(graph=graph)
+        return tf.compat.v1.Session(graph=tfcompat.graph_from_def(graph_def))
 
     def run_inference(self, batch, model, inference_args=None):
         return [PredictionResult(None, tuple(model.run(self.output_names, {self.input_name: block})))

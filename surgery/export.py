@@ -38,9 +38,7 @@ def signature_key(tensor_name: str, taken=()) -> str:
 
 def _write_saved_model(graph_def, inputs: list, outputs: list, directory: str) -> dict:
     """Write one SavedModel into the (empty) `directory`; returns {"inputs": {key: name}, "outputs": ...}."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(graph_def, name="")
+    graph = tfcompat.graph_from_def(graph_def)
     keys = {"inputs": {}, "outputs": {}}
     tensors = {"inputs": {}, "outputs": {}}
     taken = set()

@@ -437,10 +437,8 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
 def _tensor_infos(graph_def, out_names) -> tuple:
     """([placeholder infos], [output infos]) of `graph_def`, imported into a scratch graph; a
     skeleton's value-less constants import cheaply, so this checks the structure before weights are read."""
-    scratch = tf.Graph()
     try:
-        with scratch.as_default():
-            tf.import_graph_def(graph_def, name="")
+        scratch = tfcompat.graph_from_def(graph_def)
     except (ValueError, tf.errors.OpError) as e:
         raise SurgeryError(f"the frozen graph does not import: {str(e).splitlines()[0][:200]}",
                            "freeze above the offending op, or cut it off with --inputs") from e

@@ -36,10 +36,8 @@ def as_model(source) -> Model:
     if isinstance(source, FrozenGraph):
         source = source.graph_def
     if isinstance(source, v1.GraphDef):
-        graph = tf.Graph()
-        with graph.as_default():
-            tf.import_graph_def(source, name="")
-        return Model(path="<frozen graph>", format="frozen_pb", graph=graph, graph_def=source)
+        return Model(path="<frozen graph>", format="frozen_pb", graph=tfcompat.graph_from_def(source),
+                     graph_def=source)
     return load_model(source)
 
 

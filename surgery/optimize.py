@@ -100,10 +100,7 @@ def grappler(graph_def, inputs, outputs, passes=GRAPPLER_PASSES) -> object:
     from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
     from tensorflow.python.grappler import tf_optimizer
 
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(graph_def, name="")
-    meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph_def, graph=graph)
+    meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph_def, graph=tfcompat.graph_from_def(graph_def))
     fetch = meta_graph_pb2.CollectionDef()
     fetch.node_list.value.extend(list(inputs) + list(outputs))
     meta_graph.collection_def["train_op"].CopyFrom(fetch)

@@ -113,9 +113,7 @@ def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "
         frozen = freeze_model(model, wanted)
         graph_def = frozen.graph_def
         digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True)).hexdigest()
-        graph = tf.Graph()
-        with graph.as_default():
-            tf.import_graph_def(graph_def, name="")
+        graph = tfcompat.graph_from_def(graph_def)
         default_outputs = [t["name"] for t in frozen.outputs]
     if not output_spec:
         names = default_outputs if default_outputs is not None else [t["name"] for t in likely_outputs(model)]
@@ -315,9 +313,7 @@ class _Runner:
     whose per-call feed/fetch parsing would show at small batches."""
 
     def __init__(self, offline: OfflineGraph):
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            tf.import_graph_def(offline.graph_def, name="")
+        self.graph = tfcompat.graph_from_def(offline.graph_def)
         self.session = tf.compat.v1.Session(graph=self.graph)
         fetch_names = [o["name"] for o in offline.outputs]
         try:

@@ -405,10 +405,7 @@ def import_piece(graph_def_or_path) -> object:
     """A fresh `tf.Graph` holding a piece (a GraphDef or a `.pb` path), imported with `name=""` so
     the manifest's names are the names to feed and fetch."""
     graph_def = _read_graph_def(graph_def_or_path) if isinstance(graph_def_or_path, str) else graph_def_or_path
-    g = tf.Graph()
-    with g.as_default():
-        tf.import_graph_def(graph_def, name="")
-    return g
+    return tfcompat.graph_from_def(graph_def)
 
 
 def _run(graph_def, feeds: dict, fetches: list) -> list:

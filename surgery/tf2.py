@@ -34,26 +34,14 @@ _SANITISE = re.compile(r"[^A-Za-z0-9_.\-/]")
 
 def _inline_functions(graph_def, fetches) -> object:
     """Grappler's function inlining alone (every other optimizer off), as convert_to_constants does."""
-    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
-    from tensorflow.python.grappler import tf_optimizer
+    from .optimize import grappler
 
     gd = v1.GraphDef()
     gd.CopyFrom(graph_def)
     for function in gd.library.function:  # a second implementation (e.g. CuDNN) blocks inlining
         if "api_implements" in function.attr:
             del function.attr["api_implements"]
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(gd, name="")
-    meta = v1.train.export_meta_graph(graph_def=gd, graph=graph)
-    fetch = meta_graph_pb2.CollectionDef()
-    fetch.node_list.value.extend(fetches)
-    meta.collection_def["train_op"].CopyFrom(fetch)
-    config = config_pb2.ConfigProto()
-    rewrite = config.graph_options.rewrite_options
-    rewrite.min_graph_nodes = -1
-    rewrite.optimizers.append("function")
-    return tf_optimizer.OptimizeGraph(config, meta)
+    return grappler(gd, (), fetches, passes=("function",))
 
 
 def _captured_variables(graph_def, meta_graph_def) -> dict:

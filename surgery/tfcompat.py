@@ -59,3 +59,12 @@ def checkpoint_reader(prefix: str):
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"checkpoint {prefix} cannot be read: {msg}",
                              "its .index or .data shards are missing or corrupt; save it again") from e
+
+
+def graph_from_def(graph_def):
+    """A fresh `tf.Graph` holding `graph_def`, imported with `name=""` so its own names are the
+    names to feed and fetch."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.import_graph_def(graph_def, name="")
+    return graph

@@ -223,15 +223,11 @@ def strip_training_nodes(graph_def, *, protected=(), constants=()) -> object:
     return g.clear_devices(gd)
 
 
-def _drop_machinery_control_inputs(graph_def) -> None:
-    """Remove control edges from savers, initialisers, summaries and update ops, so pruning to
-    the outputs does not drag training machinery along (in place)."""
-    machinery = {n.name for n in graph_def.node if is_machinery(n.name, n.op) or n.op in STATE_WRITING_OPS}
-    for node in graph_def.node:
-        keep = [i for i in node.input if not (i.startswith("^") and i[1:] in machinery)]
-        if len(keep) != len(node.input):
-            del node.input[:]
-            node.input.extend(keep)
+def _drop_machinery_control_inputs(graph_def):
+    """Without the control edges from savers, initialisers, summaries and update ops, so pruning to
+    the outputs does not drag training machinery along."""
+    return g.drop_control_edges(graph_def, [n.name for n in graph_def.node
+                                            if is_machinery(n.name, n.op) or n.op in STATE_WRITING_OPS])
 
 
 def _as_tensors(graph, names) -> list:
@@ -257,7 +253,7 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
     structure, held = hold_large_constants(graph_def if graph_def is not None else graph.as_graph_def())
     gd, replaced = g.cut(structure, in_tensors)
     del structure
-    _drop_machinery_control_inputs(gd)
+    gd = _drop_machinery_control_inputs(gd)
     out_names = [replaced.get(t.name, t.name) for t in out_tensors]
     gd = g.prune(gd, out_names)
     _check_cut_is_clean(gd, in_tensors, replaced)

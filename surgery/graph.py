@@ -4,7 +4,7 @@ in the manner of TensorFlow's `graph_util`.
 - `Index`: nodes by name and each node's consumers (data and control edges), built once.
 - Walks: `ancestors(graph, roots, stop=…)` and `descendants`.
 - Rewiring passes, each GraphDef → new GraphDef (the input is never changed): `replace_uses`,
-  `bypass` (splice out identity-like nodes), `remove`, `cut` (tensors → typed placeholders,
+  `bypass` (splice out identity-like nodes), `remove`, `drop_control_edges`, `cut` (tensors → typed placeholders,
   returning the name map), `prune`, `rename`, `toposort`; and `clear_devices` (in place).
 - Files: `read_graph_def` / `read_proto` (plain errors, constants checked before TensorFlow sees
   them) and `write_graph_def` (atomic, streamed node by node, refused past protobuf's 2 GB).
@@ -114,11 +114,6 @@ class Index:
         return [i for i in node.input if control or not i.startswith("^")]
 
 
-def _as_index(graph):
-    return graph if isinstance(graph, (Index, _TfGraphInputs)) else (
-        _TfGraphInputs(graph) if isinstance(graph, tf.Graph) else Index(graph))
-
-
 class _TfGraphInputs:
     """The `inputs` view of a tf.Graph, so walks run on imported graphs without copying them out."""
 
@@ -138,6 +133,12 @@ class _TfGraphInputs:
         except KeyError:
             return []
         return [t.name for t in o.inputs] + (["^" + c.name for c in o.control_inputs] if control else [])
+
+
+def _as_index(graph):
+    """An `Index` or `_TfGraphInputs` for a GraphDef, an `Index` or a tf.Graph."""
+    return graph if isinstance(graph, (Index, _TfGraphInputs)) else (
+        _TfGraphInputs(graph) if isinstance(graph, tf.Graph) else Index(graph))
 
 
 def ancestors(graph, roots, *, stop=(), control: bool = True, where=None) -> set:
@@ -251,6 +252,12 @@ def remove(graph_def, names):
     caller (e.g. to an `input_map` at import, or a later `replace_uses`)."""
     names = set(names)
     return _rewired(graph_def, control=lambda op: "" if op in names else None, drop=names)
+
+
+def drop_control_edges(graph_def, ops):
+    """Remove every control edge from the ops named in `ops` (the nodes themselves stay)."""
+    ops = set(ops)
+    return _rewired(graph_def, control=lambda op: "" if op in ops else None)
 
 
 def placeholder_name(op_name: str, index: int, taken: set) -> str:
@@ -601,6 +608,6 @@ def grappler(graph_def, inputs, outputs, passes=GRAPPLER_PASSES):
     return tfcompat.optimize_graph(config, meta_graph)
 
 
-__all__ = ["Index", "ancestors", "descendants", "replace_uses", "bypass", "remove", "cut", "prune", "rename",
+__all__ = ["Index", "ancestors", "descendants", "replace_uses", "bypass", "remove", "drop_control_edges", "cut", "prune", "rename",
            "toposort", "clear_devices", "read_graph_def", "read_proto", "write_graph_def", "graph_from_def", "tensor_info",
            "likely_output_nodes", "empty_like", "validate_constants", "grappler"]

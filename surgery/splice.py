@@ -187,9 +187,7 @@ def find_boundary(graph_def, at_tensor: str, opened: list[str]) -> tuple[list[st
 
     def depends_on_input(name):
         if name not in fed:
-            fed[name] = False  # cycles (loops) count as constant
-            node = nodes[name]
-            fed[name] = node.op == "Placeholder" or any(depends_on_input(node_input_op(i)) for i in _data_inputs(node))
+            fed[name] = any(nodes[n].op == "Placeholder" for n in g.ancestors(index, [name], control=False))
         return fed[name]
 
     boundary = []

@@ -103,6 +103,12 @@ def test_remove_drops_nodes_and_control_edges_on_them():
     assert inputs(out, "c") == ["b"] and inputs(out, "b") == ["a"]  # the data use is the caller's
 
 
+def test_drop_control_edges_keeps_the_nodes():
+    gd, _ = small()
+    out = g.drop_control_edges(gd, ["a"])
+    assert names(out) == names(gd) and inputs(out, "c") == ["b"] and inputs(gd, "c") == ["b", "^a"]
+
+
 def test_cut_makes_typed_shaped_placeholders_and_returns_the_name_map():
     gd, graph = small()
     out, names_map = g.cut(gd, [graph.get_tensor_by_name("a:0")])

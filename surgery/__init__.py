@@ -6,7 +6,7 @@ This module only re-exports; each stage of the pipeline lives in its own module.
 from .errors import CutError, DataError, ModelLoadError, RestoreError, SurgeryError, TensorNotFoundError
 from .freeze import FrozenGraph, freeze_graph, freeze_model, write_graph_def
 from .export import export_frozen
-from .inspect import inspect_model
+from .report import inspect_model
 from .mix import MixedGraph, compose_frozen, mix_models
 from .model import Model, load_model
 from .optimize import optimize_for_inference

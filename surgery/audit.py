@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .names import NOT_OUTPUT_OP_TYPES, is_machinery, node_input_op, split_tensor_name
+from . import graph as g
+from .names import is_machinery, node_input_op
 
 FILE_OPS = frozenset({
     "ReadFile", "WriteFile", "MatchingFiles", "Save", "SaveV2", "SaveSlices", "Restore", "RestoreV2",
@@ -87,7 +88,7 @@ def _function_findings(library) -> dict:
     """{function name: [(node name, op, category)]}, following calls between functions."""
     functions = {f.signature.name: f for f in library.function}
     direct = {name: [(n.name, n.op, c) for n in f.node_def if (c := category(n))] for name, f in functions.items()}
-    calls = {name: {g for n in f.node_def for g in _called_functions(n, functions)} for name, f in functions.items()}
+    calls = {name: {c for n in f.node_def for c in _called_functions(n, functions)} for name, f in functions.items()}
     result = {}
     for name in functions:
         seen, stack, found = set(), [name], []
@@ -102,30 +103,10 @@ def _function_findings(library) -> dict:
     return result
 
 
-def likely_output_nodes(graph_def, signature_outputs=()) -> list[str]:
-    """Output node names: the signature's, or nodes nothing consumes (minus machinery)."""
-    if signature_outputs:
-        return [split_tensor_name(t)[0] for t in signature_outputs]
-    consumed = {node_input_op(i) for n in graph_def.node for i in n.input}
-    return [n.name for n in graph_def.node if n.name not in consumed and n.op not in NOT_OUTPUT_OP_TYPES
-            and not is_machinery(n.name, n.op)]
-
-
-def _ancestors(graph_def, roots) -> set:
-    inputs = {n.name: [node_input_op(i) for i in n.input] for n in graph_def.node}
-    seen, stack = set(), [r for r in roots if r in inputs]
-    while stack:
-        name = stack.pop()
-        if name not in seen:
-            seen.add(name)
-            stack.extend(inputs.get(name, ()))
-    return seen
-
-
 def audit_graph_def(graph_def, *, outputs=()) -> dict:
     """Findings for a GraphDef: `{"clean", "outputs", "findings": [Finding.as_dict()]}`."""
-    outputs = likely_output_nodes(graph_def, outputs)
-    on_path = _ancestors(graph_def, outputs)
+    outputs = [node_input_op(t) for t in outputs] or g.likely_output_nodes(graph_def)
+    on_path = g.ancestors(graph_def, outputs)
     functions = _function_findings(graph_def.library)
     findings = []
     for node in graph_def.node:

@@ -299,12 +299,9 @@ class FrozenGraphModelHandler(ModelHandler):
 
     def load_model(self):
         from . import tfcompat
+        from .graph import graph_from_def, read_graph_def
 
-        tf = tfcompat.tf
-        graph_def = tf.compat.v1.GraphDef()
-        with tf.io.gfile.GFile(self.graph_file, "rb") as f:
-            graph_def.ParseFromString(f.read())
-        return tf.compat.v1.Session(graph=tfcompat.graph_from_def(graph_def))
+        return tfcompat.tf.compat.v1.Session(graph=graph_from_def(read_graph_def(self.graph_file)))
 
     def run_inference(self, batch, model, inference_args=None):
         return [PredictionResult(None, tuple(model.run(self.output_names, {self.input_name: block})))

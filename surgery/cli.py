@@ -164,7 +164,7 @@ def _print_json(obj) -> None:
 # Each command has its handler `_cmd_<name>`; `main` dispatches on the name.
 
 def _cmd_inspect(args) -> int:
-    from .inspect import format_report, inspect_model, write_tensorboard
+    from .report import format_report, inspect_model, write_tensorboard
     from .manifest import is_pieces_dir, load_pieces
     from .model import load_model
 

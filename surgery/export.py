@@ -14,7 +14,8 @@ import re
 from . import tfcompat
 from .errors import ModelLoadError, SurgeryError
 from .files import atomic_path
-from .manifest import FILENAME, piece_path, read_manifest
+from .graph import graph_from_def, read_graph_def
+from .manifest import FILENAME, is_pieces_dir, piece_path, read_manifest
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -38,7 +39,7 @@ def signature_key(tensor_name: str, taken=()) -> str:
 
 def _write_saved_model(graph_def, inputs: list, outputs: list, directory: str) -> dict:
     """Write one SavedModel into the (empty) `directory`; returns {"inputs": {key: name}, "outputs": ...}."""
-    graph = tfcompat.graph_from_def(graph_def)
+    graph = graph_from_def(graph_def)
     keys = {"inputs": {}, "outputs": {}}
     tensors = {"inputs": {}, "outputs": {}}
     taken = set()
@@ -75,8 +76,8 @@ def export_frozen(graph_def, directory: str, *, inputs: list, outputs: list) -> 
 
 def _frozen_source(path: str):
     """(graph_def, inputs, outputs) of a frozen .pb/.pbtxt: its placeholders and likely outputs."""
-    from .inspect import likely_inputs, likely_outputs
     from .model import load_model
+    from .report import likely_inputs, likely_outputs
 
     model = load_model(path)
     if not model.is_frozen:
@@ -91,23 +92,15 @@ def export(graph: str, directory: str) -> dict:
 
     A manifest directory gives one SavedModel per piece, `directory/<piece>` (`offline`,
     `online` for a split), all written into place together. Returns {piece or "": signature keys}."""
-    if os.path.isdir(graph) and os.path.exists(os.path.join(graph, FILENAME)):
+    if is_pieces_dir(graph):
         manifest = read_manifest(graph)
         pieces = {}
         for name, info in manifest["pieces"].items():
-            gd = v1.GraphDef()
             path = piece_path(graph, manifest, name)
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
-                if path.endswith(".pbtxt"):
-                    from google.protobuf import text_format
-
-                    text_format.Parse(data.decode("utf-8"), gd)
-                else:
-                    gd.ParseFromString(data)
-            except Exception as e:  # OSError, or protobuf's DecodeError
-                raise ModelLoadError(f"piece '{name}' of {graph}: {path} cannot be read as a GraphDef",
+                gd = read_graph_def(path)
+            except ModelLoadError as e:
+                raise ModelLoadError(f"piece '{name}' of {graph}: {path} cannot be read as a GraphDef ({e.message})",
                                      "write the pieces again") from e
             pieces[name] = (gd, info["inputs"], info["outputs"])
         with atomic_path(directory, directory=True) as tmp:

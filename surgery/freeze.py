@@ -15,49 +15,21 @@ straight from the array. Peak memory is about one variable, not three copies of 
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
+from . import graph as g
 from . import tfcompat
 from .errors import CutError, OutputError, SurgeryError
-from .files import atomic_path
-from .inspect import tensor_info
+from .graph import TOO_BIG_HINT, empty_like, tensor_info, write_graph_def
 from .names import VARIABLE_OP_TYPES, is_machinery, node_input_op, resolve_tensors, split_tensor_name
 
 tf = tfcompat.tf
-
-MAX_GRAPHDEF_BYTES = 2**31 - 1  # protobuf's hard limit on one message
-TOO_BIG_HINT = ("split it into pieces (`surgery split`) or export a SavedModel, "
-                "which keeps weights outside the proto")
 
 # Ops that change state: a frozen graph cannot hold them (their variable is now a constant).
 STATE_WRITING_OPS = frozenset({
     "Assign", "AssignAdd", "AssignSub", "AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp",
     "ScatterUpdate", "ScatterAdd", "ScatterSub", "ResourceScatterUpdate", "ResourceScatterAdd",
 })
-
-# GraphDef field numbers (tensorflow/core/framework/graph.proto) and the NodeDef/AttrValue/TensorProto
-# fields used to write a constant's bytes straight from its array.
-_GRAPH_NODE, _GRAPH_LIBRARY, _GRAPH_VERSIONS = 1, 2, 4
-_NODE_ATTR, _ENTRY_KEY, _ENTRY_VALUE, _ATTR_TENSOR, _TENSOR_CONTENT = 5, 1, 2, 8, 4
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _length_delimited(field: int, length: int) -> bytes:
-    """Tag (wire type 2) and length of a length-delimited field; its payload follows."""
-    return _varint(field << 3 | 2) + _varint(length)
 
 
 class FrozenGraph:
@@ -70,7 +42,7 @@ class FrozenGraph:
     """
 
     def __init__(self, graph_def=None, inputs=None, outputs=None, *, skeleton=None, constants=None,
-                 read_variable=None):
+                 read_variable=None, cut=None):
         if (graph_def is None) == (skeleton is None):
             raise ValueError("give a complete graph_def or a skeleton, not both")
         self._graph_def = graph_def
@@ -80,6 +52,8 @@ class FrozenGraph:
         self._read_variable = read_variable
         self.inputs = list(inputs or [])
         self.outputs = list(outputs or [])
+        # {tensor of the source graph: the placeholder tensor that replaced it} (see `graph.cut`)
+        self.cut = dict(cut or {})
 
     def __repr__(self) -> str:
         return (f"FrozenGraph({self.num_nodes} nodes, inputs={[t['name'] for t in self.inputs]}, "
@@ -144,17 +118,17 @@ class FrozenGraph:
         for node in source.node:
             held = self._constants.get(node.name) if self._graph_def is None else None
             if isinstance(held, str):
-                yield from _const_node_chunks(node, self._value(node))
-            elif held is not None:
-                data = _held_constant(held).SerializeToString()
-                yield _length_delimited(_GRAPH_NODE, len(data)) + data
+                yield from g.const_node_chunks(node, self._value(node))
             else:
-                data = node.SerializeToString()
-                yield _length_delimited(_GRAPH_NODE, len(data)) + data
-        for field, name in ((_GRAPH_LIBRARY, "library"), (_GRAPH_VERSIONS, "versions")):
-            if source.HasField(name):
-                data = getattr(source, name).SerializeToString()
-                yield _length_delimited(field, len(data)) + data
+                yield g.node_field(_held_constant(held) if held is not None else node)
+        yield from g.tail_fields(source)
+
+    def variable_stubs(self):
+        """(Const stub, variable name) for each constant still to be read from the checkpoint."""
+        if self._graph_def is not None:
+            return []
+        by_name = {n.name: n for n in self._skeleton.node}
+        return [(by_name[c], v) for c, v in self._constants.items() if isinstance(v, str)]
 
 
 def _held_constant(node):
@@ -167,14 +141,6 @@ def _held_constant(node):
             del clean.attr["_class"]
         return clean
     return node
-
-
-def empty_like(graph_def):
-    """A GraphDef with `graph_def`'s versions and function library, and no nodes."""
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    return out
 
 
 def hold_large_constants(graph_def, min_bytes: int = 1 << 20) -> tuple:
@@ -212,92 +178,6 @@ def _stub_nbytes(node) -> int:
     return int(np.prod(dims, dtype=np.int64)) * _stub_dtype(node).size
 
 
-def _const_node_chunks(stub, value):
-    """A Const node with `value`: its serialised head, then the array's bytes as `tensor_content`.
-
-    Protobuf's parser takes fields in any order, so the `value` attr (a map entry holding an
-    AttrValue holding a TensorProto) is appended after the rest of the node, with its lengths
-    computed by hand; the content itself is never copied into a bytes object.
-    """
-    from tensorflow.core.framework import tensor_pb2
-    from tensorflow.python.framework import tensor_util
-
-    dtype = _stub_dtype(stub)
-    if (dtype not in tensor_util._TENSOR_CONTENT_TYPES or value.size <= 1 or sys.byteorder != "little"
-            or value.nbytes < 1 << 16):  # small or unusual: TensorFlow's own encoding
-        full = tf.compat.v1.NodeDef()
-        full.CopyFrom(stub)
-        full.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value, dtype=dtype, shape=value.shape))
-        data = full.SerializeToString()
-        yield _length_delimited(_GRAPH_NODE, len(data)) + data
-        return
-    array = np.ascontiguousarray(value, dtype=dtype.as_numpy_dtype)
-    content = memoryview(array).cast("B")
-    head = tf.compat.v1.NodeDef()
-    head.CopyFrom(stub)
-    del head.attr["value"]
-    tensor_head = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)  # dtype + shape; content follows
-    tensor_head.tensor_shape.CopyFrom(tf.TensorShape(array.shape).as_proto())
-    tensor = tensor_head.SerializeToString() + _length_delimited(_TENSOR_CONTENT, len(content))
-    attr_value = _length_delimited(_ATTR_TENSOR, len(tensor) + len(content)) + tensor
-    entry = (_length_delimited(_ENTRY_KEY, 5) + b"value"
-             + _length_delimited(_ENTRY_VALUE, len(attr_value) + len(content)) + attr_value)
-    node = head.SerializeToString() + _length_delimited(_NODE_ATTR, len(entry) + len(content)) + entry
-    yield _length_delimited(_GRAPH_NODE, len(node) + len(content)) + node
-    yield content
-
-
-def placeholder_name(op_name: str, index: int, taken: set) -> str:
-    """The name of the placeholder that replaces tensor `op_name:index`: the op's own name for
-    output 0 (so `fc7:0` is fed as `fc7:0`), `op_name_<index>` otherwise."""
-    name = op_name if index == 0 else f"{op_name}_{index}"
-    while index != 0 and name in taken:
-        name += "_"
-    return name
-
-
-def cut_at(graph_def, tensors) -> tuple:
-    """Replace each tensor in `tensors` (tf.Tensor) by a typed Placeholder, rewiring consumers.
-
-    Returns (new GraphDef, {tensor name: placeholder tensor name}). The nodes that produced
-    the cut tensors disappear; anything only they fed is pruned later.
-    """
-    taken = {n.name for n in graph_def.node}
-    replace = {}  # "op:k" -> placeholder op name
-    new_nodes = []
-    for t in tensors:
-        if t.op.type in ("Placeholder",) and t.value_index == 0:
-            replace[t.name] = t.op.name
-            continue
-        ph = placeholder_name(t.op.name, t.value_index, taken)
-        taken.add(ph)
-        replace[t.name] = ph
-        node = tf.compat.v1.NodeDef(name=ph, op="Placeholder")
-        node.attr["dtype"].type = t.dtype.base_dtype.as_datatype_enum
-        if t.shape.rank is not None:
-            node.attr["shape"].shape.CopyFrom(t.shape.as_proto())
-        new_nodes.append(node)
-    cut_ops = {t.op.name for t in tensors if replace[t.name] != t.op.name or t.op.type != "Placeholder"}
-    out = empty_like(graph_def)
-    for node in graph_def.node:
-        if node.name in cut_ops:
-            continue
-        new = out.node.add()
-        new.CopyFrom(node)
-        del new.input[:]
-        for inp in node.input:
-            if inp.startswith("^"):
-                if inp[1:] in cut_ops:
-                    continue
-                new.input.append(inp)
-                continue
-            op, idx = split_tensor_name(inp)
-            key = f"{op}:{idx or 0}"
-            new.input.append(replace.get(key, inp) if op in cut_ops or key in replace else inp)
-    out.node.extend(new_nodes)
-    return out, replace
-
-
 def _const_stub(variable) -> object:
     """A Const standing for `variable`, with dtype and shape but no value yet."""
     node = tf.compat.v1.NodeDef(name=variable.name, op="Const")
@@ -315,8 +195,6 @@ def _variables_to_constants(graph_def) -> tuple:
     stand-in per variable; each Const it makes is then replaced by a stub with the variable's
     dtype and shape, to be filled while writing. Returns (GraphDef, {const name: variable name}).
     """
-    from tensorflow.python.framework import convert_to_constants as ctc
-
     variables = {n.name: n for n in graph_def.node if n.op in VARIABLE_OP_TYPES}
     for node in graph_def.node:
         if node.op in STATE_WRITING_OPS:
@@ -325,13 +203,8 @@ def _variables_to_constants(graph_def) -> tuple:
                                "freeze only the inference part: name outputs that do not depend on training ops")
     if not variables:
         return graph_def, {}
-    data = ctc._ConverterData(graph_def)
-    for name, node in variables.items():
-        dtype = tf.as_dtype(node.attr["dtype"].type)
-        stand_in = np.array(b"", dtype=object) if dtype == tf.string else np.zeros((), dtype.as_numpy_dtype)
-        data.tensor_data[name] = ctc._TensorData(numpy=stand_in, dtype=node.attr["dtype"].type, index=None)
     try:
-        converted, _ = ctc._replace_variables_by_constants(data)
+        converted = tfcompat.replace_variables_by_constants(graph_def, variables)
     except ValueError as e:
         raise SurgeryError(f"cannot turn the variables into constants: {str(e).splitlines()[0][:200]}",
                            "freeze only the inference part: name outputs above the training ops") from e
@@ -344,40 +217,17 @@ def _variables_to_constants(graph_def) -> tuple:
 def strip_training_nodes(graph_def, *, protected=(), constants=()) -> object:
     """Clear devices and colocation, bypass `CheckNumerics`, and splice out pass-through
     `Identity` reads of frozen variables (`w/read`, resource reads), keeping `protected` names."""
-    constants, protected = set(constants), set(protected)
-    bypass = {}
-    for node in graph_def.node:
-        if node.name in protected:
-            continue
-        if node.op == "CheckNumerics" or (node.op == "Identity" and len(node.input) == 1
-                                          and node_input_op(node.input[0]) in constants):
-            bypass[node.name] = node.input[0]
-    out = empty_like(graph_def)
-    for node in graph_def.node:
-        if node.name in bypass:
-            continue
-        new = out.node.add()
-        new.CopyFrom(node)
-        new.device = ""
-        if "_class" in new.attr:
-            del new.attr["_class"]
-        for i, inp in enumerate(new.input):
-            src = inp.lstrip("^")
-            while node_input_op(src) in bypass:
-                src = bypass[node_input_op(src)]
-            new.input[i] = ("^" + node_input_op(src)) if inp.startswith("^") else src
-    return out
+    constants = set(constants)
+    gd = g.bypass(graph_def, lambda n: n.op == "CheckNumerics" or (
+        n.op == "Identity" and len(n.input) == 1 and node_input_op(n.input[0]) in constants), keep=protected)
+    return g.clear_devices(gd)
 
 
-def _drop_machinery_control_inputs(graph_def) -> None:
-    """Remove control edges from savers, initialisers, summaries and update ops, so pruning to
-    the outputs does not drag training machinery along (in place)."""
-    machinery = {n.name for n in graph_def.node if is_machinery(n.name, n.op) or n.op in STATE_WRITING_OPS}
-    for node in graph_def.node:
-        keep = [i for i in node.input if not (i.startswith("^") and i[1:] in machinery)]
-        if len(keep) != len(node.input):
-            del node.input[:]
-            node.input.extend(keep)
+def _drop_machinery_control_inputs(graph_def):
+    """Without the control edges from savers, initialisers, summaries and update ops, so pruning to
+    the outputs does not drag training machinery along."""
+    return g.drop_control_edges(graph_def, [n.name for n in graph_def.node
+                                            if is_machinery(n.name, n.op) or n.op in STATE_WRITING_OPS])
 
 
 def _as_tensors(graph, names) -> list:
@@ -401,36 +251,32 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
     if not out_tensors:
         raise SurgeryError("no outputs given", "name the tensors to keep with --outputs, e.g. --outputs predictions")
     structure, held = hold_large_constants(graph_def if graph_def is not None else graph.as_graph_def())
-    gd, replaced = cut_at(structure, in_tensors)
+    gd, replaced = g.cut(structure, in_tensors)
     del structure
-    _drop_machinery_control_inputs(gd)
+    gd = _drop_machinery_control_inputs(gd)
     out_names = [replaced.get(t.name, t.name) for t in out_tensors]
-    try:
-        gd = tf.compat.v1.graph_util.extract_sub_graph(gd, sorted({node_input_op(n) for n in out_names}))
-    except (AssertionError, ValueError, KeyError) as e:
-        raise CutError(f"cannot prune the graph to {', '.join(out_names)}: {e}",
-                       "check that the outputs exist above the inputs") from e
+    gd = g.prune(gd, out_names)
     _check_cut_is_clean(gd, in_tensors, replaced)
     variables = [n.name for n in gd.node if n.op in VARIABLE_OP_TYPES]
     if variables and read_variable is None:
         raise SurgeryError(f"the graph has {len(variables)} variables but no checkpoint to read them from",
                            "pass a checkpoint prefix or directory, not the .meta alone")
     gd, constants = _variables_to_constants(gd)
-    protected = {node_input_op(n) for n in out_names} | set(replaced.values())
+    protected = {node_input_op(n) for n in out_names} | {node_input_op(p) for p in replaced.values()}
     skeleton = strip_training_nodes(gd, protected=protected, constants=constants)
     constants.update({n.name: held[n.name] for n in skeleton.node if n.name in held})
     infos = _tensor_infos(skeleton, out_names)
     frozen = FrozenGraph(inputs=infos[0], outputs=infos[1], skeleton=skeleton, constants=constants,
-                         read_variable=read_variable)
+                         read_variable=read_variable, cut=replaced)
     size = frozen.estimated_bytes
-    if size > MAX_GRAPHDEF_BYTES:
+    if size > g.MAX_GRAPHDEF_BYTES:
         raise OutputError(f"the frozen graph would be about {size / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
                           TOO_BIG_HINT)
     if optimize:
         from .optimize import optimize_for_inference
 
         graph_def = optimize_for_inference(frozen.graph_def, [t["name"] for t in frozen.inputs], out_names)
-        frozen = FrozenGraph(graph_def, *_tensor_infos(graph_def, out_names))
+        frozen = FrozenGraph(graph_def, *_tensor_infos(graph_def, out_names), cut=replaced)
     return frozen
 
 
@@ -438,73 +284,24 @@ def _tensor_infos(graph_def, out_names) -> tuple:
     """([placeholder infos], [output infos]) of `graph_def`, imported into a scratch graph; a
     skeleton's value-less constants import cheaply, so this checks the structure before weights are read."""
     try:
-        scratch = tfcompat.graph_from_def(graph_def)
+        scratch = g.graph_from_def(graph_def)
     except (ValueError, tf.errors.OpError) as e:
         raise SurgeryError(f"the frozen graph does not import: {str(e).splitlines()[0][:200]}",
                            "freeze above the offending op, or cut it off with --inputs") from e
     placeholders = [op.outputs[0] for op in scratch.get_operations() if op.type == "Placeholder"]
     return ([tensor_info(t) for t in placeholders],
-            [tensor_info(scratch.get_tensor_by_name(_tensor(n))) for n in out_names])
-
-
-def _tensor(name: str) -> str:
-    op, idx = split_tensor_name(name)
-    return f"{op}:{idx or 0}"
+            [tensor_info(scratch.get_tensor_by_name(g.tensor_name(n))) for n in out_names])
 
 
 def _check_cut_is_clean(graph_def, in_tensors, replaced):
     """A cut op with several outputs must have all its used outputs cut."""
-    cut_ops = {t.op.name: t for t in in_tensors if replaced[t.name] == t.op.name and t.op.type != "Placeholder"}
+    cut_ops = {t.op.name: t for t in in_tensors if replaced[t.name] == f"{t.op.name}:0" and t.op.type != "Placeholder"}
     for node in graph_def.node:
         for inp in node.input:
             op, idx = split_tensor_name(inp.lstrip("^"))
             if op in cut_ops and (idx or 0) != 0 and node.op != "Placeholder":
                 raise CutError(f"'{node.name}' still uses '{op}:{idx}', an output of cut op '{op}' that is not cut",
                                f"add '{op}:{idx}' to the cut tensors")
-
-
-def write_graph_def(graph_def, path: str, *, text: bool = False, progress: bool = False) -> int:
-    """Write a GraphDef or a `FrozenGraph` atomically as binary `.pb` (or text), node by node.
-
-    Refuses anything over protobuf's 2 GB limit before writing a byte (a `FrozenGraph`'s size is
-    estimated from its variables' shapes). A `FrozenGraph` is filled from its checkpoint while
-    written, one variable at a time, so the whole constant-filled proto never sits in memory.
-    Returns the number of bytes written.
-    """
-    frozen = graph_def if isinstance(graph_def, FrozenGraph) else FrozenGraph(graph_def)
-    size = frozen.estimated_bytes
-    if size > MAX_GRAPHDEF_BYTES:
-        raise OutputError(f"the frozen graph would be {size / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
-                          TOO_BIG_HINT)
-    from tqdm import tqdm
-
-    written = 0
-    with atomic_path(path) as tmp, open(tmp, "w" if text else "wb", **({"encoding": "utf-8"} if text else {})) as f, \
-            tqdm(total=size, unit="B", unit_scale=True, desc="writing", disable=None if progress else True,
-                 leave=False) as bar:
-        if text:
-            chunks = _text_chunks(frozen)
-        else:
-            chunks = frozen.node_chunks()
-        for chunk in chunks:
-            written += f.write(chunk)
-            bar.update(len(chunk))
-        if not text and written > MAX_GRAPHDEF_BYTES:  # the estimate was short (unknown variable shapes)
-            raise OutputError(f"the frozen graph is {written / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
-                              TOO_BIG_HINT)
-    return written
-
-
-def _text_chunks(frozen: FrozenGraph):
-    """The text GraphDef, one `node { … }` block at a time (the form `text_format` prints)."""
-    from google.protobuf import text_format
-
-    for node in frozen.nodes():
-        yield "node {\n" + text_format.MessageToString(node, indent=2) + "}\n"
-    skeleton = frozen.skeleton
-    for name in ("library", "versions"):
-        if skeleton.HasField(name):
-            yield f"{name} {{\n" + text_format.MessageToString(getattr(skeleton, name), indent=2) + "}\n"
 
 
 def checkpoint_variable_reader(model):
@@ -533,16 +330,13 @@ def freeze_model(model, outputs, *, inputs=(), optimize=False) -> FrozenGraph:
     read = checkpoint_variable_reader(model)
     frozen = freeze_graph(model.graph, outputs, inputs=inputs, read_variable=read, optimize=optimize,
                           graph_def=model.graph_def if model.is_frozen else None)
-    if read is not None and frozen._graph_def is None:
-        by_name = {n.name: n for n in frozen.skeleton.node}
-        for const, variable in frozen._constants.items():
-            if not isinstance(variable, str):
-                continue
+    if read is not None:
+        for stub, variable in frozen.variable_stubs():
             found = read.shapes.get(variable)
             if found is None:
                 read(variable)  # raises: no value in the checkpoint
-            _check_shape(variable, by_name[const], found, f"checkpoint {model.checkpoint}")
+            _check_shape(variable, stub, found, f"checkpoint {model.checkpoint}")
     return frozen
 
 
-__all__ = ["FrozenGraph", "freeze_graph", "freeze_model", "write_graph_def", "cut_at"]
+__all__ = ["FrozenGraph", "freeze_graph", "freeze_model", "write_graph_def"]

@@ -1,8 +1,7 @@
 """Mix two models in one graph: each under its own name scope, an output of the first wired
 into an input of the second with `input_map`, each restoring its weights from its own checkpoint.
 
-The reference notes ("saving, restoring and mixing multiple models") warn to be careful with
-namespaces: two networks often share variable names (`net/conv1/weights`), so each model is
+Namespaces need care: two networks often share variable names (`net/conv1/weights`), so each model is
 imported under a scope and its variables are matched back to its own checkpoint's keys with the
 scope stripped. Frozen graphs mix the same way (their weights are constants), which also
 composes a split's offline and online pieces back into one graph.
@@ -22,6 +21,7 @@ import re
 from . import tfcompat
 from .errors import RestoreError, SurgeryError
 from .freeze import FrozenGraph, freeze_graph
+from .graph import graph_from_def
 from .model import Model, load_model
 from .names import VARIABLE_OP_TYPES, is_machinery, resolve_tensor, resolve_tensors
 
@@ -36,7 +36,7 @@ def as_model(source) -> Model:
     if isinstance(source, FrozenGraph):
         source = source.graph_def
     if isinstance(source, v1.GraphDef):
-        return Model(path="<frozen graph>", format="frozen_pb", graph=tfcompat.graph_from_def(source),
+        return Model(path="<frozen graph>", format="frozen_pb", graph=graph_from_def(source),
                      graph_def=source)
     return load_model(source)
 
@@ -104,7 +104,7 @@ def _scope_shared_names(graph_def, scope: str) -> None:
 
     The name scope of an import renames nodes but not `shared_name`, and a session keys resource
     variables by it: without this, two models that both hold `net/fc1/weights` would read and
-    write one variable — the namespace trap the reference notes warn about."""
+    write one variable."""
     for node in graph_def.node:
         if node.op in VARIABLE_OP_TYPES and node.attr["shared_name"].s:
             node.attr["shared_name"].s = f"{scope}/".encode() + node.attr["shared_name"].s

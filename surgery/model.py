@@ -8,7 +8,6 @@ its serving signature is flattened into one graph with named variables, see `tf2
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import difflib
 import glob
@@ -16,14 +15,13 @@ import os
 
 import numpy as np
 
+from . import graph as g
 from . import tfcompat
 from .errors import ModelLoadError, SurgeryError
 from .names import VARIABLE_OP_TYPES
+from .tf2 import flatten_tf2, serving_signature
 
 tf = tfcompat.tf
-
-# False while `parse_model` runs: the protos are read but never handed to TensorFlow.
-_IMPORT_GRAPHS = contextvars.ContextVar("import_graphs", default=True)
 
 FORMAT_DESCRIPTIONS = {
     "checkpoint": "checkpoint prefix (.meta graph + checkpoint weights)",
@@ -54,7 +52,8 @@ class VariableInfo:
 
 @dataclasses.dataclass
 class Model:
-    """A loaded model. `graph` is a fresh `tf.Graph` the caller may extend; the files are never touched.
+    """A loaded model. `graph` is a fresh `tf.Graph` the caller may extend (None only for a model
+    read by `parse_model`, which never imports it); the files are never touched.
 
     `checkpoint` is the prefix that holds variable values (None for a frozen graph, or a
     `.meta` file with no checkpoint beside it).
@@ -147,67 +146,73 @@ class Model:
 
 def _saver_mapping(graph_def) -> dict[str, str]:
     """{variable op name: checkpoint key} read off the graph's RestoreV2 → Assign ops."""
-    nodes = {n.name: n for n in graph_def.node}
+    index = g.Index(graph_def)
     mapping = {}
-    restores = [n for n in graph_def.node if n.op == "RestoreV2"]
-    if not restores:
-        return mapping
-    consumers: dict[str, list] = {}
-    for n in graph_def.node:
-        for i, inp in enumerate(n.input):
-            consumers.setdefault(inp.lstrip("^"), []).append((n, i))
-    for r in restores:
-        names_node = nodes.get(r.input[1].split(":")[0])
+    for r in (n for n in graph_def.node if n.op == "RestoreV2"):
+        names_node = index.nodes.get(r.input[1].split(":")[0])
         if names_node is None or names_node.op != "Const":
             continue
         keys = [k.decode() for k in tf.make_ndarray(names_node.attr["value"].tensor).ravel()]
         for i, key in enumerate(keys):
-            out = r.name if i == 0 else f"{r.name}:{i}"
-            for cons, slot in consumers.get(out, []) + (consumers.get(r.name + ":0", []) if i == 0 else []):
-                while cons.op == "Identity" and consumers.get(cons.name):
-                    cons, slot = consumers[cons.name][0]
+            for cons, slot in index.tensor_consumers(f"{r.name}:{i}"):
+                while cons.op == "Identity" and index.consumers(cons.name):
+                    cons, slot = index.consumers(cons.name)[0]
                 if cons.op in ("Assign", "AssignVariableOp") and slot == 1:
                     var = cons.input[0].split(":")[0]
-                    while var in nodes and nodes[var].op == "Identity":
-                        var = nodes[var].input[0].split(":")[0]
+                    while var in index and index[var].op == "Identity":
+                        var = index[var].input[0].split(":")[0]
                     mapping[var] = key
     return mapping
 
 
 def load_model(path: str, *, tag_set: str = "serve") -> Model:
     """Load MODEL from any of the accepted forms; `ModelLoadError` names the problem."""
+    return _load(path, tag_set, imported=True)
+
+
+def parse_model(path: str, *, tag_set: str = "serve") -> Model:
+    """Like `load_model`, but the graph is parsed and never imported: `model.graph` is None.
+
+    For `audit`: a hostile or broken graph (unknown ops, bad inputs) can still be read and
+    reported on, since nothing of it reaches TensorFlow's runtime.
+    """
+    return _load(path, tag_set, imported=False)
+
+
+def _load(path: str, tag_set: str, *, imported: bool) -> Model:
     path = os.fspath(path)
     if not os.path.exists(path) and not os.path.exists(path + ".index") and not os.path.exists(path + ".meta"):
         raise ModelLoadError(f"no such file or directory: {path}", _close_paths_hint(path))
     if os.path.isdir(path):
         if _saved_model_file(path):
-            return _load_saved_model(path, tag_set)
+            return _load_saved_model(path, tag_set, imported)
         prefix = _latest_checkpoint(path)
         if prefix is None:
             raise ModelLoadError(
                 f"{path} holds no model (no saved_model.pb, no checkpoint, no .meta)",
                 "pass a checkpoint prefix, a .meta, a .pb or a SavedModel directory",
             )
-        return _load_checkpoint(prefix, path, "checkpoint_dir")
+        return _load_checkpoint(prefix, path, "checkpoint_dir", imported)
     base = os.path.basename(path)
     if base in ("saved_model.pb", "saved_model.pbtxt"):
-        return _load_saved_model(os.path.dirname(path) or ".", tag_set)
+        return _load_saved_model(os.path.dirname(path) or ".", tag_set, imported)
     if path.endswith(".meta"):
         prefix = path[: -len(".meta")]
-        return _load_checkpoint(prefix if os.path.exists(prefix + ".index") else None, path, "meta_graph", meta=path)
+        return _load_checkpoint(prefix if os.path.exists(prefix + ".index") else None, path, "meta_graph", imported,
+                                meta=path)
     if path.endswith(".pbtxt"):
-        return _load_frozen(path, text=True)
+        return _load_frozen(path, imported, text=True)
     if path.endswith(".pb"):
-        return _load_frozen(path, text=False)
+        return _load_frozen(path, imported, text=False)
     for suffix in (".index", ".data-00000-of-00001"):
         if path.endswith(suffix):
             path = path[: -len(suffix)]
     if ".data-" in os.path.basename(path):
         path = path[: path.rindex(".data-")]
     if os.path.exists(path + ".index") or os.path.exists(path + ".meta"):
-        return _load_checkpoint(path, path, "checkpoint")
+        return _load_checkpoint(path, path, "checkpoint", imported)
     # Not recognised by name: try the content as a GraphDef.
-    return _load_frozen(path, text=False)
+    return _load_frozen(path, imported, text=False)
 
 
 def _close_paths_hint(path: str) -> str:
@@ -242,76 +247,11 @@ def _latest_checkpoint(directory: str) -> str | None:
     return os.path.splitext(newest)[0]
 
 
-def _read_file(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ModelLoadError(f"cannot read {path}: {e.strerror}", "check the path and its permissions") from e
-    if not data:
-        raise ModelLoadError(f"{path} is empty", "the file was probably cut short; export it again")
-    return data
-
-
-def _parse_proto(proto, path: str, *, text: bool, what: str):
-    data = _read_file(path)
-    try:
-        if text:
-            from google.protobuf import text_format
-
-            text_format.Parse(data.decode("utf-8"), proto)
-        else:
-            proto.ParseFromString(data)
-    except Exception as e:
-        raise ModelLoadError(
-            f"{path} is not a valid {what}" + (f": {str(e).splitlines()[0][:120]}" if text else ""),
-            "the file is corrupt or of another format; pass a .pb, .pbtxt, .meta, checkpoint or SavedModel",
-        ) from e
-    return proto
-
-
-MAX_DECLARED_ELEMENTS = 2**31  # more than a 2 GB GraphDef can hold: such a Const is a hostile fill
-
-
-def _dtype_name(enum: int) -> str:
-    try:
-        return tf.as_dtype(enum).name
-    except (TypeError, ValueError):
-        return f"dtype #{enum}"
-
-
-def validate_constants(graph_def, path: str) -> None:
-    """Refuse Const nodes TensorFlow would crash or balloon on: a dtype that disagrees with the
-    tensor, content of the wrong length, or a declared shape far larger than the file."""
-    for node in graph_def.node:
-        if node.op != "Const" or "value" not in node.attr:
-            continue
-        tensor = node.attr["value"].tensor
-        where = f"{path}: constant '{node.name}'"
-        if "dtype" in node.attr and tensor.dtype != node.attr["dtype"].type:
-            raise ModelLoadError(f"{where} declares dtype {_dtype_name(node.attr['dtype'].type)} but holds "
-                                 f"{_dtype_name(tensor.dtype)}",
-                                 "the graph is corrupt or was edited by hand; export it again")
-        dims = [d.size for d in tensor.tensor_shape.dim]
-        if any(d < 0 for d in dims):
-            raise ModelLoadError(f"{where} has a negative dimension {dims}", "the graph is corrupt; export it again")
-        n = int(np.prod(dims, dtype=object)) if dims else 1
-        if n > MAX_DECLARED_ELEMENTS:
-            raise ModelLoadError(f"{where} declares {n:,} elements", "the graph is corrupt or hostile; do not run it")
-        if tensor.tensor_content:
-            try:
-                itemsize = tf.as_dtype(tensor.dtype).size
-            except (TypeError, ValueError):
-                itemsize = 0
-            if itemsize and len(tensor.tensor_content) != n * itemsize:
-                raise ModelLoadError(f"{where} holds {len(tensor.tensor_content)} bytes for shape {dims}",
-                                     "the graph is corrupt or truncated; export it again")
-
-
-def _import(graph_def=None, meta_graph_def=None, path: str = ""):
-    if not _IMPORT_GRAPHS.get():
+def _import(imported: bool, graph_def=None, meta_graph_def=None, path: str = ""):
+    """A fresh graph holding the parsed proto, its constants checked first; None when not `imported`."""
+    if not imported:
         return None
-    validate_constants(graph_def if graph_def is not None else meta_graph_def.graph_def, path)
+    g.validate_constants(graph_def if graph_def is not None else meta_graph_def.graph_def, path)
     graph = tf.Graph()
     try:
         with graph.as_default():
@@ -328,15 +268,15 @@ def _import(graph_def=None, meta_graph_def=None, path: str = ""):
     return graph
 
 
-def _load_frozen(path: str, *, text: bool) -> Model:
-    gd = _parse_proto(tf.compat.v1.GraphDef(), path, text=text, what="GraphDef")
+def _load_frozen(path: str, imported: bool, *, text: bool) -> Model:
+    gd = g.read_graph_def(path, text=text, validate=False)  # validated by _import, or never imported
     if not gd.node:
         raise ModelLoadError(f"{path} holds no graph nodes", "pass a frozen GraphDef with nodes, or another MODEL form")
-    graph = _import(graph_def=gd, path=path)
+    graph = _import(imported, graph_def=gd, path=path)
     return Model(path=path, format="frozen_pbtxt" if text else "frozen_pb", graph=graph, graph_def=gd)
 
 
-def _load_checkpoint(prefix: str | None, path: str, fmt: str, meta: str | None = None) -> Model:
+def _load_checkpoint(prefix: str | None, path: str, fmt: str, imported: bool, meta: str | None = None) -> Model:
     meta = meta or prefix + ".meta"
     if not os.path.exists(meta):
         raise ModelLoadError(
@@ -345,17 +285,17 @@ def _load_checkpoint(prefix: str | None, path: str, fmt: str, meta: str | None =
         )
     if prefix is not None:
         tfcompat.checkpoint_reader(prefix)  # validates index + data shards before anything runs
-    mg = _parse_proto(tf.compat.v1.MetaGraphDef(), meta, text=False, what="MetaGraphDef (.meta)")
-    graph = _import(meta_graph_def=mg, path=meta)
+    mg = g.read_proto(tf.compat.v1.MetaGraphDef(), meta, text=False, what="MetaGraphDef (.meta)")
+    graph = _import(imported, meta_graph_def=mg, path=meta)
     return Model(path=path, format=fmt, graph=graph, graph_def=mg.graph_def, meta_graph_def=mg,
                  checkpoint=prefix, signature_defs=dict(mg.signature_def))
 
 
-def _load_saved_model(directory: str, tag_set: str) -> Model:
+def _load_saved_model(directory: str, tag_set: str, imported: bool) -> Model:
     from tensorflow.core.protobuf import saved_model_pb2
 
     file = _saved_model_file(directory)
-    sm = _parse_proto(saved_model_pb2.SavedModel(), file, text=file.endswith(".pbtxt"), what="SavedModel")
+    sm = g.read_proto(saved_model_pb2.SavedModel(), file, text=file.endswith(".pbtxt"), what="SavedModel")
     tags = {t.strip() for t in tag_set.split(",") if t.strip()}
     chosen = [mg for mg in sm.meta_graphs if set(mg.meta_info_def.tags) == tags]
     if not chosen:
@@ -368,25 +308,10 @@ def _load_saved_model(directory: str, tag_set: str) -> Model:
     tf2 = len(mg.object_graph_def.nodes) > 0
     # The SavedModel as written is imported first: that checks it before Grappler sees it, and
     # flattening happens only where a graph is wanted at all.
-    graph = _import(meta_graph_def=mg, path=file)
-    if tf2 and graph is not None:
-        from .tf2 import flatten_tf2, serving_signature
-
-        if serving_signature(mg) is not None:
-            return flatten_tf2(mg, directory, checkpoint, path=file, signature=serving_signature(mg))
+    graph = _import(imported, meta_graph_def=mg, path=file)
+    if tf2 and graph is not None and serving_signature(mg) is not None:
+        flat = flatten_tf2(mg, directory, checkpoint, path=file, signature=serving_signature(mg))
+        return Model(path=directory, format="saved_model_tf2", checkpoint=checkpoint, **flat)
     return Model(path=directory, format="saved_model_tf2" if tf2 else "saved_model", graph=graph,
                  graph_def=mg.graph_def, meta_graph_def=mg, checkpoint=checkpoint,
                  signature_defs=dict(mg.signature_def))
-
-
-def parse_model(path: str, *, tag_set: str = "serve") -> Model:
-    """Like `load_model`, but the graph is parsed and never imported (`model.graph` is None).
-
-    For `audit`: a hostile or broken graph (unknown ops, bad inputs) can still be read and
-    reported on, since nothing of it reaches TensorFlow's runtime.
-    """
-    token = _IMPORT_GRAPHS.set(False)
-    try:
-        return load_model(path, tag_set=tag_set)
-    finally:
-        _IMPORT_GRAPHS.reset(token)

@@ -21,14 +21,13 @@ Every pass is checked numerically against the unoptimised graph in tests/test_fr
 
 from __future__ import annotations
 
+from . import graph as g
 from . import tfcompat
 from .errors import SurgeryError
-from .freeze import empty_like
+from .graph import GRAPPLER_PASSES, grappler
 from .names import node_input_op
 
 tf = tfcompat.tf
-
-GRAPPLER_PASSES = ("function", "loop", "constfold", "arithmetic", "dependency", "constfold", "pruning")
 
 
 def fix_training_flags(graph_def, *, keep=()) -> object:
@@ -36,29 +35,23 @@ def fix_training_flags(graph_def, *, keep=()) -> object:
     a Const when the default is one, otherwise their consumers read the default directly."""
     keep = {node_input_op(k) for k in keep}
     nodes = {n.name: n for n in graph_def.node}
-    rewire = {}
-    out = empty_like(graph_def)
+
+    def is_flag(node):
+        return (node.op == "PlaceholderWithDefault" and node.name not in keep
+                and node.attr["dtype"].type == tf.bool.as_datatype_enum
+                and len(node.attr["shape"].shape.dim) == 0 and not node.attr["shape"].shape.unknown_rank)
+
+    out = g.empty_like(graph_def)
     for node in graph_def.node:
-        is_flag = (node.op == "PlaceholderWithDefault" and node.name not in keep
-                   and node.attr["dtype"].type == tf.bool.as_datatype_enum
-                   and len(node.attr["shape"].shape.dim) == 0 and not node.attr["shape"].shape.unknown_rank)
-        if not is_flag:
-            out.node.add().CopyFrom(node)
-            continue
-        default = nodes.get(node_input_op(node.input[0]))
+        default = nodes.get(node_input_op(node.input[0])) if is_flag(node) else None
         if default is not None and default.op == "Const":
             const = out.node.add()
             const.name, const.op = node.name, "Const"
             const.attr["dtype"].CopyFrom(default.attr["dtype"])
             const.attr["value"].CopyFrom(default.attr["value"])
         else:
-            rewire[node.name] = node.input[0]
-    for node in out.node:
-        for i, inp in enumerate(node.input):
-            if node_input_op(inp) in rewire:
-                node.input[i] = ("^" + node_input_op(rewire[node_input_op(inp)])) if inp.startswith("^") \
-                    else rewire[node_input_op(inp)]
-    return out
+            out.node.add().CopyFrom(node)
+    return g.bypass(out, is_flag)
 
 
 def take_constant_branches(graph_def) -> object:
@@ -95,36 +88,17 @@ def take_constant_branches(graph_def) -> object:
     return out
 
 
-def grappler(graph_def, inputs, outputs, passes=GRAPPLER_PASSES) -> object:
-    """Run Grappler's `passes` over `graph_def`, keeping `inputs` and `outputs` (tensor names)."""
-    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
-    from tensorflow.python.grappler import tf_optimizer
-
-    meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph_def, graph=tfcompat.graph_from_def(graph_def))
-    fetch = meta_graph_pb2.CollectionDef()
-    fetch.node_list.value.extend(list(inputs) + list(outputs))
-    meta_graph.collection_def["train_op"].CopyFrom(fetch)
-    config = config_pb2.ConfigProto()
-    rewrite = config.graph_options.rewrite_options
-    rewrite.min_graph_nodes = -1  # small graphs too
-    rewrite.optimizers.extend(passes)
-    rewrite.meta_optimizer_iterations = rewrite.TWO
-    return tf_optimizer.OptimizeGraph(config, meta_graph, verbose=False)
-
-
 def optimize_for_inference(graph_def, inputs, outputs) -> object:
     """All passes above; `inputs`/`outputs` are tensor names that must survive (fed and fetched)."""
-    from tensorflow.python.tools import optimize_for_inference_lib
-
     keep = sorted({node_input_op(n) for n in list(inputs) + list(outputs)})
     passes = [
         ("fix_training_flags", lambda gd: fix_training_flags(gd, keep=inputs)),
         ("take_constant_branches", take_constant_branches),
         ("grappler", lambda gd: grappler(gd, inputs, outputs)),
         ("remove_training_nodes", lambda gd: tf.compat.v1.graph_util.remove_training_nodes(gd, keep)),
-        ("fold_batch_norms", optimize_for_inference_lib.fold_batch_norms),
+        ("fold_batch_norms", tfcompat.fold_batch_norms),
         ("grappler", lambda gd: grappler(gd, inputs, outputs, passes=("constfold", "dependency", "pruning"))),
-        ("prune", lambda gd: tf.compat.v1.graph_util.extract_sub_graph(gd, [node_input_op(n) for n in outputs])),
+        ("prune", lambda gd: g.prune(gd, outputs)),
     ]
     gd = graph_def
     for name, run in passes:
@@ -133,9 +107,7 @@ def optimize_for_inference(graph_def, inputs, outputs) -> object:
         except (ValueError, TypeError, KeyError, tf.errors.OpError) as e:
             raise SurgeryError(f"--optimize failed in pass {name}: {str(e).splitlines()[0][:200]}",
                                "freeze without --optimize") from e
-    for node in gd.node:
-        node.device = ""
-    return gd
+    return g.clear_devices(gd, colocation=False)
 
 
 __all__ = ["optimize_for_inference", "fix_training_flags", "grappler"]

@@ -37,6 +37,7 @@ import numpy as np
 
 from . import tfcompat
 from .errors import DataError, OutputError, SurgeryError
+from .graph import graph_from_def
 from .names import parse_list, resolve_tensor, resolve_tensors, split_tensor_name
 
 tf = tfcompat.tf
@@ -90,12 +91,13 @@ def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "
     """GRAPH as `precompute` takes it: a split directory (its `offline` piece), a frozen .pb,
     or any MODEL (frozen here with values read from its checkpoint)."""
     from .freeze import freeze_model
-    from .inspect import likely_outputs, tensor_info
-    from .manifest import FILENAME, piece_path, read_manifest
+    from .graph import ancestors, tensor_info
+    from .manifest import is_pieces_dir, piece_path, read_manifest
     from .model import load_model
+    from .report import likely_outputs
 
     default_inputs = default_outputs = None
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, FILENAME)):
+    if is_pieces_dir(path):
         manifest = read_manifest(path)
         graph_file = piece_path(path, manifest, "offline")
         piece = manifest["pieces"]["offline"]
@@ -113,7 +115,7 @@ def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "
         frozen = freeze_model(model, wanted)
         graph_def = frozen.graph_def
         digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True)).hexdigest()
-        graph = tfcompat.graph_from_def(graph_def)
+        graph = graph_from_def(graph_def)
         default_outputs = [t["name"] for t in frozen.outputs]
     if not output_spec:
         names = default_outputs if default_outputs is not None else [t["name"] for t in likely_outputs(model)]
@@ -129,9 +131,8 @@ def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "
         in_tensor = resolve_tensor(graph, in_names[0])
     else:
         if default_inputs is None:  # the placeholders the outputs depend on
-            needed = tf.compat.v1.graph_util.extract_sub_graph(
-                graph.as_graph_def(), sorted({t.op.name for t in out_tensors}))
-            default_inputs = [n.name + ":0" for n in needed.node if n.op == "Placeholder"]
+            needed = ancestors(graph_def, out_tensors)
+            default_inputs = [n.name + ":0" for n in graph_def.node if n.name in needed and n.op == "Placeholder"]
         candidates = [graph.get_tensor_by_name(n) for n in default_inputs]
         candidates = [t for t in candidates if t.shape.rank is None or t.shape.rank > 0]  # scalars are settings
         if len(candidates) != 1:
@@ -313,7 +314,7 @@ class _Runner:
     whose per-call feed/fetch parsing would show at small batches."""
 
     def __init__(self, offline: OfflineGraph):
-        self.graph = tfcompat.graph_from_def(offline.graph_def)
+        self.graph = graph_from_def(offline.graph_def)
         self.session = tf.compat.v1.Session(graph=self.graph)
         fetch_names = [o["name"] for o in offline.outputs]
         try:

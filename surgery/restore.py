@@ -459,7 +459,7 @@ def _target_variables(target) -> list[_TargetVar]:
             shape = tuple(tf.TensorShape(op.get_attr("shape")).as_list())
             out.append(_TargetVar(name, shape, dtype, (), op_type))
             continue
-        info = var._save_slice_info  # noqa: SLF001 (TF keeps partition info only here)
+        info = tfcompat.save_slice_info(var)
         dtype = var.dtype.base_dtype.name
         if info is None:
             out.append(_TargetVar(name, tuple(var.shape.as_list()), dtype, (), op_type))
@@ -661,10 +661,8 @@ def _restore_with_assignment_map(sess, source, todo) -> None:
     """`init_from_checkpoint(prefix, {source_key: variable})` per round, then run the
     rewritten initializers. Variable objects, not names: the name lookup goes through the
     variable store, which knows only `get_variable` variables of this Python process."""
-    from tensorflow.python.training import checkpoint_utils
-
     for assignment_map in _rounds(source, todo):
-        checkpoint_utils.init_from_checkpoint(source.prefix, assignment_map)
+        v1.train.init_from_checkpoint(source.prefix, assignment_map)
     sess.run([v.initializer for _, vs in todo for v in vs])
 
 
@@ -697,7 +695,7 @@ def _assign_directly(sess, source, todo, progress: bool) -> None:
 def _slices(value: np.ndarray, parts) -> list:
     out = []
     for var in parts:
-        info = var._save_slice_info  # noqa: SLF001
+        info = tfcompat.save_slice_info(var)
         index = tuple(slice(o, o + n) for o, n in zip(info.var_offset, info.var_shape))
         out.append(value[index])
     return out

@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from . import graph as g
 from . import tfcompat
 from .errors import SurgeryError, TensorNotFoundError
-from .names import VARIABLE_OP_TYPES, is_machinery, node_input_op, resolve_tensor, split_tensor_name
+from .names import VARIABLE_OP_TYPES, is_machinery, node_input_op, resolve_tensor
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -173,48 +174,26 @@ def find_boundary(graph_def, at_tensor: str, opened: list[str]) -> tuple[list[st
     """
     if not opened:
         return [at_tensor], set()
-    nodes = {n.name: n for n in graph_def.node}
-    consumers: dict[str, list[str]] = {}
-    for n in graph_def.node:
-        if is_machinery(n.name, n.op):
-            continue
-        for i in _data_inputs(n):
-            consumers.setdefault(node_input_op(i), []).append(n.name)
-    below: set = set()  # ops `at` depends on, itself included
-    stack = [node_input_op(at_tensor)]
-    while stack:
-        name = stack.pop()
-        if name in below:
-            continue
-        below.add(name)
-        stack.extend(node_input_op(i) for i in _data_inputs(nodes[name]))
+    index = g.Index(graph_def)
+    nodes = index.nodes
+    below = g.ancestors(index, [at_tensor], control=False)  # ops `at` depends on, itself included
     not_below = [v for v in opened if v not in below]
     if not_below:
         raise SurgeryError(f"--train-scopes opens '{not_below[0]}', which does not feed '{at_tensor}'",
                            "open only layers below the splice point (the head above it trains anyway)")
-    above: set = set()  # ops reachable from the opened variables
-    stack = list(opened)
-    while stack:
-        name = stack.pop()
-        if name in above:
-            continue
-        above.add(name)
-        stack.extend(consumers.get(name, []))
+    above = g.descendants(index, opened, where=lambda name: not is_machinery(name, nodes[name].op))
     region = below & above
     fed = {}  # op name -> depends on a Placeholder
 
     def depends_on_input(name):
         if name not in fed:
-            fed[name] = False  # cycles (loops) count as constant
-            node = nodes[name]
-            fed[name] = node.op == "Placeholder" or any(depends_on_input(node_input_op(i)) for i in _data_inputs(node))
+            fed[name] = any(nodes[n].op == "Placeholder" for n in g.ancestors(index, [name], control=False))
         return fed[name]
 
     boundary = []
     for name in sorted(region):
         for inp in _data_inputs(nodes[name]):
-            op, idx = split_tensor_name(inp)
-            tensor = f"{op}:{idx or 0}"
+            op, tensor = node_input_op(inp), g.tensor_name(inp)
             if op not in region and tensor not in boundary and depends_on_input(op):
                 boundary.append(tensor)
     return boundary, region
@@ -223,25 +202,17 @@ def find_boundary(graph_def, at_tensor: str, opened: list[str]) -> tuple[list[st
 def insert_boundary(graph_def, boundary: list[str], region: set, shapes: dict, scope: str):
     """GraphDef pass: `StopGradient` + `PlaceholderWithDefault` on each boundary tensor; region ops
     read the placeholder. Returns (new GraphDef, [placeholder tensor names])."""
-    out = tf.compat.v1.GraphDef()
-    out.CopyFrom(graph_def)
-    replace = {}
-    for k, tensor in enumerate(boundary):
-        suffix = "" if k == 0 else f"_{k}"
+    names = [f"{scope}/bottleneck{'' if k == 0 else f'_{k}'}" for k in range(len(boundary))]
+    out = g.replace_uses(graph_def, {t: f"{n}:0" for t, n in zip(boundary, names)}, only=region)
+    for k, (tensor, name) in enumerate(zip(boundary, names)):
         dtype, shape = shapes[tensor]
-        stop = out.node.add(name=f"{scope}/boundary/stop_gradient{suffix}", op="StopGradient", input=[tensor])
+        stop = out.node.add(name=f"{scope}/boundary/stop_gradient{'' if k == 0 else f'_{k}'}", op="StopGradient",
+                            input=[tensor])
         stop.attr["T"].type = dtype.as_datatype_enum
-        ph = out.node.add(name=f"{scope}/bottleneck{suffix}", op="PlaceholderWithDefault", input=[stop.name])
+        ph = out.node.add(name=name, op="PlaceholderWithDefault", input=[stop.name])
         ph.attr["dtype"].type = dtype.as_datatype_enum
         ph.attr["shape"].shape.CopyFrom(shape.as_proto())
-        replace[tensor] = ph.name + ":0"
-    for node in out.node:
-        if node.name in region:
-            for i, inp in enumerate(node.input):
-                if not inp.startswith("^"):
-                    op, idx = split_tensor_name(inp)
-                    node.input[i] = replace.get(f"{op}:{idx or 0}", inp)
-    return out, list(replace.values())
+    return out, [f"{n}:0" for n in names]
 
 
 # ---------------------------------------------------------------- splice
@@ -298,15 +269,9 @@ def _free_scope(graph_def, scope: str) -> str:
 
 def _model_input(at):
     """The one Placeholder the splice tensor depends on (the data goes there)."""
-    seen, stack, found = set(), [at.op], []
-    while stack:
-        op = stack.pop()
-        if op.name in seen:
-            continue
-        seen.add(op.name)
-        if op.type == "Placeholder":
-            found.append(op.outputs[0])
-        stack.extend(t.op for t in op.inputs)
+    graph = at.graph
+    found = [graph.get_tensor_by_name(name + ":0") for name in sorted(g.ancestors(graph, [at], control=False))
+             if graph.get_operation_by_name(name).type == "Placeholder"]
     if len(found) != 1:
         names = ", ".join(t.name for t in found) or "none"
         raise SurgeryError(f"'{at.name}' depends on {len(found)} inputs ({names}); finetune feeds exactly one",

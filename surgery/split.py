@@ -21,11 +21,12 @@ import os
 
 import numpy as np
 
+from . import graph as g
 from . import tfcompat
 from .errors import CutError, OutputError
 from .files import atomic_path
-from .freeze import FrozenGraph, cut_at, freeze_model, write_graph_def
-from .inspect import tensor_info
+from .freeze import FrozenGraph, freeze_model
+from .graph import tensor_info, write_graph_def
 from .manifest import FILENAME as MANIFEST, piece, source_info, write_manifest
 from .names import VARIABLE_OP_TYPES, resolve_tensors
 
@@ -104,13 +105,10 @@ def split_model(model, cut, outputs, *, inputs=None) -> Split:
     offline_piece = _freeze_piece(model, "offline", cut_tensors, offline)
     online_piece = _freeze_piece(model, "online", out_tensors, cut_tensors)
 
-    graph_def = graph.as_graph_def()
-    _, replaced = cut_at(graph_def, cut_tensors)  # the placeholder names freeze gave the cut
-    _, offline_replaced = cut_at(graph_def, offline)
     online_inputs = {i["name"]: i for i in online_piece.inputs}
     cut_info = []
     for t in cut_tensors:
-        ph = f"{replaced[t.name]}:0"
+        ph = online_piece.cut[t.name]
         if ph not in online_inputs:
             raise RuntimeError(f"the online piece has no placeholder '{ph}' for cut tensor '{t.name}'")
         cut_info.append({"tensor": t.name, "placeholder": ph, "dtype": online_inputs[ph]["dtype"],
@@ -123,7 +121,7 @@ def split_model(model, cut, outputs, *, inputs=None) -> Split:
         offline_inputs=offline_piece.inputs,
         live_inputs=[i for i in online_piece.inputs if i["name"] not in cut_placeholders],
         defaults={"offline": _defaults(offline_piece), "online": _defaults(online_piece)},
-        original_names={f"{ph}:0": t for t, ph in offline_replaced.items() if f"{ph}:0" != t},
+        original_names={ph: t for t, ph in offline_piece.cut.items() if ph != t},
     )
 
 
@@ -156,7 +154,7 @@ def _is_setting(tensor) -> bool:
 def _check_cuttable(tensor) -> None:
     """Refuse cut tensors a placeholder cannot replace: variables and tensors inside v1 control flow."""
     op = tensor.op
-    if op.type in VARIABLE_OP_TYPES or tensor.dtype == tf.resource or tensor.dtype._is_ref_dtype:
+    if op.type in VARIABLE_OP_TYPES or tensor.dtype == tf.resource or tfcompat.is_ref_dtype(tensor.dtype):
         raise CutError(f"cannot cut at '{tensor.name}': it is a variable ({op.type}), not an activation",
                        "cut at a layer's output, e.g. its Relu")
     frame = _enclosing_frame(op)
@@ -173,36 +171,23 @@ def _enclosing_frame(op):
     imported from a .meta). A frozen graph has none: then walk back from `op` without crossing
     a Merge/Exit (which close a frame); reaching a Switch or Enter means `op` is inside.
     """
-    context = op._get_control_flow_context()
+    context = tfcompat.control_flow_context(op)
     if context is not None:
         pred = getattr(context, "pred", None)
         return f"a tf.cond on '{pred.name}'" if pred is not None else f"a tf.while_loop '{context.name}'"
-    if op.type in _FRAME_CLOSE:
+    graph = op.graph
+    below = g.ancestors(graph, [op], where=lambda name: graph.get_operation_by_name(name).type not in _FRAME_CLOSE)
+    frames = sorted((o for o in map(graph.get_operation_by_name, below) if o.type in _FRAME_OPS), key=lambda o: o.name)
+    if not frames:
         return None
-    seen, stack = set(), [op]
-    while stack:
-        cur = stack.pop()
-        if cur.type in _FRAME_OPS:
-            kind = "a tf.cond" if "Switch" in cur.type else "a tf.while_loop"
-            return f"{kind} ({cur.type} '{cur.name}')"
-        for src in [t.op for t in cur.inputs] + list(cur.control_inputs):
-            if src not in seen and src.type not in _FRAME_CLOSE:
-                seen.add(src)
-                stack.append(src)
-    return None
+    kind = "a tf.cond" if "Switch" in frames[0].type else "a tf.while_loop"
+    return f"{kind} ({frames[0].type} '{frames[0].name}')"
 
 
 def _ancestor_ops(tensors, *, stop=frozenset()) -> set:
-    """Ops the `tensors` depend on (data and control edges), not walking through tensors in `stop`."""
-    seen, stack = set(), [t.op for t in tensors if t.name not in stop]
-    while stack:
-        op = stack.pop()
-        if op in seen:
-            continue
-        seen.add(op)
-        stack.extend(t.op for t in op.inputs if t.name not in stop)
-        stack.extend(op.control_inputs)
-    return seen
+    """The ops `tensors` depend on (data and control edges), not walking through tensors in `stop`."""
+    graph = tensors[0].graph
+    return {graph.get_operation_by_name(name) for name in g.ancestors(graph, tensors, stop=stop)}
 
 
 def _check_separates(out_tensors, cut_tensors, offline) -> None:
@@ -246,8 +231,8 @@ def _format_path(path, keep: int = 4) -> str:
 
 def _defaults(frozen: FrozenGraph) -> list:
     """PlaceholderWithDefault tensors a piece keeps (they run at their default unless fed)."""
-    g = import_piece(frozen.graph_def)
-    return [tensor_info(op.outputs[0]) for op in g.get_operations() if op.type == "PlaceholderWithDefault"]
+    piece_graph = import_piece(frozen.graph_def)
+    return [tensor_info(op.outputs[0]) for op in piece_graph.get_operations() if op.type == "PlaceholderWithDefault"]
 
 
 # ---------------------------------------------------------------- writing and verification
@@ -314,28 +299,21 @@ def random_feeds(inputs, n: int, rng, graph_def=None) -> dict:
     return feeds
 
 
+_ID_PRESERVING_OPS = {"Identity", "Cast", "Reshape", "ExpandDims", "Squeeze", "StridedSlice"}
+
+
 def _id_bounds(graph_def) -> dict:
     """{placeholder op: rows of the smallest table it indexes}, following Identity/Cast/Reshape."""
-    nodes = {n.name: n for n in graph_def.node}
-    consumers = collections.defaultdict(list)
-    for n in graph_def.node:
-        for i, inp in enumerate(n.input):
-            consumers[inp.split(":")[0].lstrip("^")].append((n, i))
+    index = g.Index(graph_def)
     bounds = {}
     for n in graph_def.node:
         if n.op not in ("Placeholder", "PlaceholderWithDefault"):
             continue
-        stack, seen = [n.name], set()
-        while stack:
-            cur = stack.pop()
-            if cur in seen:
-                continue
-            seen.add(cur)
-            for c, idx in consumers[cur]:
-                if c.op in ("Identity", "Cast", "Reshape", "ExpandDims", "Squeeze", "StridedSlice"):
-                    stack.append(c.name)
-                elif c.op in ("GatherV2", "Gather", "ResourceGather") and idx == 1:
-                    rows = _rows(nodes, c.input[0].split(":")[0])
+        same_ids = g.descendants(index, [n.name], where=lambda name: index[name].op in _ID_PRESERVING_OPS)
+        for cur in same_ids:
+            for c, idx in index.consumers(cur):
+                if c.op in ("GatherV2", "Gather", "ResourceGather") and idx == 1:
+                    rows = _rows(index.nodes, c.input[0].split(":")[0])
                     if rows:
                         bounds[n.name] = min(bounds.get(n.name, rows), rows)
     return bounds
@@ -365,8 +343,8 @@ def verify_split(model, split: Split, directory: str, *, n: int = 4, seed: int =
     SavedModel) is the whole graph frozen to serve as the reference.
     """
     rng = np.random.default_rng(seed)
-    offline_gd = _read_graph_def(os.path.join(directory, OFFLINE_FILE))
-    online_gd = _read_graph_def(os.path.join(directory, ONLINE_FILE))
+    offline_gd = g.read_graph_def(os.path.join(directory, OFFLINE_FILE))
+    online_gd = g.read_graph_def(os.path.join(directory, ONLINE_FILE))
     feeds = random_feeds(split.offline_inputs, n, rng, offline_gd)
     live = [i for i in split.live_inputs if i["name"] not in feeds]
     feeds.update(random_feeds(live, n, rng, online_gd))
@@ -381,31 +359,24 @@ def verify_split(model, split: Split, directory: str, *, n: int = 4, seed: int =
                                         output_names)
 
     max_diff, scale = 0.0, 1.0
-    for g, e in zip(got, expected):
-        g, e = np.asarray(g, np.float64), np.asarray(e, np.float64)
-        if g.shape != e.shape:
+    for got_i, exp_i in zip(got, expected):
+        got_i, exp_i = np.asarray(got_i, np.float64), np.asarray(exp_i, np.float64)
+        if got_i.shape != exp_i.shape:
             return {"n": n, "reference": reference, "max_abs_diff": float("inf"), "tolerance": tolerance,
                     "passed": False}
-        if e.size:
-            max_diff = max(max_diff, float(np.max(np.abs(g - e))))
-            scale = max(scale, float(np.max(np.abs(e))))
+        if exp_i.size:
+            max_diff = max(max_diff, float(np.max(np.abs(got_i - exp_i))))
+            scale = max(scale, float(np.max(np.abs(exp_i))))
     tol = tolerance * scale
     return {"n": n, "reference": reference, "max_abs_diff": max_diff, "tolerance": tol,
             "passed": bool(np.isfinite(max_diff) and max_diff <= tol)}
 
 
-def _read_graph_def(path: str):
-    gd = tf.compat.v1.GraphDef()
-    with open(path, "rb") as f:
-        gd.ParseFromString(f.read())
-    return gd
-
-
 def import_piece(graph_def_or_path) -> object:
     """A fresh `tf.Graph` holding a piece (a GraphDef or a `.pb` path), imported with `name=""` so
     the manifest's names are the names to feed and fetch."""
-    graph_def = _read_graph_def(graph_def_or_path) if isinstance(graph_def_or_path, str) else graph_def_or_path
-    return tfcompat.graph_from_def(graph_def)
+    graph_def = g.read_graph_def(graph_def_or_path) if isinstance(graph_def_or_path, str) else graph_def_or_path
+    return g.graph_from_def(graph_def)
 
 
 def _run(graph_def, feeds: dict, fetches: list) -> list:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 
+from . import graph as g
 from . import tfcompat
 from .errors import ModelLoadError
 from .names import node_input_op
@@ -34,14 +35,12 @@ _SANITISE = re.compile(r"[^A-Za-z0-9_.\-/]")
 
 def _inline_functions(graph_def, fetches) -> object:
     """Grappler's function inlining alone (every other optimizer off), as convert_to_constants does."""
-    from .optimize import grappler
-
     gd = v1.GraphDef()
     gd.CopyFrom(graph_def)
     for function in gd.library.function:  # a second implementation (e.g. CuDNN) blocks inlining
         if "api_implements" in function.attr:
             del function.attr["api_implements"]
-    return grappler(gd, (), fetches, passes=("function",))
+    return g.grappler(gd, (), fetches, passes=("function",))
 
 
 def _captured_variables(graph_def, meta_graph_def) -> dict:
@@ -76,19 +75,6 @@ def _checkpoint_keys(checkpoint: str) -> dict:
             if attribute.name == "VARIABLE_VALUE":
                 keys[node_id] = attribute.checkpoint_key
     return keys
-
-
-def _rename(graph_def, renames: dict) -> object:
-    """Rename nodes (and every reference to them, control inputs included)."""
-    out = v1.GraphDef()
-    out.CopyFrom(graph_def)
-    for node in out.node:
-        node.name = renames.get(node.name, node.name)
-        for i, inp in enumerate(node.input):
-            op = node_input_op(inp)
-            if op in renames:
-                node.input[i] = inp.replace(op, renames[op], 1)
-    return out
 
 
 def _readable_names(graph_def, signature) -> dict:
@@ -126,14 +112,13 @@ def serving_signature(meta_graph_def) -> str | None:
     return names[0] if names else None
 
 
-def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path: str, signature: str):
-    """A `Model` of SavedModel `directory`'s `signature`, flattened into one graph (see the module doc)."""
-    from .model import Model
-
+def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path: str, signature: str) -> dict:
+    """SavedModel `directory`'s `signature` flattened into one graph (see the module doc): the fields
+    of its `Model` (`graph`, `graph_def`, `meta_graph_def`, `signature_defs`, `variable_keys`)."""
     sig = meta_graph_def.signature_def[signature]
     outputs = sorted({node_input_op(t.name) for t in sig.outputs.values()})
     try:
-        pruned = v1.graph_util.extract_sub_graph(meta_graph_def.graph_def, outputs)
+        pruned = g.prune(meta_graph_def.graph_def, outputs)
         captured = _captured_variables(pruned, meta_graph_def)
         inlined = _inline_functions(pruned, [t.name for t in sig.outputs.values()])
     except Exception as e:
@@ -157,28 +142,11 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
                              "the SavedModel is incomplete; export it again")
 
     renames = _readable_names(inlined, sig)
-    graph_def = v1.GraphDef(library=inlined.library, versions=inlined.versions)
-    handle_names = {n.name for n in handles}
     # Inlining passes each handle through Identity nodes; readers should see the variable itself.
-    passes = {n.name: n.input[0] for n in inlined.node
-              if n.op == "Identity" and n.attr["T"].type == tf.resource.as_datatype_enum}
-
-    def source(inp):
-        while node_input_op(inp) in passes:
-            inp = passes[node_input_op(inp)]
-        return inp
-
-    for node in inlined.node:  # handles are re-created as variables below; control edges on them go
-        if node.op != "VarHandleOp" and node.name not in passes:
-            new = graph_def.node.add()
-            new.CopyFrom(node)
-            new.input[:] = [("^" + node_input_op(source(i[1:])) if i.startswith("^") else source(i))
-                            for i in node.input
-                            if not (i.startswith("^") and node_input_op(source(i[1:])) in handle_names)]
-            new.device = ""
-            if "_class" in new.attr:  # colocation names the pre-rename nodes
-                del new.attr["_class"]
-    graph_def = _rename(graph_def, renames)
+    # Handles are re-created as variables below (an input_map); control edges on them go.
+    graph_def = g.bypass(inlined, lambda n: n.op == "Identity" and n.attr["T"].type == tf.resource.as_datatype_enum)
+    graph_def = g.remove(graph_def, [n.name for n in handles])
+    graph_def = g.rename(g.clear_devices(graph_def), renames)  # colocation names the pre-rename nodes
     graph = tf.Graph()
     variable_keys = {}
     input_map = {}
@@ -211,6 +179,5 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
         meta = v1.train.export_meta_graph(graph=graph, clear_devices=True)
     meta.signature_def[signature].CopyFrom(flat_sig)
     meta.meta_info_def.tags[:] = list(meta_graph_def.meta_info_def.tags)
-    return Model(path=directory, format="saved_model_tf2", graph=graph, graph_def=meta.graph_def,
-                 meta_graph_def=meta, checkpoint=checkpoint, signature_defs={signature: flat_sig},
-                 variable_keys=variable_keys)
+    return dict(graph=graph, graph_def=meta.graph_def, meta_graph_def=meta, signature_defs={signature: flat_sig},
+                variable_keys=variable_keys)

@@ -1,5 +1,7 @@
-"""The one place TensorFlow is imported: quiet logs, graph mode, and small wrappers
-around TensorFlow calls that abort or raise cryptically on bad files."""
+"""The one place TensorFlow is imported: quiet logs, graph mode, small wrappers around
+TensorFlow calls that abort or raise cryptically on bad files, and every use of TensorFlow's
+private APIs (`tensorflow.python.*`, underscored names), each checked by tests/test_tfcompat.py
+so that a TensorFlow release that changes one fails there, loudly, and not deep in a command."""
 
 from __future__ import annotations
 
@@ -61,10 +63,59 @@ def checkpoint_reader(prefix: str):
                              "its .index or .data shards are missing or corrupt; save it again") from e
 
 
-def graph_from_def(graph_def):
-    """A fresh `tf.Graph` holding `graph_def`, imported with `name=""` so its own names are the
-    names to feed and fetch."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(graph_def, name="")
-    return graph
+def replace_variables_by_constants(graph_def, variables: dict):
+    """`graph_def` with each variable `{name: NodeDef}` turned into a Const by TensorFlow's own
+    converter (the engine of `convert_variables_to_constants_v2`, private): resource reads become
+    Identity, ResourceGather GatherV2, and handles passed into functions become plain tensors.
+    Each Const holds a scalar stand-in of the variable's dtype; the caller fills in the values."""
+    import numpy as np
+    from tensorflow.python.framework import convert_to_constants as ctc
+
+    data = ctc._ConverterData(graph_def)
+    for name, node in variables.items():
+        dtype = tf.as_dtype(node.attr["dtype"].type)
+        stand_in = np.array(b"", dtype=object) if dtype == tf.string else np.zeros((), dtype.as_numpy_dtype)
+        data.tensor_data[name] = ctc._TensorData(numpy=stand_in, dtype=node.attr["dtype"].type, index=None)
+    converted, _ = ctc._replace_variables_by_constants(data)
+    return converted
+
+
+def control_flow_context(op):
+    """The v1 cond/while context `op` was built in (None outside one, or for an imported frozen graph)."""
+    return op._get_control_flow_context()
+
+
+def is_ref_dtype(dtype) -> bool:
+    """True for a TF1 reference dtype (`float32_ref`), as a ref variable's output has."""
+    return dtype._is_ref_dtype
+
+
+def save_slice_info(variable):
+    """Where a partitioned variable's slice sits in the whole (`full_name`, `var_offset`,
+    `var_shape`), or None for an unpartitioned one: TensorFlow keeps it only on this attribute."""
+    return variable._save_slice_info
+
+
+def fold_batch_norms(graph_def):
+    """Batch norms after Conv2D/DepthwiseConv2dNative/MatMul folded into the weights, by TensorFlow's
+    `optimize_for_inference_lib` (shipped under `tensorflow.python.tools`, not the public API). It
+    rewires the nodes it is given, so it works on a copy: `graph_def` is left as it was."""
+    from tensorflow.python.tools import optimize_for_inference_lib
+
+    copy = tf.compat.v1.GraphDef()
+    copy.CopyFrom(graph_def)
+    return optimize_for_inference_lib.fold_batch_norms(copy)
+
+
+def has_tensor_content(dtype) -> bool:
+    """Whether TensorFlow writes a constant of `dtype` as raw `tensor_content` bytes."""
+    from tensorflow.python.framework import tensor_util
+
+    return dtype in tensor_util._TENSOR_CONTENT_TYPES
+
+
+def optimize_graph(config, meta_graph):
+    """Grappler over `meta_graph` with `config`'s rewrite options (TensorFlow's internal entry point)."""
+    from tensorflow.python.grappler import tf_optimizer
+
+    return tf_optimizer.OptimizeGraph(config, meta_graph, verbose=False)

@@ -68,18 +68,18 @@ def test_meta_without_checkpoint_is_refused(tmp_path, small_ckpt):
 
 
 def test_write_is_atomic_and_refuses_over_2gb(tmp_path, small_frozen_pb):
-    import surgery.freeze as freeze
+    import surgery.graph as graph
 
     gd = load_model(small_frozen_pb[0]).graph_def
     target = tmp_path / "out.pb"
     target.write_bytes(b"previous")
-    old_limit = freeze.MAX_GRAPHDEF_BYTES
-    freeze.MAX_GRAPHDEF_BYTES = 100  # stand-in for 2 GB: the check runs before any byte is written
+    old_limit = graph.MAX_GRAPHDEF_BYTES
+    graph.MAX_GRAPHDEF_BYTES = 100  # stand-in for 2 GB: the check runs before any byte is written
     try:
         with pytest.raises(OutputError, match="over the 2 GB limit"):
             write_graph_def(gd, str(target))
     finally:
-        freeze.MAX_GRAPHDEF_BYTES = old_limit
+        graph.MAX_GRAPHDEF_BYTES = old_limit
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["out.pb"]
     write_graph_def(gd, str(target))
@@ -177,13 +177,14 @@ def test_frozen_loads_by_name_in_a_fresh_process(tmp_path, small_ref_ckpt, sampl
 
 def test_over_2gb_is_refused_before_reading_weights(small_ckpt, monkeypatch):
     import surgery.freeze as freeze
+    import surgery.graph as graph
 
     model = load_model(small_ckpt[0])
 
     def never(name):
         raise AssertionError(f"read {name}")
 
-    monkeypatch.setattr(freeze, "MAX_GRAPHDEF_BYTES", 10_000)  # the small CNN's weights are ~17 kB
+    monkeypatch.setattr(graph, "MAX_GRAPHDEF_BYTES", 10_000)  # the small CNN's weights are ~17 kB
     with pytest.raises(OutputError, match="over the 2 GB limit") as e:
         freeze.freeze_graph(model.graph, "probs", read_variable=never)
     assert "split" in e.value.hint and "SavedModel" in e.value.hint

@@ -7,17 +7,10 @@ import re
 
 from . import tfcompat
 from .errors import SurgeryError
-from .names import NOT_OUTPUT_OP_TYPES, is_machinery
+from .graph import likely_output_nodes, tensor_info
+from .names import is_machinery
 
 tf = tfcompat.tf
-
-
-
-def tensor_info(tensor) -> dict:
-    """`{name, dtype, shape}` with unknown dims as None (the contract's tensor form)."""
-    shape = tensor.shape
-    dims = None if shape.rank is None else [d for d in shape.as_list()]
-    return {"name": tensor.name, "dtype": tensor.dtype.name, "shape": dims}
 
 
 def likely_inputs(model) -> list:
@@ -34,17 +27,13 @@ def likely_inputs(model) -> list:
 
 
 def likely_outputs(model) -> list:
-    """Tensors nothing consumes, minus training/saver/summary/initializer machinery."""
+    """The signature's outputs, or every output of the nodes `graph.likely_output_nodes` finds
+    (nothing but training, saver, summary or initializer machinery consumes them)."""
     sig = _signature(model)
     if sig is not None:
         return [_resolve_sig(model, t) for t in sig.outputs.values()]
-    out = []
-    for op in model.graph.get_operations():
-        if op.type in NOT_OUTPUT_OP_TYPES or is_machinery(op.name, op.type) or not op.outputs:
-            continue
-        if all(is_machinery(c.name, c.type) for t in op.outputs for c in t.consumers()):
-            out.extend(tensor_info(t) for t in op.outputs)
-    return out
+    return [tensor_info(t) for name in likely_output_nodes(model.graph_def)
+            for t in model.graph.get_operation_by_name(name).outputs]
 
 
 def _signature(model):
@@ -83,7 +72,7 @@ def count_params(model) -> int:
 
 
 def inspect_model(model, *, tensors: str | None = None) -> dict:
-    """The contract's report: format, num_nodes, ops, inputs, outputs, variables, num_params[, tensors]."""
+    """What `surgery inspect` prints: format, num_nodes, ops, inputs, outputs, variables, num_params[, tensors]."""
     ops = collections.Counter(node.op for node in model.graph_def.node)
     report = {
         "path": model.path,

@@ -24,6 +24,7 @@ from .errors import CutError, OutputError, SurgeryError
 from .files import atomic_path
 from .inspect import tensor_info
 from .names import VARIABLE_OP_TYPES, is_machinery, node_input_op, resolve_tensors, split_tensor_name
+from .weights import variable_reader
 
 tf = tfcompat.tf
 
@@ -507,30 +508,9 @@ def _text_chunks(frozen: FrozenGraph):
             yield f"{name} {{\n" + text_format.MessageToString(getattr(skeleton, name), indent=2) + "}\n"
 
 
-def checkpoint_variable_reader(model):
-    """`read(variable op name) -> ndarray` straight from `model`'s checkpoint, after checking up front
-    that every variable has a value of its declared shape there (so a bad checkpoint fails before
-    anything is written). None for a model without a checkpoint."""
-    if not model.checkpoint:
-        return None
-    reader = model.checkpoint_reader()
-    keys = model.checkpoint_keys()
-    shapes = reader.get_variable_to_shape_map()
-
-    def read(name):
-        key = keys.get(name, name)
-        if key not in shapes:
-            raise SurgeryError(f"variable '{name}' has no value in checkpoint {model.checkpoint}",
-                               "restore it first with `surgery restore`, or freeze above it")
-        return reader.get_tensor(key)
-
-    read.shapes = {name: shapes.get(keys.get(name, name)) for name in keys}
-    return read
-
-
 def freeze_model(model, outputs, *, inputs=(), optimize=False) -> FrozenGraph:
     """Freeze a loaded `Model` with values read straight from its checkpoint (see `freeze_graph`)."""
-    read = checkpoint_variable_reader(model)
+    read = variable_reader(model)
     frozen = freeze_graph(model.graph, outputs, inputs=inputs, read_variable=read, optimize=optimize,
                           graph_def=model.graph_def if model.is_frozen else None)
     if read is not None and frozen._graph_def is None:

@@ -3,7 +3,6 @@ around TensorFlow calls that abort or raise cryptically on bad files."""
 
 from __future__ import annotations
 
-import glob
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -37,29 +36,6 @@ tf = _import_tensorflow_quietly()
 from tensorflow.python.util import deprecation as _deprecation  # noqa: E402
 
 _deprecation._PRINT_DEPRECATION_WARNINGS = False
-
-from .errors import ModelLoadError  # noqa: E402
-
-
-def checkpoint_reader(prefix: str):
-    """`CheckpointReader` for `prefix`, with a plain error when index or data shards are bad."""
-    if not os.path.exists(prefix + ".index"):
-        raise ModelLoadError(f"checkpoint {prefix} has no index file ({prefix}.index)",
-                             "pass the checkpoint prefix, without .index/.data suffixes")
-    shards = glob.glob(glob.escape(prefix) + ".data-*-of-*")
-    expected = {f"{prefix}.data-{i:05d}-of-{int(shards[0].rsplit('-of-', 1)[1]):05d}"
-                for i in range(int(shards[0].rsplit("-of-", 1)[1]))} if shards else {prefix + ".data-00000-of-00001"}
-    missing = sorted(expected - set(shards))
-    if missing:
-        raise ModelLoadError(f"checkpoint {prefix} is missing its data shard {missing[0]}",
-                             "copy every .data-* file saved with the .index, or save the checkpoint again")
-    try:
-        return tf.compat.v1.train.NewCheckpointReader(prefix)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"checkpoint {prefix} cannot be read: {msg}",
-                             "its .index or .data shards are missing or corrupt; save it again") from e
-
 
 def graph_from_def(graph_def):
     """A fresh `tf.Graph` holding `graph_def`, imported with `name=""` so its own names are the

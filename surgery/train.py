@@ -30,6 +30,7 @@ from .manifest import piece, source_info, write_manifest
 from .model import Model, load_model
 from .restore import plan_restore
 from .splice import splice
+from .weights import CheckpointSource, restore_checkpoint
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -197,7 +198,7 @@ def finetune(model, *, at: str, head, data: str, x_key: str, y_key: str, out: st
             os.makedirs(work, exist_ok=True)
             sess.run(init)
             if pretrained:
-                pretrained.restore(sess, model.checkpoint)
+                restore_checkpoint(pretrained, sess, model.checkpoint)
         cache = None
         if cache_bottlenecks:
             cache = _bottlenecks(sess, sp, x, feed_dtype, batch_size, work, fingerprint, progress)
@@ -254,8 +255,7 @@ def finetune(model, *, at: str, head, data: str, x_key: str, y_key: str, out: st
         trainable = [v.op.name for v in sp.var_list]
         with atomic_path(out, directory=True) as tmp:
             prefix = final_saver.save(sess, os.path.join(tmp, CHECKPOINT), write_meta_graph=True)
-            reader = tfcompat.checkpoint_reader(prefix)
-            frozen = freeze_graph(graph, [sp.probabilities], read_variable=reader.get_tensor)
+            frozen = freeze_graph(graph, [sp.probabilities], read_variable=CheckpointSource(prefix).read)
             write_graph_def(frozen.graph_def, os.path.join(tmp, FROZEN))
             final = history[-1]["val_accuracy"] if history else initial
             manifest = write_manifest(

@@ -315,7 +315,12 @@ class TFRecordRows(RowSource):
             if want.kind not in "fiub":
                 raise DataError(f"{where} holds bytes that are not an image, for a {want or 'non-numeric'} input",
                                 "store encoded images, or numbers as a float_list / int64_list")
-            value = np.frombuffer(b"".join(values), dtype=want)
+            raw = b"".join(values)
+            size = int(np.prod([d for d in row_shape or [] if d is not None] or [1])) * want.itemsize
+            if len(raw) % want.itemsize or (row_shape and None not in row_shape and len(raw) != size):
+                raise DataError(f"{where} holds {len(raw)} bytes: not an image, nor one row of {want.name} "
+                                f"{_shape_text(row_shape or [])}", "store encoded images, or whole rows of raw values")
+            value = np.frombuffer(raw, dtype=want)
         else:
             value = np.asarray(values, dtype=np.float32 if kind == "float_list" else np.int64)
         if row_shape is None:

@@ -5,7 +5,7 @@ its results are stored; requests are then answered by the online piece (`surgery
 
 Speed. A read-ahead thread reads batch k+1 and a writer thread stores batch k-1 while the
 session runs batch k (bounded queues of two batches each, so memory stays bounded whatever
-the dataset size). The graph is fed through `Session.make_callable`, which skips
+the dataset size). The graph is fed through `tfcompat.fast_callable`, which skips
 `Session.run`'s per-call fetch/feed parsing.
 
 Resumability. Results go to a work file `OUT.partial` beside the target; `OUT` is only ever

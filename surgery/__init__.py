@@ -17,6 +17,8 @@ from .train import FinetuneResult, finetune
 from .precompute import load_offline_graph, precompute
 from .serve import OnlineServer
 from .restore import RestorePlan, open_source, plan_restore, restore_into_session, restore_model, restore_weights
+from .weights import WeightSource, open_weights, saver_for
+from .data import RowSource, check_feedable, open_rows
 
 __all__ = [
     "CutError", "DataError", "ModelLoadError", "RestoreError", "SurgeryError", "TensorNotFoundError",
@@ -29,4 +31,5 @@ __all__ = [
     "RestorePlan", "open_source", "plan_restore", "restore_into_session", "restore_model", "restore_weights",
 ]
 __all__ += ["export_frozen", "MixedGraph", "compose_frozen", "mix_models"]
+__all__ += ["WeightSource", "open_weights", "saver_for", "RowSource", "check_feedable", "open_rows"]
 __version__ = "0.1.0"

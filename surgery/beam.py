@@ -97,170 +97,76 @@ def resolve_graph(graph_path: str, *, inputs: str | None = None, outputs=None) -
 
 # ---------------------------------------------------------------- sharded inputs
 
-def _check_rows(rows: np.ndarray, spec: GraphSpec, where: str) -> np.ndarray:
-    """Rows of the input's shape, cast to its dtype when that is safe (uint8 → float32)."""
-    want = spec.input["shape"]
-    if want is not None and (rows.ndim != len(want)
-                             or any(w is not None and w != d for w, d in zip(want[1:], rows.shape[1:]))):
-        raise DataError(f"{where} has rows of shape {list(rows.shape[1:])}, but input '{spec.input['name']}' "
-                        f"takes {want[1:]}", "pass the dataset the offline piece was cut for")
-    dtype = np.dtype(spec.input["dtype"])
-    if rows.dtype != dtype:
-        if not np.can_cast(rows.dtype, dtype, "same_kind"):
-            raise DataError(f"{where} holds {rows.dtype}, input '{spec.input['name']}' takes {dtype}",
-                            "convert the data, or cut the graph at an input of that dtype")
-        rows = rows.astype(dtype)
-    return rows
+class RowsSource:
+    """A `data.RowSource` (rows) and its ids, by their arguments: opened in the driver to count and
+    check the rows, and again inside each worker (an open file does not travel). `bind(spec)`
+    shapes rows for the graph's input and applies `data.check_feedable` once, in the driver."""
 
+    def __init__(self, data: str, key: str | None, ids: str | None = None, *, preprocess: str | None = None):
+        self.data = data if any(c in data for c in "*?[") else os.path.abspath(data)
+        self.key, self.ids, self.preprocess = key, ids, preprocess
+        self.spec, self.feed_dtype, self._open = None, None, None
+        self.num_rows = len(self._rows())
+        if ids:
+            self._ids()
 
-class HDF5Source:
-    """Rows of dataset `key` in an HDF5 file (ids from dataset `ids_key`); opened inside each worker."""
+    def __getstate__(self):
+        return {**self.__dict__, "_open": None}
 
-    def __init__(self, path: str, key: str, ids_key: str | None = None):
-        import h5py
+    def _rows(self):
+        if self._open is None:
+            from .data import open_rows
 
-        self.path, self.key, self.ids_key = os.path.abspath(path), key, ids_key
-        try:
-            with h5py.File(self.path, "r") as f:
-                for k in filter(None, (key, ids_key)):
-                    if k not in f or not isinstance(f[k], h5py.Dataset):
-                        raise DataError(f"{path} has no dataset '{k}'", "datasets here: " + ", ".join(_h5_datasets(f)))
-                self.num_rows = int(f[key].shape[0])
-                if ids_key and f[ids_key].shape[0] != self.num_rows:
-                    raise DataError(f"{path}: '{ids_key}' has {f[ids_key].shape[0]} rows, '{key}' has {self.num_rows}",
-                                    "ids must have one entry per row")
-        except OSError as e:
-            raise DataError(f"cannot read {path} as HDF5: {e}", "pass an HDF5 file, a .npy or TFRecord files") from e
+            self._open = {"rows": open_rows(self.data, self.key, spec=self.spec, preprocess=self.preprocess)}
+        return self._open["rows"]
 
-    def describe(self) -> dict:
-        return {"kind": "hdf5", "path": self.path, "key": self.key, "ids": self.ids_key, "rows": self.num_rows}
+    def _ids(self):
+        from .data import open_ids
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        import h5py
-
-        with h5py.File(self.path, "r") as f:
-            return f[self.key][start:stop]
-
-    def read_ids(self, start: int, stop: int):
-        import h5py
-
-        if not self.ids_key:
-            return None
-        with h5py.File(self.path, "r") as f:
-            return f[self.ids_key][start:stop]
-
-
-def _h5_datasets(f) -> list:
-    import h5py
-
-    names = []
-    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-    return names
-
-
-class NpySource:
-    """Rows of a `.npy` array, memory-mapped (ids from a second `.npy` of the same length)."""
-
-    def __init__(self, path: str, ids_path: str | None = None):
-        self.path, self.ids_path = os.path.abspath(path), ids_path and os.path.abspath(ids_path)
-        try:
-            self.num_rows = int(np.load(self.path, mmap_mode="r").shape[0])
-            if ids_path and np.load(self.ids_path, mmap_mode="r").shape[0] != self.num_rows:
-                raise DataError(f"{ids_path} does not have one id per row of {path}", "pass matching ids")
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read {path} as .npy: {e}", "pass an array saved with numpy.save") from e
-
-    def describe(self) -> dict:
-        return {"kind": "npy", "path": self.path, "ids": self.ids_path, "rows": self.num_rows}
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.array(np.load(self.path, mmap_mode="r")[start:stop])
-
-    def read_ids(self, start: int, stop: int):
-        return None if not self.ids_path else np.array(np.load(self.ids_path, mmap_mode="r")[start:stop])
-
-
-class TFRecordSource:
-    """Serialized `tf.train.Example`s in TFRecord files (sorted glob): feature `feature` holds a row.
-
-    A float_list / int64_list is reshaped to the input's row shape; a bytes_list is raw bytes of
-    the input dtype. Records are counted once in the driver so every row has a global number;
-    shards never cross files.
-    """
-
-    def __init__(self, pattern: str, feature: str, ids_feature: str | None = None):
-        from . import tfcompat
-
-        self.files = sorted(glob.glob(pattern)) or ([pattern] if os.path.isfile(pattern) else [])
-        if not self.files:
-            raise DataError(f"no TFRecord files match {pattern}", "check the path or glob")
-        self.files = [os.path.abspath(p) for p in self.files]
-        self.feature, self.ids_feature = feature, ids_feature
-        try:
-            counts = [sum(1 for _ in tfcompat.tf.compat.v1.io.tf_record_iterator(p)) for p in self.files]
-        except Exception as e:
-            raise DataError(f"cannot read TFRecords from {pattern}: {str(e).splitlines()[0][:160]}",
-                            "pass TFRecord files of serialized tf.train.Example") from e
-        self.offsets = [0, *np.cumsum(counts).tolist()]
-        self.num_rows = int(self.offsets[-1])
-        self.row_shape, self.dtype = None, None  # set by `bind` from the graph's input
+        rows = self._rows()
+        if "ids" not in self._open:
+            self._open["ids"] = open_ids(self.data, self.ids, rows)
+        return self._open["ids"]
 
     def bind(self, spec: GraphSpec) -> None:
-        self.row_shape = [d if d is not None else -1 for d in (spec.input["shape"] or [None, None])[1:]]
-        self.dtype = spec.input["dtype"]
+        from .data import check_feedable
+
+        self.spec, self._open = spec.input, None
+        self.feed_dtype = check_feedable(self._rows(), spec.input).str
 
     def describe(self) -> dict:
-        return {"kind": "tfrecord", "files": self.files, "feature": self.feature, "ids": self.ids_feature,
-                "rows": self.num_rows}
+        rows = self._rows()
+        return {**rows.describe(), "ids": self.ids, "rows": self.num_rows}
 
     def boundaries(self) -> list:
-        return self.offsets
-
-    def _records(self, start: int, stop: int):
-        from . import tfcompat
-
-        i = bisect.bisect_right(self.offsets, start) - 1
-        local = start - self.offsets[i]
-        for k, rec in enumerate(tfcompat.tf.compat.v1.io.tf_record_iterator(self.files[i])):
-            if k >= local + (stop - start):
-                break
-            if k >= local:
-                yield tfcompat.tf.train.Example.FromString(rec)
-
-    def _value(self, example, key: str, dtype, shape):
-        if key not in example.features.feature:
-            raise DataError(f"a tf.train.Example in {self.files[0]} has no feature '{key}'",
-                            "features here: " + ", ".join(sorted(example.features.feature)))
-        feat = example.features.feature[key]
-        kind = feat.WhichOneof("kind")
-        if kind == "bytes_list":
-            raw = feat.bytes_list.value
-            if dtype is None:
-                return raw[0]
-            return np.frombuffer(b"".join(raw), dtype=dtype).reshape(shape)
-        values = np.asarray(getattr(feat, kind).value)
-        return values.reshape(shape) if shape is not None else values[0]
+        return getattr(self._rows(), "boundaries", lambda: [0, self.num_rows])()
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        dtype = np.dtype(self.dtype) if self.dtype else None
-        return np.stack([self._value(ex, self.feature, dtype, self.row_shape) for ex in self._records(start, stop)])
+        rows = self._rows().read(start, stop)
+        return rows if self.feed_dtype is None else rows.astype(self.feed_dtype, copy=False)
 
     def read_ids(self, start: int, stop: int):
-        if not self.ids_feature:
-            return None
-        return np.asarray([self._value(ex, self.ids_feature, None, None) for ex in self._records(start, stop)])
+        return self._ids().read(start, stop) if self.ids else None
 
 
-def source_for(data: str, key: str, ids: str | None = None):
-    """The CLI's --data/--key/--ids as a source: HDF5 datasets, a .npy (ids: another .npy), or
-    TFRecord files (a path or glob; key and ids are feature names)."""
-    if data.endswith(".npy"):
-        return NpySource(data, ids)
-    if data.endswith((".tfrecord", ".tfrecords", ".tfr")) or any(c in data for c in "*?["):
-        return TFRecordSource(data, key, ids)
-    if not os.path.exists(data):
-        raise DataError(f"no such file: {data}", "pass an HDF5 file, a .npy, or TFRecord files")
-    return HDF5Source(data, key, ids)
+def HDF5Source(path: str, key: str, ids_key: str | None = None, **kw) -> RowsSource:  # noqa: N802
+    """Rows of dataset `key` in an HDF5 file (ids from dataset `ids_key`)."""
+    return RowsSource(path, key, ids_key, **kw)
+
+
+def NpySource(path: str, ids_path: str | None = None, **kw) -> RowsSource:  # noqa: N802
+    """Rows of a `.npy` array, memory-mapped (ids from a second `.npy` of the same length)."""
+    return RowsSource(path, None, ids_path, **kw)
+
+
+def TFRecordSource(pattern: str, feature: str, ids_feature: str | None = None, **kw) -> RowsSource:  # noqa: N802
+    """Feature `feature` of the `tf.train.Example`s in TFRecord files (a path or glob); shards never cross files."""
+    return RowsSource(pattern, feature, ids_feature, **kw)
+
+
+def source_for(data: str, key: str | None, ids: str | None = None, *, preprocess: str | None = None) -> RowsSource:
+    """The CLI's --data/--key/--ids as a source: anything `data.open_rows` reads."""
+    return RowsSource(data, None if data.endswith(".npy") else key, ids, preprocess=preprocess)
 
 
 def shard_ranges(source, *, rows_per_shard: int, batch_size: int) -> list:
@@ -323,7 +229,7 @@ def _read_blocks(shard, source, spec: GraphSpec, shard_dir: str, batch_size: int
     start, stop = shard
     if os.path.exists(os.path.join(shard_dir, shard_file(start, stop))):
         return
-    rows = _check_rows(source.read(start, stop), spec, f"rows {start}:{stop} of {source.describe()['kind']} input")
+    rows = source.read(start, stop)
     for b in range(0, stop - start, batch_size):
         yield (start, stop, start + b), rows[b:b + batch_size]
 
@@ -572,6 +478,6 @@ def merge_shards(index_path: str, out_h5: str) -> str:
     return out_h5
 
 
-__all__ = ["GraphSpec", "resolve_graph", "HDF5Source", "NpySource", "TFRecordSource", "source_for", "shard_ranges",
+__all__ = ["GraphSpec", "resolve_graph", "RowsSource", "HDF5Source", "NpySource", "TFRecordSource", "source_for", "shard_ranges",
            "FrozenGraphModelHandler", "precompute_transform", "run_precompute", "write_index",
            "ShardedTable", "merge_shards", "require_beam", "BeamNotInstalledError", "INSTALL"]

@@ -94,9 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--at", required=True, metavar="TENSOR", help="splice the head above this tensor")
     p.add_argument("--head", required=True, metavar="SPEC", help="e.g. dense:256:relu,dropout:0.5,dense:5")
-    p.add_argument("--data", required=True, metavar="FILE.h5", help="training data")
-    p.add_argument("--x", required=True, metavar="KEY", help="HDF5 key of the inputs")
-    p.add_argument("--y", required=True, metavar="KEY", help="HDF5 key of the integer labels")
+    p.add_argument("--data", required=True, metavar="SRC", help="HDF5, .npy, TFRecord files or an image folder")
+    p.add_argument("--x", metavar="KEY", help="HDF5 dataset / TFRecord feature of the inputs")
+    p.add_argument("--y", metavar="KEY", help="labels: HDF5 dataset / TFRecord feature / .npy (folders: by sub-directory)")
+    p.add_argument("--preprocess", choices=["none", "vgg", "inception", "unit"], help="scale the inputs (default none)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -123,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
             "  surgery precompute data/models/vgg --outputs fc7=fc7,fc6 --data data/shapes.h5 --key target/x "
             "--out fc.h5")
     _model_arg(p, "GRAPH", "a split directory, a frozen .pb, or any MODEL")
-    p.add_argument("--data", required=True, metavar="FILE.h5", help="HDF5 (or .npy) input data")
-    p.add_argument("--key", required=True, metavar="KEY", help="dataset key of the inputs")
+    p.add_argument("--data", required=True, metavar="SRC", help="HDF5, .npy, TFRecord files or an image folder")
+    p.add_argument("--key", metavar="KEY", help="HDF5 dataset / TFRecord feature of the inputs")
+    p.add_argument("--preprocess", choices=["none", "vgg", "inception", "unit"], help="scale the inputs (default none)")
     p.add_argument("--ids", metavar="KEY", help="dataset key of row ids to copy alongside")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--inputs", metavar="T", help="input tensor (default: the graph's one input)")
@@ -234,7 +236,8 @@ def _cmd_finetune(args) -> int:
     result = finetune(model, at=args.at, head=args.head, data=args.data, x_key=args.x, y_key=args.y, out=args.out,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       train_scopes=args.train_scopes, val_split=args.val_split,
-                      cache_bottlenecks=args.cache_bottlenecks, seed=args.seed, on_epoch=on_epoch)
+                      cache_bottlenecks=args.cache_bottlenecks, seed=args.seed, preprocess=args.preprocess,
+                      on_epoch=on_epoch)
     names = result.names
     if result.val_accuracy is not None:
         print(f"held-out accuracy ({result.num_val} rows): {result.initial_val_accuracy:.1%} before → "
@@ -289,7 +292,8 @@ def _cmd_precompute(args) -> int:
     from .precompute import precompute
 
     result = precompute(args.model, args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
-                        inputs=args.inputs, outputs=args.outputs, tag_set=args.tag_set, progress=True)
+                        inputs=args.inputs, outputs=args.outputs, tag_set=args.tag_set, preprocess=args.preprocess,
+                        progress=True)
     if result.status == "up to date":
         print(f"{args.out} is up to date ({result.rows} rows, same graph and data); nothing to do")
         return 0
@@ -311,7 +315,7 @@ def _precompute_on_beam(args) -> int:
     from .beam import merge_shards, require_beam, run_precompute, source_for
 
     require_beam()
-    source = source_for(args.data, args.key, args.ids)
+    source = source_for(args.data, args.key, args.ids, preprocess=args.preprocess)
     shard_dir = args.out + ".shards"
     index = run_precompute(args.model, source, shard_dir, inputs=args.inputs, outputs=args.outputs,
                            batch_size=args.batch_size, beam_options=args.beam_option)

@@ -41,3 +41,7 @@ class DataError(SurgeryError):
 
 class OutputError(SurgeryError):
     """An output location that cannot be written."""
+
+
+class CheckpointError(ModelLoadError):
+    """A checkpoint whose files are damaged: a bad index, truncated or bit-flipped data."""

@@ -22,6 +22,7 @@ from . import tfcompat
 from .errors import CutError, OutputError, SurgeryError
 from .graph import TOO_BIG_HINT, empty_like, tensor_info, write_graph_def
 from .names import VARIABLE_OP_TYPES, is_machinery, node_input_op, resolve_tensors, split_tensor_name
+from .weights import variable_reader
 
 tf = tfcompat.tf
 
@@ -304,30 +305,11 @@ def _check_cut_is_clean(graph_def, in_tensors, replaced):
                                f"add '{op}:{idx}' to the cut tensors")
 
 
-def checkpoint_variable_reader(model):
-    """`read(variable op name) -> ndarray` straight from `model`'s checkpoint, after checking up front
-    that every variable has a value of its declared shape there (so a bad checkpoint fails before
-    anything is written). None for a model without a checkpoint."""
-    if not model.checkpoint:
-        return None
-    reader = model.checkpoint_reader()
-    keys = model.checkpoint_keys()
-    shapes = reader.get_variable_to_shape_map()
-
-    def read(name):
-        key = keys.get(name, name)
-        if key not in shapes:
-            raise SurgeryError(f"variable '{name}' has no value in checkpoint {model.checkpoint}",
-                               "restore it first with `surgery restore`, or freeze above it")
-        return reader.get_tensor(key)
-
-    read.shapes = {name: shapes.get(keys.get(name, name)) for name in keys}
-    return read
 
 
 def freeze_model(model, outputs, *, inputs=(), optimize=False) -> FrozenGraph:
     """Freeze a loaded `Model` with values read straight from its checkpoint (see `freeze_graph`)."""
-    read = checkpoint_variable_reader(model)
+    read = variable_reader(model)
     frozen = freeze_graph(model.graph, outputs, inputs=inputs, read_variable=read, optimize=optimize,
                           graph_def=model.graph_def if model.is_frozen else None)
     if read is not None:

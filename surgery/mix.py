@@ -24,6 +24,7 @@ from .freeze import FrozenGraph, freeze_graph
 from .graph import graph_from_def
 from .model import Model, load_model
 from .names import VARIABLE_OP_TYPES, is_machinery, resolve_tensor, resolve_tensors
+from .weights import restore_checkpoint
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -72,18 +73,18 @@ class MixedGraph:
                 if not variables:
                     counts[scope] = 0
                     continue
-                reader = model.checkpoint_reader()
+                source = model.weights()
                 keys = model.checkpoint_keys()
                 var_list = {}
                 for var in variables:
                     name = var.op.name[len(scope) + 1:]
                     key = keys.get(name, name)
-                    if reader.has_tensor(key):
+                    if source.has(key):
                         var_list[key] = var
                     elif not is_machinery(name, var.op.type):
                         raise RestoreError(f"variable '{name}' of {model.path} has no value in {model.checkpoint}",
                                            "restore it first with `surgery restore`, or mix a frozen graph")
-                v1.train.Saver(var_list=var_list).restore(sess, model.checkpoint)
+                restore_checkpoint(v1.train.Saver(var_list=var_list), sess, model.checkpoint)
                 counts[scope] = len(var_list)
         return counts
 

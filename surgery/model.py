@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import glob
 import os
 
 import numpy as np
@@ -20,6 +19,8 @@ from . import tfcompat
 from .errors import ModelLoadError, SurgeryError
 from .names import VARIABLE_OP_TYPES
 from .tf2 import flatten_tf2, serving_signature
+from .weights import is_checkpoint, open_checkpoint
+from .weights import latest_checkpoint as _latest_checkpoint
 
 tf = tfcompat.tf
 
@@ -97,13 +98,11 @@ class Model:
                 out.append(VariableInfo(node.name, dtype, shape, node.op))
         return out
 
-    def checkpoint_reader(self):
-        if not self.checkpoint:
-            raise ModelLoadError(
-                f"{self.path} has no checkpoint with variable values",
-                "pass the checkpoint prefix (or its directory) instead of the graph alone",
-            )
-        return tfcompat.checkpoint_reader(self.checkpoint)
+    def weights(self):
+        """This model's checkpoint as a `weights.CheckpointSource` (opened once)."""
+        from .weights import model_weights
+
+        return model_weights(self)
 
     def checkpoint_keys(self) -> dict[str, str]:
         """Map each variable op name to the checkpoint key holding its value.
@@ -120,28 +119,22 @@ class Model:
         return keys
 
     def read_variable(self, name: str) -> np.ndarray:
-        """The value of variable `name` from this model's checkpoint (reader and keys opened once)."""
-        if "reader" not in self._reader_cache:
-            self._reader_cache.update(reader=self.checkpoint_reader(), keys=self.checkpoint_keys())
-        key = self._reader_cache["keys"].get(name, name)
-        reader = self._reader_cache["reader"]
-        if not reader.has_tensor(key):
-            raise ModelLoadError(
-                f"variable '{name}' has no value in checkpoint {self.checkpoint} (key '{key}')",
-                "restore it from another source with `surgery restore`",
-            )
-        return reader.get_tensor(key)
+        """The value of variable `name` from this model's checkpoint."""
+        from .weights import variable_reader
+
+        self.weights()  # raises when there is no checkpoint; opened once
+        if "read" not in self._reader_cache:
+            self._reader_cache["read"] = variable_reader(self, hint="restore it from another source with "
+                                                                    "`surgery restore`")
+        return self._reader_cache["read"](name)
 
     def saver(self):
-        """A `tf.compat.v1.train.Saver` over the graph's variables, keyed as this model's checkpoint
-        stores them (TF1 names, remapped names, or a TF2 SavedModel's object paths), so
+        """This model's own `tf.compat.v1.train.Saver` (`weights.saver_for`), so
         `model.saver().restore(sess, model.checkpoint)` works for every format.
         Only the variables the loaded graph came with: a head spliced on later is not looked for."""
-        keys = self.checkpoint_keys()
-        own = {v.name for v in self.variables()}
-        with self.graph.as_default():
-            variables = [v for v in tf.compat.v1.global_variables() if v.op.name in own]
-            return tf.compat.v1.train.Saver({keys.get(v.op.name, v.op.name): v for v in variables})
+        from .weights import saver_for
+
+        return saver_for(self)
 
 
 def _saver_mapping(graph_def) -> dict[str, str]:
@@ -198,7 +191,7 @@ def _load(path: str, tag_set: str, *, imported: bool) -> Model:
         return _load_saved_model(os.path.dirname(path) or ".", tag_set, imported)
     if path.endswith(".meta"):
         prefix = path[: -len(".meta")]
-        return _load_checkpoint(prefix if os.path.exists(prefix + ".index") else None, path, "meta_graph", imported,
+        return _load_checkpoint(prefix if is_checkpoint(prefix) else None, path, "meta_graph", imported,
                                 meta=path)
     if path.endswith(".pbtxt"):
         return _load_frozen(path, imported, text=True)
@@ -231,20 +224,6 @@ def _saved_model_file(directory: str) -> str | None:
         if os.path.isfile(os.path.join(directory, name)):
             return os.path.join(directory, name)
     return None
-
-
-def _latest_checkpoint(directory: str) -> str | None:
-    try:
-        prefix = tf.train.latest_checkpoint(directory)
-    except Exception:  # a corrupt `checkpoint` state file: fall back to scanning
-        prefix = None
-    if prefix and os.path.exists(prefix + ".index"):
-        return prefix
-    candidates = glob.glob(os.path.join(directory, "*.index")) + glob.glob(os.path.join(directory, "*.meta"))
-    if not candidates:
-        return None
-    newest = max(candidates, key=os.path.getmtime)
-    return os.path.splitext(newest)[0]
 
 
 def _import(imported: bool, graph_def=None, meta_graph_def=None, path: str = ""):
@@ -284,7 +263,7 @@ def _load_checkpoint(prefix: str | None, path: str, fmt: str, imported: bool, me
             "a checkpoint holds only values; pass the .meta that was saved with it, or a frozen .pb",
         )
     if prefix is not None:
-        tfcompat.checkpoint_reader(prefix)  # validates index + data shards before anything runs
+        open_checkpoint(prefix)  # validates index + data shards before anything runs
     mg = g.read_proto(tf.compat.v1.MetaGraphDef(), meta, text=False, what="MetaGraphDef (.meta)")
     graph = _import(imported, meta_graph_def=mg, path=meta)
     return Model(path=path, format=fmt, graph=graph, graph_def=mg.graph_def, meta_graph_def=mg,

@@ -5,7 +5,7 @@ its results are stored; requests are then answered by the online piece (`surgery
 
 Speed. A read-ahead thread reads batch k+1 and a writer thread stores batch k-1 while the
 session runs batch k (bounded queues of two batches each, so memory stays bounded whatever
-the dataset size). The graph is fed through `Session.make_callable`, which skips
+the dataset size). The graph is fed through `tfcompat.fast_callable`, which skips
 `Session.run`'s per-call fetch/feed parsing.
 
 Resumability. Results go to a work file `OUT.partial` beside the target; `OUT` is only ever
@@ -24,7 +24,6 @@ used here).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -36,6 +35,7 @@ import time
 import numpy as np
 
 from . import tfcompat
+from .data import RowSource, check_feedable, open_ids, open_rows
 from .errors import DataError, OutputError, SurgeryError
 from .graph import graph_from_def
 from .names import parse_list, resolve_tensor, resolve_tensors, split_tensor_name
@@ -145,101 +145,13 @@ def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "
                         outputs=[{**tensor_info(t), "dataset": n} for t, n in zip(out_tensors, names)])
 
 
-# ---------------------------------------------------------------- the data to read
+# ---------------------------------------------------------------- running it
 
 def _h5py():
     import h5py
 
     return h5py
 
-
-def _dataset_keys(h5file) -> list[str]:
-    keys = []
-    h5file.visititems(lambda name, obj: keys.append(name) if hasattr(obj, "shape") else None)
-    return keys
-
-
-class ArraySource:
-    """Row slices of an HDF5 dataset or a `.npy` file (memory-mapped); opened once, closed at the end."""
-
-    def __init__(self, path: str, key: str | None, what: str = "data"):
-        self.path, self.key, self._file = os.path.abspath(path), key, None
-        if not os.path.isfile(path):
-            raise DataError(f"no such {what} file: {path}", "check the path given with --data")
-        if path.endswith(".npy"):
-            try:
-                self.array = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise DataError(f"{path} is not a readable .npy array: {e}", "write it with numpy.save") from e
-            return
-        h5py = _h5py()
-        try:
-            self._file = h5py.File(path, "r")
-        except OSError as e:
-            raise DataError(f"{path} is not a readable HDF5 file", "pass an .h5 file (or a .npy array) with --data") from e
-        keys = _dataset_keys(self._file)
-        if key not in keys:
-            self.close()
-            close = difflib.get_close_matches(key or "", keys, n=3, cutoff=0.4)
-            raise DataError(f"{path} has no dataset '{key}'",
-                            ("did you mean " + ", ".join(close) + "?") if close else
-                            "datasets there: " + (", ".join(keys[:10]) or "(none)"))
-        self.array = self._file[key]
-
-    @property
-    def shape(self) -> tuple:
-        return tuple(self.array.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.array.dtype
-
-    def __len__(self) -> int:
-        return self.shape[0] if self.shape else 0
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.array[start:stop])
-
-    def fingerprint(self, samples: int = 16) -> str:
-        """sha256 of shape, dtype and a few rows spread over the data: cheap, and it changes when
-        the data is regenerated, reordered or resized (not a proof that no row changed)."""
-        h = hashlib.sha256(f"{self.shape}|{self.dtype.str}".encode())
-        for i in sorted({int(i) for i in np.linspace(0, len(self) - 1, samples)} if len(self) else ()):
-            row = np.asarray(self.array[i:i + 1])
-            h.update(row.tobytes() if row.dtype != object else repr(row.tolist()).encode())
-        return h.hexdigest()
-
-    def close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def _check_input(source: ArraySource, tensor: dict) -> np.dtype:
-    """The dtype to feed: the data's own, or a safe cast of it. Shapes must agree past the batch dim."""
-    want = tf.as_dtype(tensor["dtype"]).as_numpy_dtype
-    shape = tensor["shape"]
-    where = f"data {source.key or os.path.basename(source.path)} {list(source.shape)} {source.dtype}"
-    if len(source.shape) < 1 or len(source) == 0:
-        raise DataError(f"{where} has no rows", "pass a dataset with one row per item")
-    if shape is not None:
-        if shape[0] is not None:
-            raise DataError(f"input {tensor['name']} has a fixed batch size {shape[0]}",
-                            "freeze the graph with a [None, ...] input to run it in batches")
-        row, want_row = source.shape[1:], shape[1:]
-        if len(row) != len(want_row) or any(w is not None and w != r for r, w in zip(row, want_row)):
-            fmt = "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-            raise DataError(f"{where} does not fit input {tensor['name']} {fmt}",
-                            "pass the dataset this graph was built for, or another --inputs tensor")
-    if source.dtype == want:
-        return want
-    if source.dtype != object and np.can_cast(source.dtype, want, "safe"):
-        return want
-    raise DataError(f"{where} cannot be fed to input {tensor['name']} ({np.dtype(want).name}) without losing values",
-                    f"convert the data to {np.dtype(want).name}, or feed another --inputs tensor")
-
-
-# ---------------------------------------------------------------- running it
 
 @dataclasses.dataclass
 class PrecomputeResult:
@@ -252,12 +164,15 @@ class PrecomputeResult:
 
 
 def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None = None, batch_size: int = 256,
-               inputs=None, outputs=None, tag_set: str = "serve", progress: bool = False) -> PrecomputeResult:
+               inputs=None, outputs=None, tag_set: str = "serve", preprocess: str | None = None,
+               progress: bool = False) -> PrecomputeResult:
     """Run GRAPH's offline piece over `data[key]` into `out` (HDF5), resuming an interrupted run.
 
-    `graph` is a split directory, a frozen `.pb`, any MODEL, or an `OfflineGraph`. `outputs` are
-    `T[=NAME],..` (default: the piece's outputs, stored as `embeddings` when there is one);
-    `ids` is a dataset key (for `.npy` data: a `.npy` file) copied alongside as `ids`.
+    `graph` is a split directory, a frozen `.pb`, any MODEL, or an `OfflineGraph`. `data` is any
+    `data.open_rows` source (HDF5, `.npy`, TFRecord, image folder), scaled as `preprocess` says.
+    `outputs` are `T[=NAME],..` (default: the piece's outputs, stored as `embeddings` when there
+    is one); `ids` is a dataset key (for `.npy` data: a `.npy` file; a TFRecord feature; any
+    value for an image folder: its files' paths) copied alongside as `ids`.
     """
     if batch_size < 1:
         raise SurgeryError(f"--batch-size {batch_size} is not a positive number", "use e.g. --batch-size 256")
@@ -266,15 +181,12 @@ def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None =
     out = os.path.abspath(out)
     if os.path.isdir(out):
         raise OutputError(f"{out} is a directory", "pass a file name for --out, e.g. --out embeddings.h5")
-    source = ArraySource(data, None if data.endswith(".npy") else key)
+    source = open_rows(data, None if data.endswith(".npy") else key, spec=offline.input, preprocess=preprocess)
     id_source = None
     try:
-        feed_dtype = _check_input(source, offline.input)
+        feed_dtype = check_feedable(source, offline.input)
         if ids:
-            id_source = ArraySource(ids, None, "ids") if data.endswith(".npy") else ArraySource(data, ids)
-            if id_source.shape[:1] != source.shape[:1] or len(id_source.shape) > 2:
-                raise DataError(f"ids {ids} {list(id_source.shape)} do not match data {key} {list(source.shape)}",
-                                "pass one id per row of the data")
+            id_source = open_ids(data, ids, source)
         with _Runner(offline) as runner:
             probe = runner.run(source.read(0, 1).astype(feed_dtype, copy=False), 0, 1)
             layout = _output_layout(offline, probe)
@@ -283,7 +195,8 @@ def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None =
                 "input_tensor": offline.input["name"],
                 "output_tensors": json.dumps([o["name"] for o in offline.outputs]),
                 "output_datasets": json.dumps([o["dataset"] for o in offline.outputs]),
-                "batch_size": int(batch_size), "data_file": source.path, "data_key": key or "",
+                "batch_size": int(batch_size), "data_file": source.path, "data_key": source.key or "",
+                "preprocess": source.preprocess,
                 "ids_key": ids or "", "rows": len(source), "data_sha256": source.fingerprint(),
                 "ids_sha256": id_source.fingerprint() if id_source else "",
             }
@@ -308,24 +221,14 @@ def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None =
 
 
 class _Runner:
-    """One session over the frozen graph, called through TensorFlow's `CallableOptions` path
-    (`Session._make_callable_from_options`, what Keras' v1 backend uses): a feed goes straight to
-    `TF_SessionRunCallable`. `Session.make_callable` with a feed list only wraps `Session.run`,
-    whose per-call feed/fetch parsing would show at small batches."""
+    """One session over the frozen graph, called through `tfcompat.fast_callable` (TensorFlow's
+    `CallableOptions` path): `Session.run`'s per-call feed/fetch parsing would show at small batches."""
 
     def __init__(self, offline: OfflineGraph):
         self.graph = graph_from_def(offline.graph_def)
         self.session = tf.compat.v1.Session(graph=self.graph)
-        fetch_names = [o["name"] for o in offline.outputs]
-        try:
-            from tensorflow.core.protobuf import config_pb2
-
-            options = config_pb2.CallableOptions(feed=[offline.input["name"]], fetch=fetch_names)
-            self._call = self.session._make_callable_from_options(options)
-        except AttributeError:  # a TensorFlow without it: the public, slower path
-            feed = self.graph.get_tensor_by_name(offline.input["name"])
-            self._call = self.session.make_callable([self.graph.get_tensor_by_name(n) for n in fetch_names],
-                                                    feed_list=[feed])
+        self._call = tfcompat.fast_callable(self.session, [offline.input["name"]],
+                                            [o["name"] for o in offline.outputs])
 
     def run(self, x, start: int, stop: int) -> list:
         try:
@@ -492,7 +395,7 @@ def _items(q: queue.Queue, stop: threading.Event, count: int):
         yield item
 
 
-def _run_batches(work, runner: _Runner, source: ArraySource, feed_dtype, layout: dict, done: int, batch_size: int,
+def _run_batches(work, runner: _Runner, source: RowSource, feed_dtype, layout: dict, done: int, batch_size: int,
                  progress: bool) -> int:
     """Read-ahead thread → session (this thread) → writer thread, two batches in flight each way."""
     rows = len(source)
@@ -578,4 +481,4 @@ def _finish(work, out: str) -> None:
                           "check the output location; rerun the same command to finish") from e
 
 
-__all__ = ["OfflineGraph", "PrecomputeResult", "ArraySource", "load_offline_graph", "parse_outputs", "precompute"]
+__all__ = ["OfflineGraph", "PrecomputeResult", "load_offline_graph", "parse_outputs", "precompute"]

@@ -6,11 +6,9 @@ A `RestorePlan` says, for every variable of the target graph, which source tenso
 shape/dtype). The plan is computed and checked from the source's index before any value is
 read, so a refused restore runs nothing and writes nothing.
 
-Sources: TF checkpoints (V2; prefix or directory; TF2 object-based keys lose their
-`/.ATTRIBUTES/VARIABLE_VALUE` tail) and HDF5 weights files (datasets at variable-like paths;
-Keras' `layer/weight_path:0` layout is read through its `weight_names` attributes). Source
-keys `X/part_0..N` are joined into one tensor `X`; a partitioned target takes its slices of
-a whole source tensor.
+Sources are `weights.WeightSource`s: TF checkpoints (V1/V2, TF2 object keys), HDF5 weights
+files (both layouts), partitions joined; a partitioned target takes its slices of a whole
+source tensor.
 
 Three ways to run a plan (`method=`):
 - `"saver"` (default): one selective `tf.compat.v1.train.Saver({source_key: variable})` per
@@ -31,214 +29,20 @@ import re
 import numpy as np
 
 from . import tfcompat
-from .errors import ModelLoadError, RestoreError
+from .errors import RestoreError
 from .files import atomic_files, write_bytes, write_text
-from .names import VARIABLE_OP_TYPES, is_machinery
+from .names import is_machinery
+from .weights import PART as _PART
+from .weights import CheckpointSource, SourceTensor, WeightSource, open_weights, restore_checkpoint, saver_for
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
+Source = WeightSource
+open_source = open_weights  # the name `surgery.open_source` has always had
 
 METHODS = ("saver", "assignment_map", "assign")
-_TF2_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
-_PART = re.compile(r"^(.*)/part_(\d+)$")
 _TRAINING_STATE = "training state (optimizer slot / step counter) not in the source: keeps its own value"
 _ASSIGN_BATCH_BYTES = 64 << 20  # direct assignment feeds values in runs of about this size
-
-
-# ---------------------------------------------------------------------------- sources
-
-@dataclasses.dataclass(frozen=True)
-class SourceTensor:
-    """One tensor a source offers, under the name maps and regexes see (`key`).
-
-    `stored` is the key in the file; `parts` (with `axis`) lists stored keys joined into one
-    tensor when the file holds `key/part_0..N` instead of `key`.
-    """
-
-    key: str
-    shape: tuple
-    dtype: str
-    stored: str = ""
-    parts: tuple = ()
-    axis: int = 0
-    part_shapes: tuple = ()
-
-    def joined_to_fit(self, shape) -> "SourceTensor":
-        """Equal-shaped parts give no axis away: join along the axis that makes `shape`."""
-        if not self.part_shapes or len(shape) != len(self.shape):
-            return self
-        for axis in range(len(shape)):
-            dims = list(self.part_shapes[0])
-            dims[axis] = sum(s[axis] for s in self.part_shapes)
-            if tuple(dims) == tuple(shape) and all(
-                    s[:axis] + s[axis + 1:] == self.part_shapes[0][:axis] + self.part_shapes[0][axis + 1:]
-                    for s in self.part_shapes):
-                return dataclasses.replace(self, shape=tuple(dims), axis=axis)
-        return self
-
-
-class Source:
-    """A checkpoint or HDF5 weights file: its tensors' names, shapes and dtypes, read lazily."""
-
-    kind = ""
-    path = ""
-    tensors: dict  # key -> SourceTensor
-
-    def read(self, key: str) -> np.ndarray:
-        t = self.tensors[key]
-        if t.parts:
-            return np.concatenate([self._read_stored(p) for p in t.parts], axis=t.axis)
-        return self._read_stored(t.stored)
-
-    def _read_stored(self, stored: str) -> np.ndarray:
-        raise NotImplementedError
-
-
-class CheckpointSource(Source):
-    kind = "checkpoint"
-
-    def __init__(self, prefix: str, path: str | None = None):
-        self.prefix = prefix
-        self.path = path or prefix
-        self._reader = tfcompat.checkpoint_reader(prefix)
-        shapes = self._reader.get_variable_to_shape_map()
-        dtypes = self._reader.get_variable_to_dtype_map()
-        raw = {}
-        for stored, shape in shapes.items():
-            if stored == "_CHECKPOINTABLE_OBJECT_GRAPH":
-                continue
-            key = stored[: -len(_TF2_SUFFIX)] if stored.endswith(_TF2_SUFFIX) else stored
-            raw[key] = SourceTensor(key, tuple(shape), dtypes[stored].name, stored)
-        self.tensors = _join_parts(raw)
-
-    def _read_stored(self, stored: str) -> np.ndarray:
-        return self._reader.get_tensor(stored)
-
-
-class HDF5Source(Source):
-    kind = "hdf5"
-
-    def __init__(self, path: str):
-        import h5py
-
-        self.path = path
-        try:
-            with h5py.File(path, "r") as f:
-                raw = _hdf5_tensors(f)
-        except OSError as e:
-            raise ModelLoadError(f"{path} cannot be read as HDF5: {e}", "pass an HDF5 weights file or a checkpoint") from e
-        if not raw:
-            raise ModelLoadError(f"{path} holds no datasets", "pass an HDF5 file with one dataset per weight")
-        self.tensors = _join_parts(raw)
-
-    def _read_stored(self, stored: str) -> np.ndarray:
-        import h5py
-
-        with h5py.File(self.path, "r") as f:
-            return np.asarray(f[stored][()])
-
-
-def _hdf5_attr_list(group, name: str) -> list[str]:
-    """A Keras string-list attribute, which Keras splits into `name0`, `name1`, … when large."""
-    if name in group.attrs:
-        values = list(group.attrs[name])
-    else:
-        values, i = [], 0
-        while f"{name}{i}" in group.attrs:
-            values.extend(group.attrs[f"{name}{i}"])
-            i += 1
-    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
-
-
-def _hdf5_tensors(f) -> dict:
-    """Keras files (`layer_names` on the root or `model_weights`): each weight under its
-    `weight_names` entry (`dense/kernel:0` → key `dense/kernel`). Any other file: every dataset
-    under its path, a trailing `:0` dropped."""
-    import h5py
-
-    root = f["model_weights"] if "model_weights" in f and isinstance(f["model_weights"], h5py.Group) else f
-    raw = {}
-
-    def add(key, stored, ds):
-        key = re.sub(r":\d+$", "", key.strip("/"))
-        raw[key] = SourceTensor(key, tuple(ds.shape), tf.as_dtype(ds.dtype).name, stored)
-
-    layer_names = _hdf5_attr_list(root, "layer_names")
-    if layer_names:
-        for layer in layer_names + ["top_level_model_weights"]:
-            if layer not in root:
-                continue
-            for weight in _hdf5_attr_list(root[layer], "weight_names"):
-                ds = root[layer][weight]
-                add(weight, ds.name, ds)
-        return raw
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "fiub":
-            add(name, obj.name, obj)
-
-    f.visititems(visit)
-    return raw
-
-
-def _join_parts(raw: dict) -> dict:
-    """Add one tensor `X` for every complete run `X/part_0..N` (and no `X` already there).
-    The parts are joined along the one axis where their shapes differ (axis 0 when equal,
-    as TF's partitioners split)."""
-    groups: dict[str, dict[int, SourceTensor]] = {}
-    for key, t in raw.items():
-        m = _PART.match(key)
-        if m:
-            groups.setdefault(m.group(1), {})[int(m.group(2))] = t
-    out = dict(raw)
-    for base, parts in groups.items():
-        if base in raw or sorted(parts) != list(range(len(parts))):
-            continue
-        ordered = [parts[i] for i in range(len(parts))]
-        shapes = [p.shape for p in ordered]
-        if len({len(s) for s in shapes}) != 1 or not shapes[0] or len({p.dtype for p in ordered}) != 1:
-            continue
-        differ = [a for a in range(len(shapes[0])) if len({s[a] for s in shapes}) > 1]
-        if len(differ) > 1:
-            continue
-        axis = differ[0] if differ else 0
-        shape = list(shapes[0])
-        shape[axis] = sum(s[axis] for s in shapes)
-        out[base] = SourceTensor(base, tuple(shape), ordered[0].dtype, "", tuple(p.stored for p in ordered), axis,
-                                 tuple(shapes))
-    return out
-
-
-def open_source(path) -> Source:
-    """A checkpoint (prefix, `.index`/`.data-*`/`.meta` file, directory, or a SavedModel
-    directory's `variables/variables`) or an HDF5 weights file."""
-    if isinstance(path, Source):
-        return path
-    import h5py
-
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        from .model import _latest_checkpoint
-
-        saved_model_variables = os.path.join(path, "variables", "variables")
-        if os.path.exists(saved_model_variables + ".index"):  # a SavedModel's checkpoint
-            return CheckpointSource(saved_model_variables, path)
-        prefix = _latest_checkpoint(path)
-        if prefix is None or not os.path.exists(prefix + ".index"):
-            raise ModelLoadError(f"{path} holds no checkpoint", "pass a checkpoint prefix, its directory or an HDF5 file")
-        return CheckpointSource(prefix, path)
-    if os.path.isfile(path) and h5py.is_hdf5(path):
-        return HDF5Source(path)
-    prefix = re.sub(r"\.(index|meta|data-\d+-of-\d+)$", "", path)
-    if os.path.exists(prefix + ".index"):
-        return CheckpointSource(prefix, path)
-    if path.endswith(".keras"):
-        raise ModelLoadError(f"{path} is a Keras archive (a zip), not a weights file",
-                             "load it with keras and save_weights to a legacy .h5, or model.save('model.h5')")
-    if os.path.exists(path):
-        raise ModelLoadError(f"{path} is neither a TF checkpoint nor an HDF5 file",
-                             "pass a checkpoint prefix (dir/model.ckpt-1000), its directory, or an .h5 weights file")
-    raise ModelLoadError(f"no such checkpoint or file: {path}", "check the path; a checkpoint is named by its prefix")
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -654,7 +458,7 @@ def _restore_with_savers(sess, source, todo) -> None:
     for i, var_list in enumerate(_rounds(source, todo)):
         saver = v1.train.Saver(var_list=var_list, name=f"surgery_restore_{i}", sharded=False,
                                write_version=v1.train.SaverDef.V2)
-        saver.restore(sess, source.prefix)
+        restore_checkpoint(saver, sess, source.prefix)
 
 
 def _restore_with_assignment_map(sess, source, todo) -> None:
@@ -718,17 +522,17 @@ def restore_model(model, plan: RestorePlan, out: str, *, method: str = "saver", 
     graph = tf.Graph()
     with graph.as_default():
         v1.train.import_meta_graph(model.meta_graph_def, clear_devices=True)
-        saver_def = model.meta_graph_def.saver_def if model.meta_graph_def.HasField("saver_def") else None
-        own = v1.train.Saver(saver_def=saver_def) if saver_def and saver_def.save_tensor_name else \
-            v1.train.Saver(var_list=list(_variable_objects(graph).values()), write_version=v1.train.SaverDef.V2)
-        meta = model.meta_graph_def if saver_def and saver_def.save_tensor_name else \
-            v1.train.export_meta_graph(graph=graph, saver_def=own.as_saver_def(), clear_devices=True)
+        own = saver_for(model, graph, fallback=False)
+        meta = model.meta_graph_def
+        if own is None:  # no saved saver to reuse: a new one, recorded in the .meta written
+            own = saver_for(model, graph)
+            meta = v1.train.export_meta_graph(graph=graph, saver_def=own.as_saver_def(), clear_devices=True)
         init = [v1.global_variables_initializer(), v1.local_variables_initializer()]
     try:
         with v1.Session(graph=graph) as sess:
             sess.run(init)
             if model.checkpoint:
-                own.restore(sess, model.checkpoint)
+                restore_checkpoint(own, sess, model.checkpoint)
             report = restore_into_session(sess, plan, method=method, progress=progress)
             with atomic_files(os.path.dirname(out)) as tmp:
                 own.save(sess, os.path.join(tmp, os.path.basename(out)), write_meta_graph=False, write_state=False)

@@ -29,6 +29,7 @@ from .freeze import FrozenGraph, freeze_model
 from .graph import tensor_info, write_graph_def
 from .manifest import FILENAME as MANIFEST, piece, source_info, write_manifest
 from .names import VARIABLE_OP_TYPES, resolve_tensors
+from .weights import restore_checkpoint, saver_for
 
 tf = tfcompat.tf
 
@@ -403,21 +404,14 @@ def _run_original(model, feeds: dict, fetches: list):
     needed = _ancestor_ops([graph.get_tensor_by_name(f) for f in fetches])
     has_variables = any(op.type in VARIABLE_OP_TYPES for op in needed)
     feeds = {k: v for k, v in feeds.items() if graph.get_tensor_by_name(k).op in needed}
-    saver_def = model.meta_graph_def.saver_def if model.meta_graph_def is not None else None
     if not has_variables:
         with tf.compat.v1.Session(graph=graph) as sess:
             return _session_run(sess, fetches, feeds), "graph"
-    if model.checkpoint and saver_def is not None and saver_def.restore_op_name:
-        try:
-            graph.get_operation_by_name(saver_def.restore_op_name.split(":")[0])
-            with graph.as_default():
-                saver = tf.compat.v1.train.Saver(saver_def=saver_def)
-        except (KeyError, ValueError):
-            saver = None
-        if saver is not None:
-            with tf.compat.v1.Session(graph=graph) as sess:
-                saver.restore(sess, model.checkpoint)
-                return _session_run(sess, fetches, feeds), "checkpoint"
+    saver = saver_for(model, fallback=False) if model.checkpoint else None
+    if saver is not None:
+        with tf.compat.v1.Session(graph=graph) as sess:
+            restore_checkpoint(saver, sess, model.checkpoint)
+            return _session_run(sess, fetches, feeds), "checkpoint"
     whole = freeze_model(model, fetches)
     return _run(whole.graph_def, {k: v for k, v in feeds.items()
                                   if k in {i["name"] for i in whole.inputs}}, fetches), "frozen"

@@ -66,9 +66,10 @@ def _checkpoint_keys(checkpoint: str) -> dict:
     A SavedModel's object graph and its checkpoint's object graph share node ids."""
     from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-    reader = tfcompat.checkpoint_reader(checkpoint)
+    from .weights import OBJECT_GRAPH_KEY, open_checkpoint
+
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    graph.ParseFromString(open_checkpoint(checkpoint).get_tensor(OBJECT_GRAPH_KEY))
     keys = {}
     for node_id, node in enumerate(graph.nodes):
         for attribute in node.attributes:

@@ -5,12 +5,10 @@ so that a TensorFlow release that changes one fails there, loudly, and not deep 
 
 from __future__ import annotations
 
-import glob
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-
 
 
 def _import_tensorflow_quietly():
@@ -39,29 +37,6 @@ tf = _import_tensorflow_quietly()
 from tensorflow.python.util import deprecation as _deprecation  # noqa: E402
 
 _deprecation._PRINT_DEPRECATION_WARNINGS = False
-
-from .errors import ModelLoadError  # noqa: E402
-
-
-def checkpoint_reader(prefix: str):
-    """`CheckpointReader` for `prefix`, with a plain error when index or data shards are bad."""
-    if not os.path.exists(prefix + ".index"):
-        raise ModelLoadError(f"checkpoint {prefix} has no index file ({prefix}.index)",
-                             "pass the checkpoint prefix, without .index/.data suffixes")
-    shards = glob.glob(glob.escape(prefix) + ".data-*-of-*")
-    expected = {f"{prefix}.data-{i:05d}-of-{int(shards[0].rsplit('-of-', 1)[1]):05d}"
-                for i in range(int(shards[0].rsplit("-of-", 1)[1]))} if shards else {prefix + ".data-00000-of-00001"}
-    missing = sorted(expected - set(shards))
-    if missing:
-        raise ModelLoadError(f"checkpoint {prefix} is missing its data shard {missing[0]}",
-                             "copy every .data-* file saved with the .index, or save the checkpoint again")
-    try:
-        return tf.compat.v1.train.NewCheckpointReader(prefix)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"checkpoint {prefix} cannot be read: {msg}",
-                             "its .index or .data shards are missing or corrupt; save it again") from e
-
 
 def replace_variables_by_constants(graph_def, variables: dict):
     """`graph_def` with each variable `{name: NodeDef}` turned into a Const by TensorFlow's own
@@ -119,3 +94,19 @@ def optimize_graph(config, meta_graph):
     from tensorflow.python.grappler import tf_optimizer
 
     return tf_optimizer.OptimizeGraph(config, meta_graph, verbose=False)
+
+
+def fast_callable(session, feed_names, fetch_names):
+    """`call(*feed values) -> [fetched values]` for `session`, through TensorFlow's
+    `CallableOptions` path (the private `Session._make_callable_from_options`, which Keras' v1
+    backend uses): a feed goes straight to `TF_SessionRunCallable`, skipping `Session.run`'s
+    per-call parsing. Falls back to the public `Session.make_callable` (slower at small batches)
+    on a TensorFlow without it."""
+    make = getattr(session, "_make_callable_from_options", None)
+    if make is not None:
+        from tensorflow.core.protobuf import config_pb2
+
+        return make(config_pb2.CallableOptions(feed=list(feed_names), fetch=list(fetch_names)))
+    graph = session.graph
+    return session.make_callable([graph.get_tensor_by_name(n) for n in fetch_names],
+                                 feed_list=[graph.get_tensor_by_name(n) for n in feed_names])

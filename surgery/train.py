@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import tfcompat
+from .data import DEFAULT_PREPROCESS, check_feedable, open_labels, open_rows, spec_of
 from .errors import DataError, RestoreError, SurgeryError
 from .files import atomic_path, write_text
 from .freeze import freeze_graph, write_graph_def
@@ -30,6 +31,7 @@ from .manifest import piece, source_info, write_manifest
 from .model import Model, load_model
 from .restore import plan_restore
 from .splice import splice
+from .weights import CheckpointSource, restore_checkpoint
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -40,31 +42,18 @@ FROZEN = "frozen.pb"
 
 # ---------------------------------------------------------------- data
 
-def load_dataset(path: str, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read inputs and integer labels from an HDF5 file (into memory), checked."""
-    import h5py
-
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot open {path} as HDF5: {e}", "pass an .h5 file, e.g. --data data/shapes.h5") from e
-    with f:
-        keys = []
-        f.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
-        for key, flag in ((x_key, "--x"), (y_key, "--y")):
-            if key not in f or not isinstance(f[key], h5py.Dataset):
-                raise DataError(f"{path} has no dataset '{key}' ({flag})",
-                                "datasets there: " + (", ".join(keys[:10]) or "none"))
-        x, y = f[x_key][()], f[y_key][()]
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"labels {path}:{y_key} are {y.dtype} of shape {y.shape}, not 1-D integers",
-                        "store one integer class id per row")
-    if len(x) != len(y):
-        raise DataError(f"{path}: '{x_key}' has {len(x)} rows but '{y_key}' has {len(y)}",
-                        "inputs and labels must have one row each per example")
-    if len(x) < 2:
-        raise DataError(f"{path}:{x_key} has {len(x)} rows", "fine-tuning needs a dataset")
-    return x, y
+def load_dataset(path: str, x_key: str | None, y_key: str | None, *, spec: dict | None = None,
+                 preprocess: str | None = None) -> tuple[np.ndarray, np.ndarray, list | None, str]:
+    """Inputs, integer labels, class names (an image folder's, else None) and a content
+    fingerprint, from any `data.open_rows` source: read into memory, checked."""
+    with open_rows(path, x_key, spec=spec, preprocess=preprocess) as source:
+        y = open_labels(path, y_key, source)
+        if len(source) < 2:
+            raise DataError(f"{source.where} has {len(source)} rows", "fine-tuning needs a dataset")
+        if spec is not None:
+            check_feedable(source, spec)
+        x = source.read(0, len(source))
+        return x, y, source.classes, source.fingerprint()
 
 
 def check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
@@ -74,21 +63,6 @@ def check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
         raise DataError(f"labels in {where} range {int(y.min())}..{int(y.max())} but the head has {num_classes} "
                         f"classes (label {bad} does not fit)",
                         f"end the head with dense:{int(y.max()) + 1}, or relabel the data to 0..{num_classes - 1}")
-
-
-def check_inputs(x: np.ndarray, input_tensor, where: str) -> np.dtype:
-    """The dtype to feed `x` as: as is when it matches the model input (uint8 stays uint8)."""
-    want = input_tensor.dtype.as_numpy_dtype
-    shape = input_tensor.shape
-    if shape.rank is not None:
-        dims = shape.as_list()[1:]
-        if x.ndim != shape.rank or any(d is not None and d != s for d, s in zip(dims, x.shape[1:])):
-            raise DataError(f"{where} has rows of shape {list(x.shape[1:])} but '{input_tensor.name}' takes {dims}",
-                            "pass data shaped like the model's input")
-    if x.dtype != want and not np.can_cast(x.dtype, want, "same_kind"):
-        raise DataError(f"{where} is {x.dtype} but '{input_tensor.name}' takes {np.dtype(want).name}",
-                        "store the data in the model's input dtype")
-    return want
 
 
 # ---------------------------------------------------------------- the run
@@ -138,11 +112,15 @@ def _restore_plan(model: Model, variables) -> dict:
     return {keys[v.op.name]: v for v in variables if v.op.name in keys}
 
 
-def finetune(model, *, at: str, head, data: str, x_key: str, y_key: str, out: str, epochs: int = 5,
-             batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam", train_scopes=(),
-             val_split: float = 0.2, cache_bottlenecks: bool = False, seed: int = 0, progress: bool = True,
-             on_epoch=None) -> FinetuneResult:
+def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key: str | None = None, out: str,
+             epochs: int = 5, batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam", train_scopes=(),
+             val_split: float = 0.2, cache_bottlenecks: bool = False, seed: int = 0, preprocess: str | None = None,
+             progress: bool = True, on_epoch=None) -> FinetuneResult:
     """Splice `head` above `at`, train it on `data`, write `out/` (see the module docstring).
+
+    `data`: HDF5 (`x_key`/`y_key` datasets), `.npy` (`y_key` a second `.npy`), TFRecord files
+    (`x_key`/`y_key` features) or an image folder (labels from its sorted sub-directories),
+    scaled as `preprocess` says (`data.PREPROCESS`).
 
     `model`: a `Model` or any MODEL path. `on_epoch(record)` is called after each epoch.
     Everything is checked (names, data keys, labels, restore plan) before anything is written.
@@ -153,10 +131,11 @@ def finetune(model, *, at: str, head, data: str, x_key: str, y_key: str, out: st
         raise SurgeryError(f"--val-split {val_split} must be in [0, 1)", "e.g. --val-split 0.2")
     if isinstance(model, str):
         model = load_model(model)
-    x, y = load_dataset(data, x_key, y_key)
     sp = splice(model, at, head, train_scopes=train_scopes, optimizer=optimizer, lr=lr, seed=seed)
-    check_labels(y, sp.num_classes, f"{data}:{y_key}")
-    feed_dtype = check_inputs(x, sp.input, f"{data}:{x_key}")
+    spec = spec_of(sp.input)
+    x, y, classes, data_sha256 = load_dataset(data, x_key, y_key, spec=spec, preprocess=preprocess)
+    check_labels(y, sp.num_classes, f"{data}:{y_key}" if y_key and classes is None else data)
+    feed_dtype = check_feedable(x, spec, f"{data}:{x_key}" if x_key else data)
     if sp.original_variables and not model.checkpoint:
         raise SurgeryError(f"{model.path} has no checkpoint with the pretrained weights",
                            "pass the checkpoint prefix or its directory, not the .meta alone")
@@ -169,9 +148,11 @@ def finetune(model, *, at: str, head, data: str, x_key: str, y_key: str, out: st
         raise SurgeryError(f"--val-split {val_split} leaves no training rows", "lower --val-split")
 
     work = work_dir(out)
-    fingerprint = {"model": _file_key(model.checkpoint + ".index") if model.checkpoint else _file_key(model.path),
+    fingerprint = {"model": _file_key(model.checkpoint + (".index" if os.path.exists(model.checkpoint + ".index") else ""))
+                   if model.checkpoint else _file_key(model.path),
                    "at": sp.at.name, "head": head if isinstance(head, str) else repr(head),
-                   "data": _file_key(data), "x": x_key, "y": y_key, "batch_size": batch_size, "lr": lr,
+                   "data": [os.path.abspath(data), data_sha256], "x": x_key,
+                   "preprocess": preprocess or DEFAULT_PREPROCESS, "y": y_key, "batch_size": batch_size, "lr": lr,
                    "optimizer": optimizer, "train_scopes": list(train_scopes), "val_split": val_split,
                    "seed": seed, "cache": cache_bottlenecks}
     state = _load_state(work, fingerprint)
@@ -197,7 +178,7 @@ def finetune(model, *, at: str, head, data: str, x_key: str, y_key: str, out: st
             os.makedirs(work, exist_ok=True)
             sess.run(init)
             if pretrained:
-                pretrained.restore(sess, model.checkpoint)
+                restore_checkpoint(pretrained, sess, model.checkpoint)
         cache = None
         if cache_bottlenecks:
             cache = _bottlenecks(sess, sp, x, feed_dtype, batch_size, work, fingerprint, progress)
@@ -254,15 +235,15 @@ def finetune(model, *, at: str, head, data: str, x_key: str, y_key: str, out: st
         trainable = [v.op.name for v in sp.var_list]
         with atomic_path(out, directory=True) as tmp:
             prefix = final_saver.save(sess, os.path.join(tmp, CHECKPOINT), write_meta_graph=True)
-            reader = tfcompat.checkpoint_reader(prefix)
-            frozen = freeze_graph(graph, [sp.probabilities], read_variable=reader.get_tensor)
+            frozen = freeze_graph(graph, [sp.probabilities], read_variable=CheckpointSource(prefix).read)
             write_graph_def(frozen.graph_def, os.path.join(tmp, FROZEN))
             final = history[-1]["val_accuracy"] if history else initial
             manifest = write_manifest(
                 tmp, source=source_info(model), pieces={"model": piece(FROZEN, frozen)}, checkpoint=CHECKPOINT,
                 finetune={"at": sp.at.name, "head": head if isinstance(head, str) else repr(head),
                           "boundary": sp.boundary, "names": names, "trainable": trainable,
-                          "num_classes": sp.num_classes, "data": os.path.abspath(data), "x": x_key, "y": y_key,
+                          "num_classes": sp.num_classes, "classes": classes, "data": os.path.abspath(data),
+                          "x": x_key, "y": y_key, "preprocess": preprocess or DEFAULT_PREPROCESS,
                           "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
                           "val_split": val_split, "seed": seed, "cache_bottlenecks": cache_bottlenecks,
                           "initial_val_accuracy": initial, "val_accuracy": final, "history": history})
@@ -299,7 +280,7 @@ def _bottlenecks(sess, sp, x, feed_dtype, batch_size, work, fingerprint, progres
     """The boundary tensors for every row, computed once in batches (below the boundary nothing
     trains, so they never change) and cached in the work directory, keyed by content."""
     key = _digest({"model": fingerprint["model"], "data": fingerprint["data"], "x": fingerprint["x"],
-                   "boundary": sp.boundary})
+                   "preprocess": fingerprint["preprocess"], "boundary": sp.boundary})
     path = os.path.join(work, f"bottlenecks-{key}.npz")
     if os.path.exists(path):
         with np.load(path) as z:

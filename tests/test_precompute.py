@@ -303,3 +303,26 @@ def test_online_server_answers_like_the_unsplit_graph(tower, tmp_path):
                 server.score([b"item-9999"], tower["users"][:1])
     with pytest.raises(DataError, match="another offline piece"):
         OnlineServer(_altered_split(tower, tmp_path / "other"), out)
+
+
+def test_fast_callable_private_path_and_its_public_fallback():
+    """precompute's feed path: TensorFlow's private `_make_callable_from_options` while it exists
+    (this fails loudly when a TensorFlow drops it), the public `make_callable` otherwise; same numbers."""
+    from surgery import tfcompat
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 3], name="x")
+        tf.identity(tf.matmul(x, tf.constant(np.arange(6, dtype=np.float32).reshape(3, 2))), name="y")
+    rows = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    with v1.Session(graph=graph) as sess:
+        assert hasattr(sess, "_make_callable_from_options"), "TensorFlow changed: see tfcompat.fast_callable"
+        expected = sess.run("y:0", {"x:0": rows})
+        (fast,) = tfcompat.fast_callable(sess, ["x:0"], ["y:0"])(rows)
+
+        class Public:  # a session without the private method
+            graph = sess.graph
+            make_callable = sess.make_callable
+
+        (public,) = tfcompat.fast_callable(Public(), ["x:0"], ["y:0"])(rows)
+    assert fast.tobytes() == expected.tobytes() and public.tobytes() == expected.tobytes()

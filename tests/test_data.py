@@ -1,0 +1,276 @@
+"""`surgery.data`: every row source built for real (HDF5, .npy, TFRecord, image folders of JPEG,
+PNG, BMP and GIF), checked against plain TensorFlow decoding; fine-tuning from a JPEG folder of
+another size than the model's input, end to end; bad data exits 2 and writes nothing; and one
+feed rule on every path (float64 rows into a float32 input)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import build_small_cnn, cli, run_cli, run_graph_def, tf, v1
+
+from surgery.data import (ArrayRows, ImageFolderRows, TFRecordRows, VGG_MEANS, check_feedable, open_labels,
+                          open_rows, preprocess)
+from surgery.errors import DataError
+
+SPEC = {"name": "images:0", "dtype": "float32", "shape": [None, 8, 8, 3]}
+CLASSES = ["cat", "dog", "emu"]
+
+
+def _encode(image: np.ndarray, fmt: str) -> bytes:
+    if fmt == "jpg":
+        return tf.io.encode_jpeg(image, quality=95).numpy()
+    if fmt == "png":
+        return tf.io.encode_png(image).numpy()
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format={"bmp": "BMP", "gif": "GIF"}[fmt])
+    return buf.getvalue()
+
+
+def _images(rng, n, h, w, klass):
+    """uint8 images whose mean brightness tells the class (so a head can learn it)."""
+    base = 60 + 70 * klass
+    return np.clip(rng.normal(base, 15, (n, h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _folder(root, rng, *, h=12, w=10, n=6, fmts=("jpg",), classes=CLASSES):
+    for k, name in enumerate(classes):
+        os.makedirs(root / name)
+        for i, image in enumerate(_images(rng, n, h, w, k)):
+            fmt = fmts[i % len(fmts)]
+            (root / name / f"{i:03d}.{fmt}").write_bytes(_encode(image, fmt))
+    return root
+
+
+def _tf_decode(data: bytes, size=(8, 8)) -> np.ndarray:
+    """Plain TensorFlow, as Keras' image_dataset_from_directory does it: decode, bilinear resize."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return tf.image.resize(image, size, method="bilinear").numpy()
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    """A small CNN checkpoint (float32 `images` [?, 8, 8, 3]) and its frozen `fc1` piece."""
+    d = tmp_path_factory.mktemp("cnn")
+    graph = tf.Graph()
+    with graph.as_default():
+        build_small_cnn()
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            v1.train.Saver().save(sess, str(d / "model.ckpt"))
+    r = cli("freeze", d / "model.ckpt", "--outputs", "net/fc1/Relu", "--out", d / "fc1.pb")
+    assert r.returncode == 0, r.stderr
+    return str(d / "model.ckpt"), str(d / "fc1.pb")
+
+
+# ---------------------------------------------------------------- sources
+
+def test_hdf5_and_npy_read_in_blocks(tmp_path):
+    x = np.random.default_rng(0).normal(size=(10, 8, 8, 3)).astype(np.float32)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["group/x"] = x
+    np.save(tmp_path / "d.npy", x)
+    for source in (open_rows(str(tmp_path / "d.h5"), "group/x"), open_rows(str(tmp_path / "d.npy"))):
+        assert isinstance(source, ArrayRows) and len(source) == 10 and source.shape == x.shape
+        assert source.read(3, 7).tobytes() == x[3:7].tobytes() and source.read(8, 99).shape[0] == 2
+        assert check_feedable(source, SPEC) == np.float32
+        source.close()
+    with pytest.raises(DataError, match="did you mean group/x"):
+        open_rows(str(tmp_path / "d.h5"), "group/xx")
+
+
+def test_tfrecord_lists_raw_bytes_and_images(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(7, 8, 8, 3)).astype(np.float32)
+    images = _images(rng, 7, 8, 8, 1)
+    for part in range(2):  # two files: rows numbered across them
+        with tf.io.TFRecordWriter(str(tmp_path / f"part-{part}.tfrecord")) as w:
+            for i in range(part * 4, min(7, part * 4 + 4)):
+                feature = {
+                    "floats": tf.train.Feature(float_list=tf.train.FloatList(value=x[i].ravel())),
+                    "raw": tf.train.Feature(bytes_list=tf.train.BytesList(value=[x[i].tobytes()])),
+                    "png": tf.train.Feature(bytes_list=tf.train.BytesList(value=[_encode(images[i], "png")])),
+                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 3])),
+                    "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"row{i}".encode()])),
+                }
+                w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    pattern = str(tmp_path / "part-*.tfrecord")
+    for key in ("floats", "raw"):
+        source = open_rows(pattern, key, spec=SPEC)
+        assert isinstance(source, TFRecordRows) and source.shape == x.shape and source.boundaries() == [0, 4, 7]
+        assert source.read(0, 7).tobytes() == x.tobytes()
+        assert source.read(2, 6).tobytes() == x[2:6].tobytes()  # across the file boundary
+    png = open_rows(pattern, "png", spec=SPEC)
+    np.testing.assert_array_equal(png.read(0, 7), images.astype(np.float32))  # lossless, same size: exact
+    labels = open_labels(pattern, "label", png)
+    assert labels.tolist() == [i % 3 for i in range(7)]
+    with pytest.raises(DataError, match="no feature 'flaots'.*did you mean floats"):
+        open_rows(pattern, "flaots", spec=SPEC)
+    with pytest.raises(DataError, match="not 1-D integers"):  # labels of the wrong type
+        open_labels(pattern, "floats", png)
+    with pytest.raises(DataError, match="cannot be fed"):  # int64 list into a float32 input
+        check_feedable(open_rows(pattern, "label", spec={**SPEC, "shape": [None]}), {**SPEC, "shape": [None]})
+
+
+def test_image_folder_every_format_decoded_and_resized(tmp_path):
+    rng = np.random.default_rng(2)
+    root = _folder(tmp_path / "imgs", rng, h=12, w=10, n=4, fmts=("jpg", "png", "bmp", "gif"))
+    source = open_rows(str(root), spec=SPEC)
+    assert isinstance(source, ImageFolderRows) and source.classes == CLASSES and source.shape == (12, 8, 8, 3)
+    assert open_labels(str(root), None, source).tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    rows = source.read(0, len(source))
+    for i, name in enumerate(source.files):
+        expected = _tf_decode((root / name).read_bytes())
+        np.testing.assert_array_equal(rows[i], expected)
+    # one channel, as a grayscale input asks
+    gray = open_rows(str(root), spec={**SPEC, "shape": [None, 6, 5, 1]})
+    assert gray.read(0, 2).shape == (2, 6, 5, 1)
+    # a uint8 input fed as stored gets uint8 rows
+    assert open_rows(str(root), spec={**SPEC, "dtype": "uint8"}).dtype == np.uint8
+
+
+def test_preprocess_options():
+    x = np.array([[[0, 127.5, 255]]], np.float32)
+    assert preprocess(x, "none") is x
+    np.testing.assert_allclose(preprocess(x, "unit"), [[[0, 0.5, 1]]])
+    np.testing.assert_allclose(preprocess(x, "inception"), [[[-1, 0, 1]]])
+    np.testing.assert_allclose(preprocess(x, "vgg"), x - VGG_MEANS)
+    np.testing.assert_allclose(VGG_MEANS, [123.68, 116.78, 103.94])
+
+
+def test_feed_rule_is_safe_casting_plus_uint8():
+    def rows(dtype):
+        return np.zeros((2, 8, 8, 3), dtype)
+
+    for ok in (np.float32, np.uint8, np.float16, np.int8):
+        assert check_feedable(rows(ok), SPEC) == np.float32
+    for bad in (np.float64, np.int64, np.int32):
+        with pytest.raises(DataError, match="cannot be fed"):
+            check_feedable(rows(bad), SPEC)
+    with pytest.raises(DataError, match="does not fit"):
+        check_feedable(np.zeros((2, 8, 8, 1), np.float32), SPEC)
+    with pytest.raises(DataError, match="no rows"):
+        check_feedable(np.zeros((0, 8, 8, 3), np.float32), SPEC)
+
+
+# ---------------------------------------------------------------- precompute reads them all
+
+def test_local_precompute_reads_tfrecord_and_folders_like_beam(tmp_path, cnn):
+    _, pb = cnn
+    root = _folder(tmp_path / "imgs", np.random.default_rng(3), h=9, w=11, n=3, fmts=("png",))
+    graph_def = tf.compat.v1.GraphDef.FromString(open(pb, "rb").read())
+    source = open_rows(str(root), spec=SPEC, preprocess="unit")
+    expected = run_graph_def(graph_def, {"images:0": source.read(0, len(source))}, "net/fc1/Relu:0")
+    for runner in ("local", "beam"):
+        out = tmp_path / f"{runner}.h5"
+        r = cli("precompute", pb, "--data", root, "--preprocess", "unit", "--ids", "files", "--runner", runner,
+                "--batch-size", "4", "--out", out)
+        assert r.returncode == 0, r.stderr
+        with h5py.File(out, "r") as f:
+            np.testing.assert_allclose(f["embeddings"][()], expected, rtol=1e-5, atol=1e-6)
+            ids = [i.decode() if isinstance(i, bytes) else i for i in f["ids"][()]]
+        assert ids == source.files
+    x = np.random.default_rng(4).normal(size=(5, 8, 8, 3)).astype(np.float32)
+    with tf.io.TFRecordWriter(str(tmp_path / "x.tfrecord")) as w:
+        for row in x:
+            w.write(tf.train.Example(features=tf.train.Features(feature={
+                "x": tf.train.Feature(float_list=tf.train.FloatList(value=row.ravel()))})).SerializeToString())
+    r = cli("precompute", pb, "--data", tmp_path / "x.tfrecord", "--key", "x", "--out", tmp_path / "tfr.h5")
+    assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "tfr.h5", "r") as f:
+        np.testing.assert_allclose(f["embeddings"][()], run_graph_def(graph_def, {"images:0": x}, "net/fc1/Relu:0"),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_float64_rows_get_one_answer_from_every_path(tmp_path, cnn):
+    """float64 rows for a float32 input: refused alike by local precompute, Beam and finetune."""
+    ckpt, pb = cnn
+    x = np.random.default_rng(5).normal(size=(12, 8, 8, 3))  # float64
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["x"], f["y"] = x, np.arange(12) % 3
+    runs = {
+        "local": cli("precompute", pb, "--data", tmp_path / "d.h5", "--key", "x", "--out", tmp_path / "l.h5"),
+        "beam": cli("precompute", pb, "--data", tmp_path / "d.h5", "--key", "x", "--runner", "beam",
+                    "--out", tmp_path / "b.h5"),
+        "finetune": cli("finetune", ckpt, "--at", "net/fc1/Relu", "--head", "dense:3", "--data", tmp_path / "d.h5",
+                        "--x", "x", "--y", "y", "--epochs", "1", "--out", tmp_path / "ft"),
+    }
+    for name, r in runs.items():
+        assert r.returncode == 2, (name, r.stderr)
+        assert "float64" in r.stderr and "cannot be fed to input images:0 (float32)" in r.stderr, (name, r.stderr)
+    assert sorted(os.listdir(tmp_path)) == ["d.h5"]
+
+
+# ---------------------------------------------------------------- fine-tuning from a folder
+
+def test_finetune_from_a_jpeg_folder_of_another_size(tmp_path, cnn):
+    ckpt, _ = cnn
+    root = _folder(tmp_path / "photos", np.random.default_rng(6), h=20, w=14, n=10, fmts=("jpg",))
+    out = tmp_path / "ft"
+    r = run_cli("finetune", ckpt, "--at", "net/fc1/Relu", "--head", "dense:3", "--data", root,
+                "--preprocess", "unit", "--epochs", "20", "--batch-size", "8", "--lr", "0.05", "--val-split", "0",
+                "--out", out)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["finetune"]["classes"] == CLASSES and manifest["finetune"]["preprocess"] == "unit"
+    # the frozen graph, fed the decoded, resized, scaled images as plain TF makes them, learned the classes
+    piece = manifest["pieces"]["model"]
+    graph_def = tf.compat.v1.GraphDef.FromString((out / piece["graph"]).read_bytes())
+    files = sorted((root / c / f, k) for k, c in enumerate(CLASSES) for f in os.listdir(root / c))
+    x = np.stack([_tf_decode(p.read_bytes()) / 255.0 for p, _ in files]).astype(np.float32)
+    probs = run_graph_def(graph_def, {piece["inputs"][0]["name"]: x}, piece["outputs"][0]["name"])
+    assert (probs.argmax(1) == [k for _, k in files]).mean() >= 0.9
+
+
+def _tfrecord_with(path, feature):
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for i in range(4):
+            w.write(tf.train.Example(features=tf.train.Features(feature=feature(i))).SerializeToString())
+
+
+def _bad_sources(tmp_path):
+    rng = np.random.default_rng(7)
+    empty = _folder(tmp_path / "empty", rng, n=2)
+    for f in os.listdir(empty / "dog"):
+        os.remove(empty / "dog" / f)
+    broken = _folder(tmp_path / "broken", rng, n=2)
+    (broken / "dog" / "001.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    one = _folder(tmp_path / "one", rng, n=3, classes=["cat"])
+    floats = lambda i: tf.train.Feature(float_list=tf.train.FloatList(value=np.zeros(192)))  # noqa: E731
+    _tfrecord_with(tmp_path / "nolabel.tfrecord", lambda i: {"x": floats(i)})
+    _tfrecord_with(tmp_path / "badlabel.tfrecord", lambda i: {"x": floats(i), "y": floats(i)})
+    _tfrecord_with(tmp_path / "badx.tfrecord", lambda i: {
+        "x": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"abc"])),
+        "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2]))})
+    return {
+        "empty class folder": (["--data", empty], "holds no images"),
+        "undecodable image": (["--data", broken], "cannot decode image " + str(broken / "dog" / "001.jpg")),
+        "one class": (["--data", one], "only one class folder"),
+        "missing feature": (["--data", tmp_path / "nolabel.tfrecord", "--x", "x", "--y", "y"], "no feature 'y'"),
+        "wrong-typed label": (["--data", tmp_path / "badlabel.tfrecord", "--x", "x", "--y", "y"], "not 1-D integers"),
+        "wrong-typed input": (["--data", tmp_path / "badx.tfrecord", "--x", "x", "--y", "y"], "not an image"),
+        "missing key": (["--data", tmp_path / "nolabel.tfrecord", "--x", "xx", "--y", "y"], "did you mean x"),
+    }
+
+
+def test_bad_data_exits_2_and_writes_nothing(tmp_path, cnn):
+    ckpt, _ = cnn
+    data = tmp_path / "data"
+    data.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    for case, (args, words) in _bad_sources(data).items():
+        r = cli("finetune", ckpt, "--at", "net/fc1/Relu", "--head", "dense:2", *args, "--epochs", "1",
+                "--out", work / "ft")
+        assert r.returncode == 2, (case, r.stderr)
+        assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, \
+            (case, r.stderr)
+        assert os.listdir(work) == [], case

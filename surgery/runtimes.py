@@ -107,7 +107,7 @@ def parse_input_shapes(specs) -> dict:
 
 def pin_shapes(piece: Piece, shapes: dict) -> set:
     """Give the piece's placeholders the `shapes` asked for (by any name `resolve_tensor` takes);
-    returns the keys of `shapes` used here. Unknown dims other than the batch are refused."""
+    returns the keys of `shapes` used here."""
     from .names import resolve_tensor
 
     graph = tfcompat.graph_from_def(piece.graph_def)
@@ -133,13 +133,17 @@ def pin_shapes(piece: Piece, shapes: dict) -> set:
                 node.attr["shape"].shape.CopyFrom(tf.TensorShape(pinned[node.name + ":0"]).as_proto())
         piece.graph_def = gd
         piece.inputs = [{**i, "shape": pinned.get(i["name"], i["shape"])} for i in piece.inputs]
+    return used
+
+
+def check_shapes(piece: Piece) -> None:
+    """Refuse inputs with an unknown rank or unknown dims other than the batch."""
     for i in piece.inputs:
         if i["shape"] is None or None in i["shape"][1:]:
             raise SurgeryError(f"input {i['name']} of piece '{piece.name}' has shape "
                                f"{'unknown' if i['shape'] is None else i['shape']}; mobile runtimes want every "
                                "dimension but the batch known",
                                f"pin it with --input-shape {i['name'].split(':')[0]}=?,D,D,..")
-    return used
 
 
 # ---------------------------------------------------------------- representative rows
@@ -572,6 +576,8 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
         close = difflib.get_close_matches(unused[0], names, n=3, cutoff=0.4)
         raise SurgeryError(f"--input-shape {unused[0]}: no input of that name",
                            ("did you mean " + ", ".join(close) + "?") if close else "inputs: " + ", ".join(names))
+    for piece in pieces:
+        check_shapes(piece)
     from tqdm import tqdm
 
     converted = []

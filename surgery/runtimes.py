@@ -410,29 +410,36 @@ def _ort_quantize(q, src: str, dst: str, piece: Piece, quantize: str, calibratio
 
 # ---------------------------------------------------------------- running and verifying
 
-def run_tflite(blob: bytes, piece: Piece, rows: list, *, threads: int | None = None) -> list:
-    """Outputs of a `.tflite` file (its `serving_default` signature) on `rows`, in the piece's order."""
-    from ai_edge_litert.interpreter import Interpreter
+def request_runner(fmt: str, blob: bytes | None, piece: Piece, *, threads: int | None = 1):
+    """A function from input arrays (in the piece's order) to output arrays, set up once: `fmt`
+    tflite (the `serving_default` signature), onnx, or tensorflow (a Session on the piece; `blob`
+    unused). `threads=1` for per-request latency figures; None for each runtime's default."""
+    names = [t["name"] for t in piece.inputs]
+    fetch = [t["name"] for t in piece.outputs]
+    if fmt == "tflite":
+        from ai_edge_litert.interpreter import Interpreter
 
-    with quiet_stderr():
-        runner = Interpreter(model_content=blob, num_threads=threads).get_signature_runner(SIGNATURE)
-        result = runner(**{t["name"]: a for t, a in zip(piece.inputs, rows)})
-    return [result[t["name"]] for t in piece.outputs]
+        with quiet_stderr():
+            runner = Interpreter(model_content=blob, num_threads=threads).get_signature_runner(SIGNATURE)
 
+        def answer(rows):
+            with quiet_stderr():  # XNNPACK announces itself on first use
+                result = runner(**dict(zip(names, rows)))
+            return [result[n] for n in fetch]
+        return answer
+    if fmt == "onnx":
+        import onnxruntime as ort
 
-def run_onnx(blob: bytes, piece: Piece, rows: list) -> list:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
-    return session.run([t["name"] for t in piece.outputs], {t["name"]: a for t, a in zip(piece.inputs, rows)})
-
-
-def run_tensorflow(piece: Piece, rows: list) -> list:
-    graph = tfcompat.graph_from_def(piece.graph_def)
-    with v1.Session(graph=graph) as sess:
-        return sess.run([t["name"] for t in piece.outputs], {t["name"]: a for t, a in zip(piece.inputs, rows)})
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = options.inter_op_num_threads = threads
+        options.log_severity_level = 3
+        session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+        return lambda rows: session.run(fetch, dict(zip(names, rows)))
+    config = v1.ConfigProto(intra_op_parallelism_threads=threads or 0, inter_op_parallelism_threads=threads or 0)
+    sess = v1.Session(graph=tfcompat.graph_from_def(piece.graph_def), config=config)
+    call = sess.make_callable(fetch, names)
+    return lambda rows: call(*rows)
 
 
 def runtime_version(fmt: str) -> str:
@@ -494,9 +501,9 @@ def convert_piece(piece: Piece, fmt: str, *, quantize=None, calibration=(), allo
                                    "delegate to run them")
     elif verify > 0:
         rows = held if held is not None else random_rows(piece, verify)
-        reference = run_tensorflow(piece, rows)
+        reference = request_runner("tensorflow", None, piece, threads=None)(rows)
         try:
-            got = (run_tflite if fmt == "tflite" else run_onnx)(blob, piece, rows)
+            got = request_runner(fmt, blob, piece, threads=None)(rows)
         except Exception as e:
             raise SurgeryError(f"piece '{piece.name}': {RUNTIMES[fmt]['runtime']} cannot run the converted file: "
                                f"{_converter_message(e)}", "run with --verbose; pin shapes with --input-shape") from e
@@ -625,5 +632,5 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
     return manifest
 
 
-__all__ = ["export_runtime", "convert_piece", "load_pieces", "to_tflite", "to_onnx", "run_tflite", "run_onnx",
-           "Piece", "QUANTIZE_MODES"]
+__all__ = ["export_runtime", "convert_piece", "load_pieces", "to_tflite", "to_onnx", "request_runner", "Piece",
+           "QUANTIZE_MODES"]

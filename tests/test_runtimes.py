@@ -230,3 +230,28 @@ def test_missing_extra_gives_the_install_line(classifier, tmp_path, monkeypatch)
     r = run_cli("export", classifier[0], "--tflite", tmp_path / "a.tflite")
     assert r.returncode == 2 and "pip install 'surgery[tflite]'" in r.stderr and "Traceback" not in r.stderr
     assert not os.path.exists(tmp_path / "a.tflite")
+
+
+def test_model_checkpoint_cut_with_inputs_and_outputs(small_ckpt, tmp_path):
+    """A checkpoint MODEL frozen on the way: --inputs cuts it at fc1, --outputs names the answer."""
+    r = cli("export", small_ckpt[0], "--inputs", "net/fc1/Relu", "--outputs", "probs", "--onnx",
+            tmp_path / "head.onnx", "--json")
+    assert r.returncode == 0, r.stderr
+    piece = json.loads(r.stdout)["pieces"]["model"]
+    assert [t["name"] for t in piece["inputs"]] == ["net/fc1/Relu:0"]
+    fc1 = np.random.default_rng(3).uniform(0, 2, size=(4, 16)).astype(np.float32)
+    w2, b2 = (v1.train.load_variable(small_ckpt[0], f"net/fc2/{n}") for n in ("weights", "biases"))
+    logits = fc1 @ w2 + b2
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    got = run_onnx_file(tmp_path / "head.onnx", {"net/fc1/Relu:0": fc1})["probs:0"]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_saved_model_from_a_model_with_outputs(small_ckpt, sample_images, tmp_path):
+    r = cli("export", small_ckpt[0], "--outputs", "probs", "--saved-model", tmp_path / "sm")
+    assert r.returncode == 0, r.stderr
+    sig = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    np.testing.assert_allclose(sig(images=tf.constant(sample_images))["probs"].numpy(), small_ckpt[1], rtol=1e-5)
+    r = cli("export", small_ckpt[0], "--saved-model", tmp_path / "sm2", "--quantize", "int8")
+    assert r.returncode == 2 and "go with --tflite or --onnx" in r.stderr

@@ -372,6 +372,7 @@ def _cmd_export(args) -> int:
 
 def _export_runtime(args) -> int:
     """`export --tflite/--onnx`: convert each piece, verify it in its runtime, print sizes and differences."""
+    from .inspect import _human_bytes
     from .runtimes import export_runtime
 
     fmt, path = ("tflite", args.tflite) if args.tflite else ("onnx", args.onnx)
@@ -384,8 +385,8 @@ def _export_runtime(args) -> int:
         return 0
     for name, piece in manifest["pieces"].items():
         where = path if path.endswith("." + fmt) else os.path.join(path, piece["graph"])
-        print(f"exported {where}  ({piece['bytes'] / 2**20:.2f} MiB, {piece['quantize'] or 'float'}; "
-              f"the frozen graph is {piece['graph_def_bytes'] / 2**20:.2f} MiB)")
+        print(f"exported {where}  ({_human_bytes(piece['bytes'])}, {piece['quantize'] or 'float'}; "
+              f"the frozen graph is {_human_bytes(piece['graph_def_bytes'])})")
         print("  inputs:  " + (", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in piece["inputs"]) or "(none)"))
         print("  outputs: " + ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in piece["outputs"]))
         v = piece["verification"]

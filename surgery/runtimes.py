@@ -118,8 +118,7 @@ def pin_shapes(piece: Piece, shapes: dict) -> set:
         except SurgeryError:
             continue
         if tensor.name not in [i["name"] for i in piece.inputs]:
-            raise SurgeryError(f"--input-shape {key}: {tensor.name} is not an input of piece '{piece.name}'",
-                               "inputs: " + ", ".join(i["name"] for i in piece.inputs))
+            continue  # another piece's input (in this one, the cut tensor is an output)
         if not tensor.shape.is_compatible_with(dims):
             raise SurgeryError(f"--input-shape {key}={dims} does not fit {tensor.name}, shape {tensor.shape}",
                                "give one dimension per axis, matching the known ones")
@@ -489,7 +488,7 @@ def convert_piece(piece: Piece, fmt: str, *, quantize=None, calibration=(), allo
     data = "random"
     if calibration:
         cal_rows, held = representative_rows(piece, calibration, verify=verify)
-        data = "calibration rows held out from calibrating" if quantize == "int8" else "calibration rows"
+        data = "held-out calibration" if quantize == "int8" else "calibration"
     if fmt == "tflite":
         blob, kept = to_tflite(piece, quantize=quantize, calibration=cal_rows, allow_select_tf_ops=allow_select_tf_ops)
     else:
@@ -604,7 +603,7 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
     if unused:
         names = [i["name"] for p in pieces for i in p.inputs]
         close = difflib.get_close_matches(unused[0], names, n=3, cutoff=0.4)
-        raise SurgeryError(f"--input-shape {unused[0]}: no input of that name",
+        raise SurgeryError(f"--input-shape {unused[0]}: no input of {graph} has that name",
                            ("did you mean " + ", ".join(close) + "?") if close else "inputs: " + ", ".join(names))
     for piece in pieces:
         check_shapes(piece)

@@ -113,7 +113,7 @@ def test_online_piece_int8_calibrated_on_precomputed_rows(pieces, tmp_path, fmt)
             "--calibration", pieces / "fc1.h5", "--json")
     assert r.returncode == 0, r.stderr
     v = json.loads(r.stdout)["pieces"]["model"]["verification"]
-    assert v["data"].startswith("calibration rows held out") and v["n"] == 100
+    assert v["data"] == "held-out calibration" and v["n"] == 100
     assert v["tolerance"] is None and v["passed"]  # int8 is reported, not failed
     assert 0 < v["max_abs_diff"] < 0.1 and v["top1_agreement"] >= 0.95
     assert os.path.isfile(out)

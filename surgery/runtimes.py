@@ -274,7 +274,7 @@ def _add_signature(blob: bytes, piece: Piece) -> bytes:
     """Add a `serving_default` signature keyed by the piece's tensor names (`fc7:0`) to a `.tflite`."""
     import flatbuffers
 
-    schema = tfcompat_tflite_schema()
+    schema = tfcompat.tflite_schema()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(blob, 0))
     graph = model.subgraphs[0]
 
@@ -297,13 +297,6 @@ def _add_signature(blob: bytes, piece: Piece) -> bytes:
     builder = flatbuffers.Builder(len(blob) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
-
-
-def tfcompat_tflite_schema():
-    """TFLite's flatbuffer schema module (generated Python, shipped inside TensorFlow)."""
-    from tensorflow.lite.python import schema_py_generated
-
-    return schema_py_generated
 
 
 def to_tflite(piece: Piece, *, quantize=None, calibration=None, allow_select_tf_ops=False) -> tuple:

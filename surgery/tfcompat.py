@@ -68,3 +68,11 @@ def graph_from_def(graph_def):
     with graph.as_default():
         tf.import_graph_def(graph_def, name="")
     return graph
+
+
+def tflite_schema():
+    """TFLite's flatbuffer schema (generated Python shipped inside TensorFlow, not in its public API):
+    `export --tflite` adds a signature to the converter's output with it."""
+    from tensorflow.lite.python import schema_py_generated
+
+    return schema_py_generated

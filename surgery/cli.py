@@ -23,6 +23,7 @@ examples:
   surgery split data/models/vgg --cut fc7 --outputs predictions --out pieces/
   surgery precompute pieces/ --data data/shapes.h5 --key target/x --out fc7.h5
   surgery export pieces/ --saved-model serving/
+  surgery export pieces/online.pb --tflite head.tflite --quantize int8 --calibration fc7.h5
   surgery inspect exported_keras_model/ --tensorboard logs/   # then: tensorboard --logdir logs/
 
 MODEL is a checkpoint prefix, its .meta, a checkpoint directory, a frozen .pb/.pbtxt or a
@@ -147,8 +148,30 @@ def build_parser() -> argparse.ArgumentParser:
             "  surgery export head.pb --saved-model serving/head\n\n"
             "signature keys are the tensor names with '/' and ':' made '_' (item_tower/embedding:0 → "
             "item_tower_embedding)")
-    _model_arg(p, "GRAPH", "a frozen .pb/.pbtxt, or a directory with manifest.json (one SavedModel per piece)")
-    p.add_argument("--saved-model", required=True, metavar="DIR")
+    _model_arg(p, "GRAPH", "a frozen .pb/.pbtxt, a directory with manifest.json (one file per piece), or any MODEL")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--saved-model", metavar="DIR")
+    where.add_argument("--tflite", metavar="PATH", help="LiteRT: a .tflite file, or a directory (one per piece + "
+                       "manifest.json); verified in LiteRT (needs pip install 'surgery[tflite]')")
+    where.add_argument("--onnx", metavar="PATH", help="onnxruntime: an .onnx file, or a directory (one per piece + "
+                       "manifest.json); verified in onnxruntime (needs pip install 'surgery[onnx]')")
+    p.add_argument("--outputs", metavar="T[,..]", help="from a MODEL: the tensors to export (frozen first)")
+    p.add_argument("--inputs", metavar="T[,..]", help="from a MODEL: cut the graph here into placeholders")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D,..",
+                   help="pin an input's shape (? keeps a dimension dynamic), e.g. images=?,224,224,3")
+    p.add_argument("--quantize", choices=["dynamic", "float16", "int8"],
+                   help="dynamic: int8 weights; float16: float16 weights; int8: weights and activations, "
+                        "calibrated on --calibration rows")
+    p.add_argument("--calibration", action="append", default=[], metavar="SRC",
+                   help="representative rows, .h5[:KEY] or .npy (repeatable, one per input); e.g. the HDF5 "
+                        "`precompute` wrote for an online piece. Verification uses rows held out from them")
+    p.add_argument("--allow-select-tf-ops", action="store_true",
+                   help="--tflite: keep ops LiteRT lacks as TensorFlow ops (the app links the Flex delegate)")
+    p.add_argument("--max-error", type=float, metavar="F",
+                   help="fail past this difference, relative to each output's scale (default 1e-4 unquantized; "
+                        "quantized files are only reported)")
+    p.add_argument("--verify", type=int, default=100, metavar="N", help="rows to verify on (0: skip)")
+    p.add_argument("--json", action="store_true", help="print the manifest (with each verification) as JSON")
 
     p = add("audit", "list ops that touch files, the network or Python (exit 3 when flagged)",
             "surgery audit downloaded.pb")
@@ -326,14 +349,60 @@ def _precompute_on_beam(args) -> int:
 
 
 def _cmd_export(args) -> int:
+    if args.tflite or args.onnx:
+        return _export_runtime(args)
     from .export import export
 
-    written = export(args.model, args.saved_model)
+    if args.quantize or args.calibration or args.input_shape or args.allow_select_tf_ops:
+        from .errors import SurgeryError
+
+        raise SurgeryError("--input-shape/--quantize/--calibration/--allow-select-tf-ops go with --tflite or --onnx",
+                           "drop them for --saved-model")
+    if args.outputs or args.inputs:  # a MODEL: frozen to the tensors asked for, then written
+        from .export import export_frozen
+        from .runtimes import load_pieces
+
+        (piece,), _ = load_pieces(args.model, outputs=args.outputs, inputs=args.inputs, tag_set=args.tag_set)
+        written = {"": export_frozen(piece.graph_def, args.saved_model, inputs=piece.inputs, outputs=piece.outputs)}
+    else:
+        written = export(args.model, args.saved_model)
     for piece, keys in written.items():
         where = os.path.join(args.saved_model, piece) if piece else args.saved_model
         print(f"exported {where}  (signature serving_default)")
         print("  inputs:  " + (", ".join(f"{k} ← {n}" for k, n in keys["inputs"].items()) or "(none)"))
         print("  outputs: " + ", ".join(f"{k} ← {n}" for k, n in keys["outputs"].items()))
+    return 0
+
+
+def _export_runtime(args) -> int:
+    """`export --tflite/--onnx`: convert each piece, verify it in its runtime, print sizes and differences."""
+    from .report import _human_bytes
+    from .runtimes import export_runtime
+
+    fmt, path = ("tflite", args.tflite) if args.tflite else ("onnx", args.onnx)
+    manifest = export_runtime(args.model, path, fmt, outputs=args.outputs, inputs=args.inputs,
+                              input_shapes=args.input_shape, quantize=args.quantize, calibration=args.calibration,
+                              allow_select_tf_ops=args.allow_select_tf_ops, max_error=args.max_error,
+                              verify=args.verify, tag_set=args.tag_set, progress=not args.json)
+    if args.json:
+        _print_json(manifest)
+        return 0
+    for name, piece in manifest["pieces"].items():
+        where = path if path.endswith("." + fmt) else os.path.join(path, piece["graph"])
+        print(f"exported {where}  ({_human_bytes(piece['bytes'])}, {piece['quantize'] or 'float'}; "
+              f"the frozen graph is {_human_bytes(piece['graph_def_bytes'])})")
+        print("  inputs:  " + (", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in piece["inputs"]) or "(none)"))
+        print("  outputs: " + ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in piece["outputs"]))
+        v = piece["verification"]
+        if "skipped" in v:
+            print(f"  not verified: {v['skipped']}")
+        else:
+            top1 = "" if v["top1_agreement"] is None else f", top-1 agreement {v['top1_agreement']:.1%}"
+            tol = "reported only" if v["tolerance"] is None else f"tolerance {v['tolerance']:g}"
+            print(f"  verified in {v['runtime']} on {v['n']} {v['data']} rows: max |difference| "
+                  f"{v['max_abs_diff']:.3g} ({v['max_rel_diff']:.3g} of the output's scale; {tol}){top1}")
+        if piece.get("select_tf_ops"):
+            print(f"  keeps Select TF ops: {', '.join(piece['select_tf_ops'])} (link LiteRT's Flex delegate)")
     return 0
 
 

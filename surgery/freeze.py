@@ -15,6 +15,7 @@ straight from the array. Peak memory is about one variable, not three copies of 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -463,36 +464,50 @@ def _check_cut_is_clean(graph_def, in_tensors, replaced):
                                f"add '{op}:{idx}' to the cut tensors")
 
 
-def write_graph_def(graph_def, path: str, *, text: bool = False, progress: bool = False) -> int:
+def write_graph_def(graph_def, path: str, *, text: bool | None = None, progress: bool = False) -> int:
     """Write a GraphDef or a `FrozenGraph` atomically as binary `.pb` (or text), node by node.
 
+    `text=None` writes text when `path` ends in `.pbtxt` (what `load_model` expects of the name).
     Refuses anything over protobuf's 2 GB limit before writing a byte (a `FrozenGraph`'s size is
     estimated from its variables' shapes). A `FrozenGraph` is filled from its checkpoint while
     written, one variable at a time, so the whole constant-filled proto never sits in memory.
     Returns the number of bytes written.
     """
+    if text is None:
+        text = os.fspath(path).endswith(".pbtxt")
+    frozen = _check_size(graph_def)
+    from tqdm import tqdm
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, \
+            tqdm(total=frozen.estimated_bytes, unit="B", unit_scale=True, desc="writing",
+                 disable=None if progress else True, leave=False) as bar:
+        return stream_graph_def(frozen, f, text=text, on_chunk=bar.update)
+
+
+def stream_graph_def(graph_def, stream, *, text: bool = False, on_chunk=None) -> int:
+    """Write a GraphDef or a `FrozenGraph` to an open binary stream (a file, stdout), node by node.
+    Returns the number of bytes written."""
+    frozen = _check_size(graph_def)
+    written = 0
+    for chunk in (_text_chunks(frozen) if text else frozen.node_chunks()):
+        if isinstance(chunk, str):
+            chunk = chunk.encode("utf-8")
+        stream.write(chunk)
+        written += len(chunk)
+        if on_chunk:
+            on_chunk(len(chunk))
+        if not text and written > MAX_GRAPHDEF_BYTES:  # the estimate was short (unknown variable shapes)
+            raise OutputError(f"the frozen graph is over the 2 GB limit of a GraphDef", TOO_BIG_HINT)
+    return written
+
+
+def _check_size(graph_def) -> "FrozenGraph":
     frozen = graph_def if isinstance(graph_def, FrozenGraph) else FrozenGraph(graph_def)
     size = frozen.estimated_bytes
     if size > MAX_GRAPHDEF_BYTES:
         raise OutputError(f"the frozen graph would be {size / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
                           TOO_BIG_HINT)
-    from tqdm import tqdm
-
-    written = 0
-    with atomic_path(path) as tmp, open(tmp, "w" if text else "wb", **({"encoding": "utf-8"} if text else {})) as f, \
-            tqdm(total=size, unit="B", unit_scale=True, desc="writing", disable=None if progress else True,
-                 leave=False) as bar:
-        if text:
-            chunks = _text_chunks(frozen)
-        else:
-            chunks = frozen.node_chunks()
-        for chunk in chunks:
-            written += f.write(chunk)
-            bar.update(len(chunk))
-        if not text and written > MAX_GRAPHDEF_BYTES:  # the estimate was short (unknown variable shapes)
-            raise OutputError(f"the frozen graph is {written / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
-                              TOO_BIG_HINT)
-    return written
+    return frozen
 
 
 def _text_chunks(frozen: FrozenGraph):

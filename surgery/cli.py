@@ -296,6 +296,8 @@ def _cmd_inspect(args):
     else:
         models = {"": load_model(args.model, tag_set=args.tag_set)}
     reports = {name: inspect_model(m, tensors=args.tensors) for name, m in models.items()}
+    if args.stdin:
+        reports[""]["path"] = "-"
     if args.tensorboard:
         for name, m in models.items():
             write_tensorboard(m, os.path.join(args.tensorboard, name) if name else args.tensorboard)
@@ -518,8 +520,12 @@ def _quiet_tensorflow(verbose: bool) -> None:
         logging.getLogger("surgery").setLevel(logging.ERROR)
     else:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-        logging.basicConfig(format="%(levelname)s:%(name)s:%(message)s")
-        logging.getLogger("surgery").setLevel(logging.INFO)
+        handler = logging.StreamHandler(sys.stderr)  # our own: absl's root handler drops INFO
+        handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s: %(message)s"))
+        logger = logging.getLogger("surgery")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _stdin_model(tmpdir: str) -> str:
@@ -561,7 +567,8 @@ def main(argv=None) -> int:
 
     try:
         with tempfile.TemporaryDirectory(prefix="surgery-stdin.") as tmpdir:
-            if getattr(args, "model", None) == "-":
+            args.stdin = getattr(args, "model", None) == "-"
+            if args.stdin:
                 args.model = _stdin_model(tmpdir)
             if getattr(args, "strict", False) and args.command != "audit":
                 _refuse_flagged(args)

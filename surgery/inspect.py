@@ -28,9 +28,36 @@ def likely_inputs(model) -> list:
     out = []
     for op in model.graph.get_operations():
         if op.type in ("Placeholder", "PlaceholderWithDefault") and not is_machinery(op.name, op.type):
+            if op.type == "PlaceholderWithDefault" and _feeds_only_savers(op):
+                continue  # a Saver's filename (`restore_pretrained/filename`, `epoch_saver/Const`)
             if any(not is_machinery(c.name, c.type) for c in op.outputs[0].consumers()) or op.type == "Placeholder":
                 out.append(tensor_info(op.outputs[0]))
     return out
+
+
+SAVER_OP_TYPES = {"SaveV2", "Save", "SaveSlices", "RestoreV2", "Restore", "RestoreSlice", "MergeV2Checkpoints"}
+
+
+def _feeds_only_savers(op) -> bool:
+    """True when everything downstream of `op` ends in Save/Restore ops: a Saver's filename input,
+    whatever its scope is called."""
+    seen, stack, reached_saver = set(), [op], False
+    while stack:
+        current = stack.pop()
+        for t in current.outputs:
+            for c in t.consumers():
+                if c in seen:
+                    continue
+                seen.add(c)
+                if c.type in SAVER_OP_TYPES:
+                    reached_saver = True
+                elif c.outputs and not any(x.consumers() for x in c.outputs) and c.type not in ("Identity", "NoOp"):
+                    return False  # reaches an output that is not a Saver's
+                else:
+                    stack.append(c)
+        if len(seen) > 200:
+            return False
+    return reached_saver
 
 
 def likely_outputs(model) -> list:
@@ -65,10 +92,13 @@ def _resolve_sig(model, tensor_info_proto) -> dict:
 
 def count_params(model) -> int:
     """Model variables' element count (optimizer slots, `global_step` and other training
-    bookkeeping excluded); for a frozen graph, the float constants of rank ≥ 1 (its weights)."""
+    bookkeeping excluded); for a graph without variables (frozen, or a SavedModel exported from a
+    frozen graph), the float constants of rank ≥ 1 (its weights)."""
     variables = model.variables()
-    if variables or not model.is_frozen:
+    if variables:
         return sum(v.num_elements for v in variables if not is_machinery(v.name, v.op_type))
+    # No variables: a frozen graph, or a SavedModel exported from one; its weights are its
+    # constants, counted alike in either form.
     total = 0
     for node in model.graph_def.node:
         if node.op == "Const" and node.attr["dtype"].type in (tf.float32.as_datatype_enum, tf.float16.as_datatype_enum,

@@ -12,7 +12,9 @@ import contextvars
 import dataclasses
 import difflib
 import glob
+import logging
 import os
+import re
 
 import numpy as np
 
@@ -229,17 +231,35 @@ def _saved_model_file(directory: str) -> str | None:
 
 
 def _latest_checkpoint(directory: str) -> str | None:
-    try:
-        prefix = tf.train.latest_checkpoint(directory)
-    except Exception:  # a corrupt `checkpoint` state file: fall back to scanning
+    """The prefix the directory's `checkpoint` file names, found again when the directory was moved
+    (the file keeps absolute paths); else the newest `.index`/`.meta`. Read here rather than with
+    `tf.train.latest_checkpoint`, whose ERROR line about a vanished path would reach the user's
+    terminal though nothing is wrong; the stale path is logged at INFO (`-v` shows it)."""
+    try:  # the CheckpointState text proto: `model_checkpoint_path: "…"`
+        with open(os.path.join(directory, "checkpoint"), encoding="utf-8") as f:
+            found = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', f.read(), re.M)
+        prefix = re.sub(r"\\(.)", r"\1", found.group(1)) if found else None
+    except (OSError, UnicodeDecodeError):  # no state file, or a corrupt one: fall back to scanning
         prefix = None
-    if prefix and os.path.exists(prefix + ".index"):
-        return prefix
+    if prefix:
+        named = prefix if os.path.isabs(prefix) else os.path.join(directory, prefix)
+        if _is_checkpoint(named):
+            return named
+        moved = os.path.join(directory, os.path.basename(prefix))
+        logging.getLogger(__name__).info("%s/checkpoint names %s, which does not exist; using %s", directory,
+                                         prefix, moved if _is_checkpoint(moved) else "the newest checkpoint there")
+        if _is_checkpoint(moved):
+            return moved
     candidates = glob.glob(os.path.join(directory, "*.index")) + glob.glob(os.path.join(directory, "*.meta"))
     if not candidates:
         return None
     newest = max(candidates, key=os.path.getmtime)
     return os.path.splitext(newest)[0]
+
+
+def _is_checkpoint(prefix: str) -> bool:
+    """A V2 prefix (`.index`), a V1 file, or a graph-only `.meta`."""
+    return os.path.exists(prefix + ".index") or os.path.isfile(prefix) or os.path.exists(prefix + ".meta")
 
 
 def _read_file(path: str) -> bytes:

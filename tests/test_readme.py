@@ -64,7 +64,8 @@ def workspace(tmp_path_factory):
                  "--epochs", "1"]):
         subprocess.run([sys.executable, os.path.join(ROOT, cmd[0]), *cmd[1:]], env=ENV, check=True, cwd=ROOT,
                        capture_output=True, timeout=600)
-    os.symlink(os.path.join(ROOT, "recipes"), d / "recipes")
+    for name in ("recipes", "scripts"):  # the recipes find scripts/nets.py beside them
+        os.symlink(os.path.join(ROOT, name), d / name)
     return d
 
 

@@ -208,7 +208,7 @@ def test_split_messages(small_ckpt, keras_saved_model, tmp_path):
     r = cli("split", prefix, "--cut", "net/fc1/Relu", "--outputs", "probs", "--out", f"{tmp_path}/pieces/")
     assert r.returncode == 0 and f"→ {tmp_path}/pieces/\n" in r.stdout and "//" not in r.stdout
     d, _ = keras_saved_model
-    r = cli("split", d, "--cut", "functional_1/gap_1", "--outputs", "output_0", "--out", tmp_path / "k")
+    r = cli("split", d, "--cut", "gap_1/Mean", "--outputs", "output_0", "--out", tmp_path / "k")
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if "verified on" in ln)
     assert "against the original model frozen whole: max |difference|" in line

@@ -520,10 +520,11 @@ def _quiet_tensorflow(verbose: bool) -> None:
         logging.getLogger("surgery").setLevel(logging.ERROR)
     else:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-        handler = logging.StreamHandler(sys.stderr)  # our own: absl's root handler drops INFO
-        handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s: %(message)s"))
         logger = logging.getLogger("surgery")
-        logger.addHandler(handler)
+        if not logger.handlers:  # our own: absl's root handler drops INFO
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s: %(message)s"))
+            logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
 

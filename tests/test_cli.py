@@ -94,7 +94,11 @@ def test_unknown_options_and_commands_are_named_with_the_closest():
 def test_verbose_and_quiet_before_or_after_the_command(small_ckpt, tmp_path, monkeypatch):
     # in-process -v/-q set TF_CPP_MIN_LOG_LEVEL/TQDM_DISABLE for this process: undone after the test
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
-    monkeypatch.setenv("TQDM_DISABLE", os.environ.get("TQDM_DISABLE", ""))
+    if "TQDM_DISABLE" in os.environ:
+        monkeypatch.setenv("TQDM_DISABLE", os.environ["TQDM_DISABLE"])
+    else:
+        monkeypatch.setitem(os.environ, "TQDM_DISABLE", "")  # recorded as absent: deleted afterwards
+        monkeypatch.delenv("TQDM_DISABLE")
     prefix = small_ckpt[0]
     for argv in (["inspect", prefix, "-v"], ["-v", "inspect", prefix], ["inspect", "--verbose", prefix]):
         r = cli(*argv)

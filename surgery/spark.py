@@ -55,7 +55,7 @@ META = "surgery"  # the column-metadata key holding the provenance
 SPARK_META = b"org.apache.spark.sql.parquet.row.metadata"  # where Spark keeps the schema in a Parquet footer
 ROWS_PER_PARTITION = 16384
 READ_BLOCKS = 16  # path sources: blocks read per call on an executor
-SLOW_ENV = "SURGERY_SPARK_SLOW_BLOCK_S"  # testing: sleep this long after each block on the executors
+SLOW_ENV = "SURGERY_SPARK_SLOW_BLOCK_S"  # testing: executors sleep this long after each block
 _ERROR = re.compile(r"surgery-error\[(.*?)\|(.*?)\]", re.S)
 
 _SPARK_TO_NUMPY = {"tinyint": "int8", "smallint": "int16", "int": "int32", "bigint": "int64",
@@ -125,11 +125,11 @@ def spark_session(master: str | None = None, conf=None):
     """The active SparkSession if there is one (left running), else a new one on `master`
     (stopped at the end). A local master runs the executors' Python on this interpreter."""
     require_spark()
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        yield active
+    if SparkContext._active_spark_context is not None:  # started by the caller, in any thread
+        yield SparkSession.builder.getOrCreate()
         return
     master = master or DEFAULT_MASTER
     if master.startswith("local"):
@@ -196,6 +196,7 @@ class _Plan:
     rows: int
     ids_column: str | None
     source: tuple | None  # (data, key, ids) for a path source; None for Parquet (rows come in the batches)
+    slow: float = 0.0  # testing: seconds to sleep after each block (SLOW_ENV in the driver's environment)
 
 
 def path_source(data: str, key: str | None, ids: str | None = None):
@@ -263,14 +264,13 @@ def _run_blocks(plan: _Plan, x: np.ndarray, row0: int, ids):
     runner = _runner(plan)
     if x.dtype != plan.feed_dtype:
         x = x.astype(plan.feed_dtype)
-    delay = float(os.environ.get(SLOW_ENV, "0") or 0)
     results = [[] for _ in plan.outputs]
     for s in range(0, len(x), plan.batch_size):
         for acc, value in zip(results, runner.run(x[s:s + plan.batch_size], row0 + s,
                                                   row0 + min(len(x), s + plan.batch_size))):
             acc.append(value)
-        if delay:
-            time.sleep(delay)
+        if plan.slow:
+            time.sleep(plan.slow)
     columns = {ROW: pa.array(np.arange(row0, row0 + len(x), dtype=np.int64))}
     if plan.ids_column:
         columns[plan.ids_column] = _arrow_ids(ids)
@@ -544,7 +544,7 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
         _ship_code(sc)
         plan = _Plan(sc.broadcast(offline.graph_def.SerializeToString(deterministic=True)), offline.sha256,
                      offline.input, offline.outputs, layout, np.dtype(feed_dtype).name, row_shape, batch_size, rows,
-                     ids_column, source)
+                     ids_column, source, float(os.environ.get(SLOW_ENV, "0") or 0))
         provenance = {
             "format": FORMAT, "graph": offline.path, "graph_sha256": offline.sha256,
             "input_tensor": offline.input["name"],

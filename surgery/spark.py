@@ -56,7 +56,8 @@ SPARK_META = b"org.apache.spark.sql.parquet.row.metadata"  # where Spark keeps t
 ROWS_PER_PARTITION = 16384
 READ_BLOCKS = 16  # path sources: blocks read per call on an executor
 SLOW_ENV = "SURGERY_SPARK_SLOW_BLOCK_S"  # testing: executors sleep this long after each block
-_ERROR = re.compile(r"surgery-error\[(.*?)\|(.*?)\]", re.S)
+MARK = "surgery-error"  # a task's SurgeryError crosses to the driver as MARK[message|hint]
+_ERROR = re.compile(re.escape(MARK) + r"\[(.*?)\|(.*?)\]", re.S)
 
 _SPARK_TO_NUMPY = {"tinyint": "int8", "smallint": "int16", "int": "int32", "bigint": "int64",
                    "float": "float32", "double": "float64", "boolean": "bool"}
@@ -289,7 +290,7 @@ def _reporting(fn):
         try:
             yield from fn(batches)
         except Error as e:
-            raise RuntimeError(f"surgery-error[{e.message}|{e.hint}]") from None
+            raise RuntimeError(f"{MARK}[{e.message}|{e.hint}]") from None
     return wrapped
 
 
@@ -304,7 +305,11 @@ def _path_blocks(plan: _Plan):
                 for i in range(0, len(run), READ_BLOCKS):
                     chunk = run[i:i + READ_BLOCKS]
                     start, stop = int(chunk[0]) * plan.batch_size, min(plan.rows, (int(chunk[-1]) + 1) * plan.batch_size)
-                    x, ids = read_rows(source, start, stop)
+                    try:
+                        x, ids = read_rows(source, start, stop)
+                    except OSError as e:
+                        raise DataError(f"cannot read rows {start}:{stop} of {plan.source[0]}: {e}",
+                                        "check that every executor sees the data file at this path") from e
                     yield _run_blocks(plan, np.asarray(x), start, ids)
     return _reporting(fn)
 
@@ -579,6 +584,7 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
                     _write(result, parquet_out)
         finally:
             sc.setLocalProperty("spark.jobGroup.id", None)
+            plan.graph.destroy()
     if h5_out:
         write_hdf5(parquet_out, h5_out)
     return SparkResult(parquet_out, h5_out and os.path.abspath(h5_out), int(rows), parts, layout)

@@ -133,25 +133,45 @@ def spark_session(master: str | None = None, conf=None):
         yield SparkSession.builder.getOrCreate()
         return
     master = master or DEFAULT_MASTER
+    scratch = os.path.join(tempfile.gettempdir(), f"surgery-spark-{os.getuid()}")
+    os.makedirs(scratch, exist_ok=True)
     if master.startswith("local"):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("SPARK_WORKER_DIR", os.path.join(scratch, "work"))  # local-cluster executor logs
     quiet = f"-Dlog4j2.configurationFile=file:{_log4j_file()}"
     settings = {"spark.ui.showConsoleProgress": "false", "spark.driver.extraJavaOptions": quiet,
                 "spark.executor.extraJavaOptions": quiet, **parse_conf(conf)}
     builder = SparkSession.builder.master(master).appName("surgery precompute")
     for k, v in settings.items():
         builder = builder.config(k, v)
+    log = os.path.join(scratch, f"driver-{os.getpid()}.log")
     try:
-        spark = builder.getOrCreate()
+        with _stderr_to(log):  # the JVM keeps this stderr: its start-up notices and logs go to `log`
+            spark = builder.getOrCreate()
     except Exception as e:  # noqa: BLE001 - py4j/JVM start-up errors have no common type
         raise SurgeryError(f"cannot start Spark on {master}: {_first_line(e)}",
-                           "check --spark-master, --spark-conf and the Java installation") from e
+                           f"check --spark-master, --spark-conf and the Java installation; Spark's log: {log}") from e
     spark.sparkContext.setLogLevel("ERROR")
     try:
         yield spark
     finally:
         spark.stop()
+
+
+@contextlib.contextmanager
+def _stderr_to(path: str):
+    """Point file descriptor 2 at `path` (appending) while the block runs; processes started
+    meanwhile keep it."""
+    sys.stderr.flush()
+    saved, fd = os.dup(2), os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
 
 
 def _first_line(e: BaseException) -> str:

@@ -33,7 +33,6 @@ import glob
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import shutil

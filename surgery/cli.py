@@ -243,16 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.h5",
                    help="HDF5 to write; an interrupted run resumes from FILE.h5.partial when run again")
     p.add_argument("--runner", choices=["local", "beam", "spark"], default="local",
-                   help="local (default), or Apache Beam: shards + index in FILE.h5.shards/, merged into FILE.h5 "
+                   help="local, or Apache Beam: shards + index in FILE.h5.shards/, merged into FILE.h5 "
                         "(needs pip install 'surgery[beam]'), or Apache Spark: a Parquet directory DIR.parquet "
-                        "(FILE.h5.parquet/ beside an .h5), --data may be Parquet (needs pip install 'surgery[spark]')")
+                        "(FILE.h5.parquet/ beside an .h5), --data may be Parquet (needs pip install 'surgery[spark]') "
+                        "(default: local)")
     p.add_argument("--beam-option", action="append", default=[], metavar="K=V",
                    help="Beam pipeline option, repeatable: runner=DataflowRunner, direct_num_workers=2, "
-                        "direct_running_mode=multi_processing, project=..., temp_location=gs://...")
+                        "direct_running_mode=multi_processing, project=..., temp_location=gs://... (default: none)")
     p.add_argument("--spark-master", metavar="URL", help="Spark master (default local[*]): local-cluster[2,1,1024], "
                    "spark://host:7077, yarn, k8s://https://host:443")
     p.add_argument("--spark-conf", action="append", default=[], metavar="K=V",
-                   help="Spark setting, repeatable: spark.executor.memory=4g, spark.executor.instances=8")
+                   help="Spark setting, repeatable: spark.executor.memory=4g, spark.executor.instances=8 (default: none)")
 
     p = add("export", _cmd_export, "write frozen pieces as SavedModels with a serving_default signature",
             "surgery export pieces --saved-model serving   # serving/offline, serving/online\n"

@@ -18,6 +18,7 @@ variables, so the serving signature is flattened:
 
 from __future__ import annotations
 
+import difflib
 import re
 
 from . import graph as g
@@ -78,11 +79,15 @@ def _checkpoint_keys(checkpoint: str) -> dict:
     return keys
 
 
-def _readable_names(graph_def, signature) -> dict:
+def _readable_names(graph_def, signature) -> tuple[dict, dict]:
     """Drop the `StatefulPartitionedCall_1/StatefulPartitionedCall/` prefixes inlining leaves, and
-    name signature inputs and outputs after their keys, wherever that collides with nothing."""
+    name signature inputs and outputs after their keys, wherever that collides with nothing.
+
+    Returns (renames, identities): an output that shares its op with other outputs, or is not
+    its op's first, gets an `Identity` named after its key ({key: (tensor, dtype)}), so
+    each key has one name of its own (`contour:0`, `note:0`, not `contour:0`, `contour:1`)."""
     taken = {n.name for n in graph_def.node}
-    renames = {}
+    renames, identities = {}, {}
 
     def claim(old, new):
         new = _SANITISE.sub("_", new)
@@ -91,10 +96,19 @@ def _readable_names(graph_def, signature) -> dict:
             taken.add(new)
             renames[old] = new
 
-    for key, info in list(signature.inputs.items()) + list(signature.outputs.items()):
+    for key, info in signature.inputs.items():
+        if info.name.endswith(":0"):
+            claim(node_input_op(info.name), key)
+    by_op = {}
+    for key, info in signature.outputs.items():
+        by_op.setdefault(node_input_op(info.name), []).append(key)
+    for key, info in sorted(signature.outputs.items()):
         op = node_input_op(info.name)
-        if info.name.endswith(":0") and op not in renames:
+        if info.name.endswith(":0") and len(by_op[op]) == 1 and op not in renames:
             claim(op, key)
+        elif _SANITISE.sub("_", key) not in taken and _SANITISE.sub("_", key):
+            identities[_SANITISE.sub("_", key)] = (info.name, info.dtype)
+            taken.add(_SANITISE.sub("_", key))
     for node in graph_def.node:
         name = node.name
         stripped = name
@@ -102,15 +116,27 @@ def _readable_names(graph_def, signature) -> dict:
             stripped = _CALL_PREFIX.sub("", stripped, count=1)
         if stripped != name and name not in renames:
             claim(name, stripped)
-    return renames
+    return renames, identities
 
 
-def serving_signature(meta_graph_def) -> str | None:
-    """The signature to flatten: `serving_default`, else the first by name (init ops excluded)."""
+def serving_signature(meta_graph_def, requested: str | None = None, *, path: str = "") -> str | None:
+    """The signature to flatten: `requested`, else `serving_default`, else the only one (init
+    ops excluded); None when there is none. An unknown name, or several and no default, is a
+    `ModelLoadError` listing them."""
     names = sorted(k for k in meta_graph_def.signature_def if not k.startswith("__"))
-    if "serving_default" in names:
-        return "serving_default"
-    return names[0] if names else None
+    if requested is not None:
+        if requested in names:
+            return requested
+        close = difflib.get_close_matches(requested, names, n=3, cutoff=0.5)
+        raise ModelLoadError(f"{path} has no signature '{requested}'",
+                             ("did you mean " + ", ".join(close) + "? " if close else "")
+                             + "its signatures: " + (", ".join(names) or "(none)"))
+    if "serving_default" in names or not names:
+        return "serving_default" if names else None
+    if len(names) == 1:
+        return names[0]
+    raise ModelLoadError(f"{path} has {len(names)} signatures and no serving_default: " + ", ".join(names),
+                         "choose one with --signature NAME")
 
 
 def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path: str, signature: str) -> dict:
@@ -142,12 +168,16 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
         raise ModelLoadError(f"{path}: variable handle '{unknown[0]}' has no value in the SavedModel's checkpoint",
                              "the SavedModel is incomplete; export it again")
 
-    renames = _readable_names(inlined, sig)
+    renames, identities = _readable_names(inlined, sig)
     # Inlining passes each handle through Identity nodes; readers should see the variable itself.
     # Handles are re-created as variables below (an input_map); control edges on them go.
     graph_def = g.bypass(inlined, lambda n: n.op == "Identity" and n.attr["T"].type == tf.resource.as_datatype_enum)
     graph_def = g.remove(graph_def, [n.name for n in handles])
     graph_def = g.rename(g.clear_devices(graph_def), renames)  # colocation names the pre-rename nodes
+    for key, (tensor, dtype) in identities.items():
+        op, _, index = tensor.partition(":")
+        node = graph_def.node.add(name=key, op="Identity", input=[f"{renames.get(op, op)}:{index or 0}"])
+        node.attr["T"].type = dtype
     graph = tf.Graph()
     variable_keys = {}
     input_map = {}
@@ -176,6 +206,9 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
     for info in list(flat_sig.inputs.values()) + list(flat_sig.outputs.values()):
         op, _, index = info.name.partition(":")
         info.name = f"{renames.get(op, op)}:{index or 0}"
+    for key, info in flat_sig.outputs.items():
+        if _SANITISE.sub("_", key) in identities:
+            info.name = _SANITISE.sub("_", key) + ":0"
     with graph.as_default():
         meta = v1.train.export_meta_graph(graph=graph, clear_devices=True)
     meta.signature_def[signature].CopyFrom(flat_sig)

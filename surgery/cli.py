@@ -25,8 +25,9 @@ examples:
   surgery export pieces/ --saved-model serving/
   surgery inspect exported_keras_model/ --tensorboard logs/   # then: tensorboard --logdir logs/
 
-MODEL is a checkpoint prefix, its .meta, a checkpoint directory, a frozen .pb/.pbtxt or a
-SavedModel directory. Tensor names may be given as `op:0`, `op`, or a unique suffix (`fc7`).
+MODEL is a checkpoint prefix, its .meta, a checkpoint directory, a frozen .pb/.pbtxt, a
+SavedModel directory (--signature NAME) or a Keras model file (.keras, legacy .h5). Tensor names
+may be given as `op:0`, `op`, a unique suffix (`fc7`) or a Keras layer name (`add_4`).
 """
 
 
@@ -37,9 +38,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"surgery: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _model_arg(p, name="MODEL", help_text="checkpoint prefix, .meta, checkpoint dir, .pb/.pbtxt or SavedModel dir"):
+def _model_arg(p, name="MODEL",
+               help_text="checkpoint prefix, .meta, checkpoint dir, .pb/.pbtxt, SavedModel dir, .keras or .h5"):
     p.add_argument("model", metavar=name, help=help_text)
     p.add_argument("--tag-set", default="serve", help="SavedModel tag set (default: serve)")
+    p.add_argument("--signature", metavar="NAME",
+                   help="SavedModel signature to use (default: serving_default, else the only one)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="load a Keras file even if that runs code stored in it (Lambda layers, custom classes)")
     p.add_argument("--strict", action="store_true",
                    help="refuse a graph with ops that touch files, the network or Python (see `surgery audit`)")
 
@@ -173,7 +179,7 @@ def _cmd_inspect(args) -> int:
     if is_pieces_dir(args.model):  # a split directory: one report per piece
         models = load_pieces(args.model)
     else:
-        models = {"": load_model(args.model, tag_set=args.tag_set)}
+        models = {"": load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)}
     reports = {name: inspect_model(m, tensors=args.tensors) for name, m in models.items()}
     if args.tensorboard:
         for name, m in models.items():
@@ -193,7 +199,7 @@ def _cmd_freeze(args) -> int:
     from .freeze import freeze_model, write_graph_def
     from .model import load_model
 
-    model = load_model(args.model, tag_set=args.tag_set)
+    model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
     frozen = freeze_model(model, args.outputs, inputs=args.inputs or (), optimize=args.optimize)
     size = write_graph_def(frozen, args.out, text=args.text, progress=True)
     print(f"froze {frozen.num_nodes} nodes ({size / 2**20:.1f} MiB) → {args.out}"
@@ -207,7 +213,7 @@ def _cmd_restore(args) -> int:
     from .model import load_model
     from .restore import format_report, plan_restore, restore_model
 
-    model = load_model(args.model, tag_set=args.tag_set)
+    model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
     plan = plan_restore(model, args.source, maps=args.map, include=args.include, exclude=args.exclude,
                         allow_missing=args.allow_missing)
     report = restore_model(model, plan, args.out, progress=not args.json and sys.stderr.isatty())
@@ -222,7 +228,7 @@ def _cmd_finetune(args) -> int:
     from .model import load_model
     from .train import finetune
 
-    model = load_model(args.model, tag_set=args.tag_set)
+    model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
     history = []
 
     def on_epoch(r):
@@ -243,7 +249,7 @@ def _cmd_finetune(args) -> int:
         print(f"held-out accuracy ({result.num_val} rows): {result.initial_val_accuracy:.1%} before → "
               f"{result.val_accuracy:.1%} after")
     print(f"trained {len(result.trainable)} variables: " + ", ".join(result.trainable))
-    print(f"wrote {args.out}/: model.ckpt (+ .meta), frozen.pb, manifest.json")
+    print(f"wrote {args.out}/: model.ckpt (+ .meta), frozen.pb, saved_model/, manifest.json")
     print(f"  feed:  {names['input']} (or cached values at {names['bottleneck']})")
     print(f"  fetch: {names['probabilities']}, {names['logits']}")
     return 0
@@ -257,7 +263,7 @@ def _cmd_split(args) -> int:
         from .errors import SurgeryError
 
         raise SurgeryError(f"--verify {args.verify} is negative", "give a number of random inputs, or 0 to skip")
-    model = load_model(args.model, tag_set=args.tag_set)
+    model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
     split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None)
     manifest = write_split(model, split, args.out, verify=args.verify)
 
@@ -293,7 +299,7 @@ def _cmd_precompute(args) -> int:
 
     result = precompute(args.model, args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
                         inputs=args.inputs, outputs=args.outputs, tag_set=args.tag_set, preprocess=args.preprocess,
-                        progress=True)
+                        progress=True, signature=args.signature, trust_code=args.trust_code)
     if result.status == "up to date":
         print(f"{args.out} is up to date ({result.rows} rows, same graph and data); nothing to do")
         return 0

@@ -327,6 +327,8 @@ def plan_restore(target, source, *, maps=(), include=(), exclude=(), allow_missi
             if name is not None:
                 candidates.setdefault(name, []).append((len(old), key))
     for name, key in _own_saver_keys(target).items():
+        if key not in source.tensors and key in source.stored:  # a TF2 object key, stored with its suffix
+            key = source.stored[key].key
         if key in source.tensors:
             candidates.setdefault(name, []).append((-1, key))
 

@@ -189,7 +189,8 @@ def parse_model(path: str, *, tag_set: str = "serve") -> Model:
 def _load_object(obj) -> Model:
     """A `keras.Model`, `tf.Graph` or `GraphDef` held in memory."""
     if isinstance(obj, tf.Graph):
-        meta = tf.compat.v1.train.export_meta_graph(graph=obj, clear_devices=True)
+        with obj.as_default():
+            meta = tf.compat.v1.train.export_meta_graph(graph=obj, clear_devices=True)
         graph = _import(True, meta_graph_def=meta, path="tf.Graph")
         return Model(path="<tf.Graph>", format="tf_graph", graph=graph, graph_def=meta.graph_def,
                      meta_graph_def=meta)

@@ -141,7 +141,13 @@ def resolve_tensor(graph, name: str):
     Anything else is an error with suggestions.
     """
     op_name, index = split_tensor_name(name)
-    op = _find_op(graph, op_name)
+    ambiguous = None
+    try:
+        op = _find_op(graph, op_name)
+    except TensorNotFoundError as e:  # `add_1` ends several ops, yet a Keras layer scope may be meant
+        if index is not None:
+            raise
+        op, ambiguous = None, e
     if op is None and index is None:
         scopes = sorted({o.name[: o.name.index(op_name + "/") + len(op_name)]
                          for o in graph.get_operations()
@@ -152,6 +158,8 @@ def resolve_tensor(graph, name: str):
         candidates = [t for s in scopes for t in _scope_outputs(graph, s)]
         if len(candidates) == 1:
             return candidates[0]
+        if ambiguous is not None:
+            raise ambiguous
         if len(candidates) > 1:
             raise TensorNotFoundError(
                 f"'{name}' is a scope with {len(candidates)} outputs",

@@ -28,13 +28,14 @@ import re
 from . import graph as g
 from . import tfcompat
 from .errors import ModelLoadError
-from .names import node_input_op
+from .names import node_input_op, split_tensor_name
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
 
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 _CALL_PREFIX = re.compile(r"^(Stateful)?PartitionedCall(_\d+)?/")
+_PASS_OPS = ("Identity", "IdentityN")
 _SANITISE = re.compile(r"[^A-Za-z0-9_.\-/]")
 
 
@@ -216,10 +217,26 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
         variable_keys[name] = ckpt_keys[node_id]
     graph_def = g.remove(g.replace_uses(graph_def, duplicates), [t[:-2] for t in duplicates])
     graph_def = g.rename(g.clear_devices(graph_def), renames)  # colocation names the pre-rename nodes
+    # Each shared output gets an Identity named after its key, on the path: the ops that read the
+    # value read the Identity, so a cut there separates (as a Keras layer's output does).
+    by_name, bypassed, first = {n.name: n for n in graph_def.node}, set(), {}
     for key, (tensor, dtype) in identities.items():
         op, _, index = tensor.partition(":")
-        node = graph_def.node.add(name=key, op="Identity", input=[f"{renames.get(op, op)}:{index or 0}"])
+        source = f"{renames.get(op, op)}:{index or 0}"
+        while by_name.get(node_input_op(source)) is not None and by_name[node_input_op(source)].op in _PASS_OPS:
+            # the value itself, not one IdentityN of all outputs (through which every output
+            # would depend on every other output's inputs, and no cut would separate them)
+            bypassed.add(node_input_op(source))
+            op, index = split_tensor_name(source)
+            source = by_name[op].input[index or 0]
+        source = g.tensor_name(source)
+        node = graph_def.node.add(name=key, op="Identity", input=[first[source] + ":0" if source in first else source])
         node.attr["T"].type = dtype
+        first.setdefault(source, key)
+    others = [n.name for n in graph_def.node if n.name not in identities]
+    graph_def = g.replace_uses(graph_def, {t: key + ":0" for t, key in first.items()}, only=others)
+    used = {node_input_op(i) for n in graph_def.node for i in n.input}
+    graph_def = g.remove(graph_def, bypassed - used - set(renames.values()))
     meta = v1.MetaGraphDef()
     for name, (handle, trainable) in variables.items():
         meta.collection_def[v1.GraphKeys.GLOBAL_VARIABLES].bytes_list.value.append(

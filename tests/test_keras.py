@@ -212,8 +212,8 @@ def test_finetune_and_restore_a_keras_saved_model(xception, separable, tmp_path)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert len(report["restored"]) == len(xception["model"].weights) and not report["missing"]
-    restored = v1.train.load_checkpoint(str(tmp_path / "r" / "model.ckpt"))
-    np.testing.assert_array_equal(restored.get_tensor("stem_conv/kernel"),
+    restored = load_model(str(tmp_path / "r" / "model.ckpt"))
+    np.testing.assert_array_equal(restored.read_variable("stem_conv/kernel"),
                                   xception["model"].get_layer("stem_conv").kernel.numpy())
 
 

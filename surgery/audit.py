@@ -2,7 +2,8 @@
 environment or Python, where it sits, and whether the model's outputs depend on it.
 
 Works on the parsed GraphDef only (`model.parse_model`): nothing of an untrusted graph is
-imported or run, so unknown or hostile ops can be reported too.
+imported or run, so unknown or hostile ops can be reported too. A Keras file is audited from its
+config JSON alone: `Lambda` layers and classes from outside Keras are its Python findings.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 
 from . import graph as g
+from . import kerasfile
+from .errors import ModelLoadError
 from .names import is_machinery, node_input_op
 
 FILE_OPS = frozenset({
@@ -130,6 +133,22 @@ def audit_model(model) -> dict:
     return report
 
 
+def audit_keras_file(path: str) -> dict:
+    """A Keras file's config, read as JSON and never loaded: each `Lambda` layer (Python code
+    stored in the file, run on load) and each class Keras does not ship is a `python` finding."""
+    config = kerasfile.read_config(path)
+    if config is None:
+        raise ModelLoadError(f"{path} holds weights only, no model config: nothing runs from it",
+                             f"audit the model you load them into; `surgery restore MODEL --from {path}` reads them")
+    findings = [Finding(f["layer"], f"{f['class']} layer", "python",
+                        "Keras config: " + ("Python code stored in the file" if f["kind"] == "lambda"
+                                            else "a class from outside Keras"), True, False)
+                for f in kerasfile.code_findings(config)]
+    fmt = "keras" if path.lower().endswith(".keras") else "keras_h5"
+    return {"clean": not findings, "outputs": [], "findings": [f.as_dict() for f in findings], "path": path,
+            "format": fmt}
+
+
 def strict_violations(report: dict) -> list[dict]:
     """Findings `--strict` refuses: everything but a Saver's own ops off the output path."""
     return [f for f in report["findings"] if not f["checkpoint_machinery"]]
@@ -157,6 +176,8 @@ def audit_path(path: str, *, tag_set: str = "serve") -> list:
     from .manifest import is_pieces_dir, piece_path, read_manifest
     from .model import parse_model
 
+    if kerasfile.is_keras_file(path):
+        return [audit_keras_file(path)]
     if is_pieces_dir(path):
         manifest = read_manifest(path)
         return [audit_model(parse_model(piece_path(path, manifest, name))) for name in manifest["pieces"]]

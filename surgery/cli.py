@@ -32,8 +32,9 @@ examples:
   surgery inspect exported_keras_model/ --tensorboard logs   # then: tensorboard --logdir logs
 
 MODEL is a checkpoint prefix, its .meta, a checkpoint directory, a frozen .pb/.pbtxt, a
-SavedModel directory, or `-` (a GraphDef on stdin). Tensor names may be given as `op:0`, `op`,
-or a unique suffix (`fc7`). -v/-q and --json go before or after the command.
+SavedModel directory (--signature NAME), a Keras model file (.keras, legacy .h5), or `-` (a
+GraphDef on stdin). Tensor names may be given as `op:0`, `op`, a unique suffix (`fc7`) or a Keras
+layer name (`add_4`). -v/-q and --json go before or after the command.
 """
 
 
@@ -126,6 +127,10 @@ def _model_arg(p, name="MODEL", help_text="checkpoint prefix, .meta, checkpoint 
                                             "Keras file, or - for a GraphDef on stdin"):
     p.add_argument("model", metavar=name, help=help_text)
     p.add_argument("--tag-set", default="serve", help="SavedModel tag set (default: serve)")
+    p.add_argument("--signature", metavar="NAME",
+                   help="SavedModel signature to use (default: serving_default, else the only one)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="load a Keras file even if that runs code stored in it (Lambda layers, custom classes)")
     p.add_argument("--strict", action="store_true",
                    help="refuse a graph with ops that touch files, the network or Python (see `surgery audit`)")
 
@@ -334,7 +339,7 @@ def _cmd_inspect(args):
     if is_pieces_dir(args.model):  # a split directory: one report per piece
         models = load_pieces(args.model)
     else:
-        models = {"": load_model(args.model, tag_set=args.tag_set)}
+        models = {"": load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)}
     reports = {name: inspect_model(m, tensors=args.tensors) for name, m in models.items()}
     if args.stdin:
         reports[""]["path"] = "-"
@@ -360,7 +365,7 @@ def _cmd_freeze(args):
 
     to_stdout = args.out == "-"
     say = _sayer(args, sys.stderr if to_stdout else None)
-    model = load_model(args.model, tag_set=args.tag_set)
+    model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
     frozen = freeze_model(model, args.outputs, inputs=args.inputs or (), optimize=args.optimize)
     text = True if args.text else None  # None: decided by the name (.pbtxt is text)
     if to_stdout:
@@ -381,7 +386,7 @@ def _cmd_restore(args):
     from .model import load_model
     from .restore import format_report, plan_restore, restore_model
 
-    model = load_model(args.model, tag_set=args.tag_set)
+    model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
     plan = plan_restore(model, args.source, maps=args.map, include=args.include, exclude=args.exclude,
                         allow_missing=args.allow_missing)
     report = restore_model(model, plan, args.out, progress=_progress(args) and not args.json and sys.stderr.isatty())
@@ -394,7 +399,7 @@ def _cmd_finetune(args):
     from .train import finetune
 
     say = _sayer(args)
-    model = load_model(args.model, tag_set=args.tag_set)
+    model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
     history = []
 
     def on_epoch(r):
@@ -417,7 +422,7 @@ def _cmd_finetune(args):
             f"{result.val_accuracy:.1%} after")
     out = args.out.rstrip("/") or "/"
     say(f"trained {len(result.trainable)} variables: " + ", ".join(result.trainable))
-    say(f"wrote {out}/: model.ckpt (+ .meta), frozen.pb, manifest.json")
+    say(f"wrote {out}/: model.ckpt (+ .meta), frozen.pb, saved_model/, manifest.json")
     say(f"  feed:  {names['input']} (or cached values at {names['bottleneck']})")
     say(f"  fetch: {names['probabilities']}, {names['logits']}")
     return 0, {"written": out, "names": names, "trainable": result.trainable, "history": result.history,
@@ -438,7 +443,7 @@ def _cmd_split(args):
     if args.verify < 0:
         raise SurgeryError(f"--verify {args.verify} is negative", "give a number of random inputs, or 0 to skip")
     say = _sayer(args)
-    model = load_model(args.model, tag_set=args.tag_set)
+    model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
     split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None)
     manifest = write_split(model, split, args.out, verify=args.verify)
     out = args.out.rstrip("/") or "/"
@@ -479,7 +484,7 @@ def _cmd_precompute(args):
     say = _sayer(args)
     result = precompute(args.model, args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
                         inputs=args.inputs, outputs=args.outputs, tag_set=args.tag_set, preprocess=args.preprocess,
-                        progress=_progress(args))
+                        progress=_progress(args), signature=args.signature, trust_code=args.trust_code)
     doc = {"written": args.out, "status": result.status, "rows": result.rows, "resumed_from": result.resumed_from,
            "computed": result.computed, "datasets": result.datasets, "ids": args.ids}
     if result.status == "up to date":
@@ -546,7 +551,8 @@ def _cmd_export(args):
     if args.outputs or args.inputs:  # a MODEL: frozen to the tensors asked for, then written
         from .runtimes import load_pieces
 
-        (piece,), _ = load_pieces(args.model, outputs=args.outputs, inputs=args.inputs, tag_set=args.tag_set)
+        (piece,), _ = load_pieces(args.model, outputs=args.outputs, inputs=args.inputs, tag_set=args.tag_set,
+                                  signature=args.signature, trust_code=args.trust_code)
         written = {"": export_frozen(piece.graph_def, args.saved_model, inputs=piece.inputs, outputs=piece.outputs)}
     else:
         written = export(args.model, args.saved_model)
@@ -570,7 +576,8 @@ def _export_runtime(args):
     manifest = export_runtime(args.model, path, fmt, outputs=args.outputs, inputs=args.inputs,
                               input_shapes=args.input_shape, quantize=args.quantize, calibration=args.calibration,
                               allow_select_tf_ops=args.allow_select_tf_ops, max_error=args.max_error,
-                              verify=args.verify, tag_set=args.tag_set, progress=_progress(args) and not args.json)
+                              verify=args.verify, tag_set=args.tag_set, signature=args.signature,
+                              trust_code=args.trust_code, progress=_progress(args) and not args.json)
     for name, piece in manifest["pieces"].items():
         where = path if path.endswith("." + fmt) else os.path.join(path, piece["graph"])
         say(f"exported {where}  ({_human_bytes(piece['bytes'])}, {piece['quantize'] or 'float'}; "

@@ -3,7 +3,9 @@
 Accepted: a checkpoint prefix (`dir/model.ckpt-1000`), its `.meta` file, a checkpoint
 directory (latest checkpoint), a frozen GraphDef (`.pb` binary or `.pbtxt` text), or a
 SavedModel directory (TF1, or TF2/Keras: object-based, functions + resource variables;
-its serving signature is flattened into one graph with named variables, see `tf2.py`).
+its serving signature is flattened into one graph with named variables, see `tf2.py`), or a
+Keras model file (`.keras`, legacy `.h5`; see `kerasfile.py`). The Python API also takes an
+in-memory `keras.Model`, a `tf.Graph` or a `GraphDef`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from . import graph as g
 from . import tfcompat
+from . import kerasfile
 from .errors import ModelLoadError, SurgeryError
 from .names import VARIABLE_OP_TYPES
 from .tf2 import flatten_tf2, serving_signature
@@ -32,6 +35,11 @@ FORMAT_DESCRIPTIONS = {
     "frozen_pbtxt": "frozen GraphDef (text .pbtxt, weights are constants)",
     "saved_model": "SavedModel (TF1 graph)",
     "saved_model_tf2": "SavedModel (TF2/Keras: functions + resource variables)",
+    "keras": "Keras model file (.keras; layers by name, weights from the model)",
+    "keras_h5": "legacy Keras model file (.h5; layers by name, weights from the model)",
+    "keras_model": "in-memory keras.Model (layers by name, weights from the model)",
+    "tf_graph": "in-memory tf.Graph (no checkpoint)",
+    "graph_def": "in-memory GraphDef (weights are constants)",
 }
 
 
@@ -77,7 +85,7 @@ class Model:
 
     @property
     def is_frozen(self) -> bool:
-        return self.format in ("frozen_pb", "frozen_pbtxt")
+        return self.format in ("frozen_pb", "frozen_pbtxt", "graph_def")
 
     def variables(self) -> list[VariableInfo]:
         """Every variable node of the graph (ref and resource), in graph order.
@@ -158,9 +166,15 @@ def _saver_mapping(graph_def) -> dict[str, str]:
     return mapping
 
 
-def load_model(path: str, *, tag_set: str = "serve") -> Model:
-    """Load MODEL from any of the accepted forms; `ModelLoadError` names the problem."""
-    return _load(path, tag_set, imported=True)
+def load_model(path, *, tag_set: str = "serve", signature: str | None = None, trust_code: bool = False) -> Model:
+    """Load MODEL from any of the accepted forms; `ModelLoadError` names the problem.
+
+    `path` may also be a `keras.Model`, a `tf.Graph` or a `GraphDef` (never mutated).
+    `signature`: the SavedModel signature to flatten (default `serving_default`, else the only
+    one). `trust_code`: load a Keras file even when loading runs code from it (a Lambda layer)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return _load_object(path)
+    return _load(path, tag_set, imported=True, signature=signature, trust_code=trust_code)
 
 
 def parse_model(path: str, *, tag_set: str = "serve") -> Model:
@@ -172,13 +186,44 @@ def parse_model(path: str, *, tag_set: str = "serve") -> Model:
     return _load(path, tag_set, imported=False)
 
 
-def _load(path: str, tag_set: str, *, imported: bool) -> Model:
+def _load_object(obj) -> Model:
+    """A `keras.Model`, `tf.Graph` or `GraphDef` held in memory."""
+    if isinstance(obj, tf.Graph):
+        with obj.as_default():
+            meta = tf.compat.v1.train.export_meta_graph(graph=obj, clear_devices=True)
+        graph = _import(True, meta_graph_def=meta, path="tf.Graph")
+        return Model(path="<tf.Graph>", format="tf_graph", graph=graph, graph_def=meta.graph_def,
+                     meta_graph_def=meta)
+    if isinstance(obj, tf.compat.v1.GraphDef):
+        return Model(path="<GraphDef>", format="graph_def", graph=_import(True, graph_def=obj, path="GraphDef"),
+                     graph_def=obj)
+    if hasattr(obj, "layers") and hasattr(obj, "export"):
+        return _load_keras(obj, f"<keras.Model {obj.name}>", "keras_model")
+    raise ModelLoadError(f"cannot load a {type(obj).__name__} as a model",
+                         "pass a path, a keras.Model, a tf.Graph or a GraphDef")
+
+
+def _load_keras(keras_model, path: str, fmt: str) -> Model:
+    """A Keras model flattened through a temporary SavedModel (`kerasfile.export_for_surgery`):
+    one graph, each layer's output named after the layer; signature = the model's own inputs
+    and outputs."""
+    directory, _, outputs = kerasfile.export_for_surgery(keras_model)
+    model = _load_saved_model(directory, "serve", True, signature="serving_default")
+    sig = model.signature_defs["serving_default"]
+    for key in [k for k in sig.outputs if k not in outputs]:  # the layers' outputs: names, not answers
+        del sig.outputs[key]
+    model.meta_graph_def.signature_def["serving_default"].CopyFrom(sig)
+    return dataclasses.replace(model, path=path, format=fmt)
+
+
+def _load(path: str, tag_set: str, *, imported: bool, signature: str | None = None,
+          trust_code: bool = False) -> Model:
     path = os.fspath(path)
     if not os.path.exists(path) and not os.path.exists(path + ".index") and not os.path.exists(path + ".meta"):
         raise ModelLoadError(f"no such file or directory: {path}", _close_paths_hint(path))
     if os.path.isdir(path):
         if _saved_model_file(path):
-            return _load_saved_model(path, tag_set, imported)
+            return _load_saved_model(path, tag_set, imported, signature)
         prefix = _latest_checkpoint(path)
         if prefix is None:
             raise ModelLoadError(
@@ -188,7 +233,11 @@ def _load(path: str, tag_set: str, *, imported: bool) -> Model:
         return _load_checkpoint(prefix, path, "checkpoint_dir", imported)
     base = os.path.basename(path)
     if base in ("saved_model.pb", "saved_model.pbtxt"):
-        return _load_saved_model(os.path.dirname(path) or ".", tag_set, imported)
+        return _load_saved_model(os.path.dirname(path) or ".", tag_set, imported, signature)
+    if kerasfile.is_keras_file(path):
+        fmt = "keras" if path.lower().endswith(".keras") else "keras_h5"
+        keras_model = kerasfile.load_keras_file(path, trust_code=trust_code)
+        return _load_keras(keras_model, path, fmt)
     if path.endswith(".meta"):
         prefix = path[: -len(".meta")]
         return _load_checkpoint(prefix if is_checkpoint(prefix) else None, path, "meta_graph", imported,
@@ -270,7 +319,7 @@ def _load_checkpoint(prefix: str | None, path: str, fmt: str, imported: bool, me
                  checkpoint=prefix, signature_defs=dict(mg.signature_def))
 
 
-def _load_saved_model(directory: str, tag_set: str, imported: bool) -> Model:
+def _load_saved_model(directory: str, tag_set: str, imported: bool, signature: str | None = None) -> Model:
     from tensorflow.core.protobuf import saved_model_pb2
 
     file = _saved_model_file(directory)
@@ -288,9 +337,13 @@ def _load_saved_model(directory: str, tag_set: str, imported: bool) -> Model:
     # The SavedModel as written is imported first: that checks it before Grappler sees it, and
     # flattening happens only where a graph is wanted at all.
     graph = _import(imported, meta_graph_def=mg, path=file)
-    if tf2 and graph is not None and serving_signature(mg) is not None:
-        flat = flatten_tf2(mg, directory, checkpoint, path=file, signature=serving_signature(mg))
+    chosen_signature = serving_signature(mg, signature, path=directory) if tf2 or signature else None
+    if tf2 and graph is not None and chosen_signature is not None:
+        flat = flatten_tf2(mg, directory, checkpoint, path=file, signature=chosen_signature)
         return Model(path=directory, format="saved_model_tf2", checkpoint=checkpoint, **flat)
+    signature_defs = dict(mg.signature_def)
+    if signature is not None:
+        signature_defs = {chosen_signature: signature_defs[chosen_signature]}
     return Model(path=directory, format="saved_model_tf2" if tf2 else "saved_model", graph=graph,
                  graph_def=mg.graph_def, meta_graph_def=mg, checkpoint=checkpoint,
-                 signature_defs=dict(mg.signature_def))
+                 signature_defs=signature_defs)

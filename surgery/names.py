@@ -137,17 +137,29 @@ def resolve_tensor(graph, name: str):
     """Resolve `fc7`, `fc7:0`, `scope/fc7/Relu:0` or a scope name such as `vgg_16/fc7`.
 
     Order: an exact op name; the unique op whose name ends with `/name`; the single tensor
-    that leaves the scope `name/` (or `.../name/`). Anything else is an error with suggestions.
+    that leaves the scope `name/` (or `.../name/`, or `.../name_1/` as Keras layers are traced).
+    Anything else is an error with suggestions.
     """
     op_name, index = split_tensor_name(name)
-    op = _find_op(graph, op_name)
+    ambiguous = None
+    try:
+        op = _find_op(graph, op_name)
+    except TensorNotFoundError as e:  # `add_1` ends several ops, yet a Keras layer scope may be meant
+        if index is not None:
+            raise
+        op, ambiguous = None, e
     if op is None and index is None:
         scopes = sorted({o.name[: o.name.index(op_name + "/") + len(op_name)]
                          for o in graph.get_operations()
                          if o.name.startswith(op_name + "/") or ("/" + op_name + "/") in o.name})
+        if not scopes:  # a Keras layer traced by TF: layer `add_4` under scope `model_1/add_4_1/`
+            traced = re.compile(r"(?:^|/)" + re.escape(op_name) + r"_\d+/")
+            scopes = sorted({o.name[: m.end() - 1] for o in graph.get_operations() if (m := traced.search(o.name))})
         candidates = [t for s in scopes for t in _scope_outputs(graph, s)]
         if len(candidates) == 1:
             return candidates[0]
+        if ambiguous is not None:
+            raise ambiguous
         if len(candidates) > 1:
             raise TensorNotFoundError(
                 f"'{name}' is a scope with {len(candidates)} outputs",

@@ -87,7 +87,8 @@ def _dataset_names(tensors: list[str], names: list) -> list[str]:
     return result
 
 
-def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "serve") -> OfflineGraph:
+def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "serve", signature: str | None = None,
+                       trust_code: bool = False) -> OfflineGraph:
     """GRAPH as `precompute` takes it: a split directory (its `offline` piece), a frozen .pb,
     or any MODEL (frozen here with values read from its checkpoint)."""
     from .freeze import freeze_model
@@ -104,7 +105,7 @@ def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "
         default_inputs = [t["name"] for t in piece.get("inputs", [])]
         default_outputs = [t["name"] for t in piece.get("outputs", [])]
         path = graph_file
-    model = load_model(path, tag_set=tag_set)
+    model = load_model(path, tag_set=tag_set, signature=signature, trust_code=trust_code)
     output_spec = parse_outputs(outputs)
     if model.is_frozen:
         with open(model.path, "rb") as f:
@@ -165,6 +166,7 @@ class PrecomputeResult:
 
 def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None = None, batch_size: int = 256,
                inputs=None, outputs=None, tag_set: str = "serve", preprocess: str | None = None,
+               signature: str | None = None, trust_code: bool = False,
                progress: bool = False) -> PrecomputeResult:
     """Run GRAPH's offline piece over `data[key]` into `out` (HDF5), resuming an interrupted run.
 
@@ -177,7 +179,8 @@ def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None =
     if batch_size < 1:
         raise SurgeryError(f"--batch-size {batch_size} is not a positive number", "use e.g. --batch-size 256")
     offline = graph if isinstance(graph, OfflineGraph) else \
-        load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set)
+        load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set, signature=signature,
+                           trust_code=trust_code)
     out = os.path.abspath(out)
     if os.path.isdir(out):
         raise OutputError(f"{out} is a directory", "pass a file name for --out, e.g. --out embeddings.h5")

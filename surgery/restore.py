@@ -238,7 +238,7 @@ def _target_variables(target) -> list[_TargetVar]:
         if target.is_frozen:
             raise RestoreError(f"{target.path} is a frozen graph: it has no variables to restore",
                                "restore into the .meta/checkpoint or SavedModel it was frozen from")
-        if target.format == "saved_model_tf2":
+        if target.format == "saved_model_tf2" and target.variable_keys is None:
             raise RestoreError(f"{target.path} is a TF2 SavedModel; its variables are object-based",
                                "restore into a TF1 graph (.meta + checkpoint), or load the weights with Keras")
         graph = target.graph
@@ -327,6 +327,8 @@ def plan_restore(target, source, *, maps=(), include=(), exclude=(), allow_missi
             if name is not None:
                 candidates.setdefault(name, []).append((len(old), key))
     for name, key in _own_saver_keys(target).items():
+        if key not in source.tensors and key in source.stored:  # a TF2 object key, stored with its suffix
+            key = source.stored[key].key
         if key in source.tensors:
             candidates.setdefault(name, []).append((-1, key))
 

@@ -537,7 +537,8 @@ def _piece(name: str, graph_def, inputs: list, outputs: list) -> Piece:
     return Piece(name, graph_def, inputs, outputs)
 
 
-def load_pieces(graph: str, *, outputs=None, inputs=None, tag_set: str = "serve") -> tuple:
+def load_pieces(graph: str, *, outputs=None, inputs=None, tag_set: str = "serve", signature=None,
+                trust_code: bool = False) -> tuple:
     """(pieces, is_split_dir): a split/finetune directory's pieces, or one piece `model` from a
     frozen graph or any MODEL (frozen here, to `outputs` above `inputs` when given)."""
     from .freeze import freeze_model
@@ -553,7 +554,7 @@ def load_pieces(graph: str, *, outputs=None, inputs=None, tag_set: str = "serve"
         models = load_manifest_pieces(graph)
         return [_piece(name, m.graph_def, manifest["pieces"][name]["inputs"], manifest["pieces"][name]["outputs"])
                 for name, m in models.items()], True
-    model = load_model(graph, tag_set=tag_set)
+    model = load_model(graph, tag_set=tag_set, signature=signature, trust_code=trust_code)
     if model.is_frozen and not outputs and not inputs:
         gd, ins, outs = model.graph_def, likely_inputs(model), likely_outputs(model)
     else:
@@ -571,7 +572,8 @@ def load_pieces(graph: str, *, outputs=None, inputs=None, tag_set: str = "serve"
 
 def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None, input_shapes=(), quantize=None,
                    calibration=(), allow_select_tf_ops=False, max_error=None, verify: int = 100,
-                   tag_set: str = "serve", progress: bool = False) -> dict:
+                   tag_set: str = "serve", signature=None,
+                   trust_code: bool = False, progress: bool = False) -> dict:
     """`surgery export GRAPH --tflite PATH` / `--onnx PATH`: every piece converted and verified, then
     written together. PATH is a file (`x.tflite`) for one piece, or a directory that gets
     `<piece>.tflite` per piece and a manifest. Returns the manifest (written or not)."""
@@ -584,7 +586,8 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
     if verify < 0:
         raise SurgeryError(f"--verify {verify} is negative", "give a number of rows, or 0 to skip")
     suffix = RUNTIMES[fmt]["suffix"]
-    pieces, is_dir = load_pieces(graph, outputs=outputs, inputs=inputs, tag_set=tag_set)
+    pieces, is_dir = load_pieces(graph, outputs=outputs, inputs=inputs, tag_set=tag_set, signature=signature,
+                                 trust_code=trust_code)
     one_file = path.endswith(suffix)
     if one_file and len(pieces) > 1:
         raise SurgeryError(f"{graph} has {len(pieces)} pieces ({', '.join(p.name for p in pieces)}); "

@@ -5,31 +5,37 @@ library functions called by `StatefulPartitionedCall`, with variables captured a
 handles and values in an object-based checkpoint. Surgery needs named tensors and named
 variables, so the serving signature is flattened:
 
-1. the graph is pruned to the signature's outputs;
+1. the graph is pruned to the signature's outputs (the signature is `serving_default`, the
+   only one, or the one `--signature` names);
 2. Grappler's function optimizer inlines every call (what `convert_variables_to_constants_v2`
    does internally), so layer ops appear as `functional_1/gap_1/Mean`;
 3. each captured handle becomes a real resource variable named after the TF2 variable
    (`block1_conv/kernel`), found through the object graph's `bound_inputs`, in the
    `variables`/`trainable_variables` collections, so a `Saver`, `restore` and `finetune`
-   treat it like a TF1 meta graph;
+   treat it like a TF1 meta graph; the graph is imported whole (`import_meta_graph`), so an
+   op may be called `predictions` beside the variable `predictions/kernel`;
+3b. each signature input and output is named after its key (an `Identity` where several keys
+   share one op);
 4. the object-based checkpoint keys (`variables/0/.ATTRIBUTES/VARIABLE_VALUE`) are kept in
    `Model.variable_keys`, so `read_variable` and `freeze_model` read the SavedModel's own values.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 
 from . import graph as g
 from . import tfcompat
 from .errors import ModelLoadError
-from .names import node_input_op
+from .names import node_input_op, split_tensor_name
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
 
 _CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
 _CALL_PREFIX = re.compile(r"^(Stateful)?PartitionedCall(_\d+)?/")
+_PASS_OPS = ("Identity", "IdentityN")
 _SANITISE = re.compile(r"[^A-Za-z0-9_.\-/]")
 
 
@@ -78,11 +84,15 @@ def _checkpoint_keys(checkpoint: str) -> dict:
     return keys
 
 
-def _readable_names(graph_def, signature) -> dict:
+def _readable_names(graph_def, signature) -> tuple[dict, dict]:
     """Drop the `StatefulPartitionedCall_1/StatefulPartitionedCall/` prefixes inlining leaves, and
-    name signature inputs and outputs after their keys, wherever that collides with nothing."""
+    name signature inputs and outputs after their keys, wherever that collides with nothing.
+
+    Returns (renames, identities): an output that shares its op with other outputs, or is not
+    its op's first, gets an `Identity` named after its key ({key: (tensor, dtype)}), so
+    each key has one name of its own (`contour:0`, `note:0`, not `contour:0`, `contour:1`)."""
     taken = {n.name for n in graph_def.node}
-    renames = {}
+    renames, identities = {}, {}
 
     def claim(old, new):
         new = _SANITISE.sub("_", new)
@@ -91,10 +101,19 @@ def _readable_names(graph_def, signature) -> dict:
             taken.add(new)
             renames[old] = new
 
-    for key, info in list(signature.inputs.items()) + list(signature.outputs.items()):
+    for key, info in signature.inputs.items():
+        if info.name.endswith(":0"):
+            claim(node_input_op(info.name), key)
+    by_op = {}
+    for key, info in signature.outputs.items():
+        by_op.setdefault(node_input_op(info.name), []).append(key)
+    for key, info in sorted(signature.outputs.items()):
         op = node_input_op(info.name)
-        if info.name.endswith(":0") and op not in renames:
+        if info.name.endswith(":0") and len(by_op[op]) == 1 and op not in renames:
             claim(op, key)
+        elif _SANITISE.sub("_", key) not in taken and _SANITISE.sub("_", key):
+            identities[_SANITISE.sub("_", key)] = (info.name, info.dtype)
+            taken.add(_SANITISE.sub("_", key))
     for node in graph_def.node:
         name = node.name
         stripped = name
@@ -102,15 +121,50 @@ def _readable_names(graph_def, signature) -> dict:
             stripped = _CALL_PREFIX.sub("", stripped, count=1)
         if stripped != name and name not in renames:
             claim(name, stripped)
-    return renames
+    return renames, identities
 
 
-def serving_signature(meta_graph_def) -> str | None:
-    """The signature to flatten: `serving_default`, else the first by name (init ops excluded)."""
+def _variable_nodes(graph_def, name: str, handle, trainable: bool):
+    """Make VarHandleOp `name` a TF1 resource variable: add its zero initializer, `Assign` and
+    `Read` nodes to `graph_def` (as `get_variable` would) and return its `VariableDef`, so
+    `import_meta_graph` rebuilds a `tf.Variable` that Savers, `restore` and `finetune` use."""
+    from tensorflow.core.framework import variable_pb2
+
+    dtype = handle.attr["dtype"].type
+    node = next(n for n in graph_def.node if n.name == name)
+    node.attr["shared_name"].s = name.encode()
+    zeros = graph_def.node.add(name=f"{name}/Initializer/zeros", op="Const")
+    zeros.attr["dtype"].type = dtype
+    value = zeros.attr["value"].tensor  # one zero, broadcast by TensorFlow: the graph stays small
+    value.CopyFrom(tf.make_tensor_proto(0, dtype=tf.as_dtype(dtype)))
+    value.tensor_shape.CopyFrom(handle.attr["shape"].shape)
+    assign = graph_def.node.add(name=f"{name}/Assign", op="AssignVariableOp", input=[name, zeros.name])
+    assign.attr["dtype"].type = dtype
+    read = graph_def.node.add(name=f"{name}/Read/ReadVariableOp", op="ReadVariableOp", input=[name])
+    read.attr["dtype"].type = dtype
+    return variable_pb2.VariableDef(variable_name=name + ":0", initializer_name=assign.name,
+                                    snapshot_name=read.name + ":0", initial_value_name=zeros.name + ":0",
+                                    is_resource=True, trainable=trainable)
+
+
+def serving_signature(meta_graph_def, requested: str | None = None, *, path: str = "") -> str | None:
+    """The signature to flatten: `requested`, else `serving_default`, else the only one (init
+    ops excluded); None when there is none. An unknown name, or several and no default, is a
+    `ModelLoadError` listing them."""
     names = sorted(k for k in meta_graph_def.signature_def if not k.startswith("__"))
-    if "serving_default" in names:
-        return "serving_default"
-    return names[0] if names else None
+    if requested is not None:
+        if requested in names:
+            return requested
+        close = difflib.get_close_matches(requested, names, n=3, cutoff=0.5)
+        raise ModelLoadError(f"{path} has no signature '{requested}'",
+                             ("did you mean " + ", ".join(close) + "? " if close else "")
+                             + "its signatures: " + (", ".join(names) or "(none)"))
+    if "serving_default" in names or not names:
+        return "serving_default" if names else None
+    if len(names) == 1:
+        return names[0]
+    raise ModelLoadError(f"{path} has {len(names)} signatures and no serving_default: " + ", ".join(names),
+                         "choose one with --signature NAME")
 
 
 def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path: str, signature: str) -> dict:
@@ -142,32 +196,59 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
         raise ModelLoadError(f"{path}: variable handle '{unknown[0]}' has no value in the SavedModel's checkpoint",
                              "the SavedModel is incomplete; export it again")
 
-    renames = _readable_names(inlined, sig)
+    renames, identities = _readable_names(inlined, sig)
     # Inlining passes each handle through Identity nodes; readers should see the variable itself.
-    # Handles are re-created as variables below (an input_map); control edges on them go.
     graph_def = g.bypass(inlined, lambda n: n.op == "Identity" and n.attr["T"].type == tf.resource.as_datatype_enum)
-    graph_def = g.remove(graph_def, [n.name for n in handles])
+    # One VarHandleOp per TF2 variable (however many calls captured it), named after the variable.
+    taken = set(renames.values()) | set(identities) | {n.name for n in graph_def.node if n.name not in renames}
+    kept, variables, variable_keys, duplicates = {}, {}, {}, {}
+    for handle in handles:
+        node_id = captured[handle.name]
+        if node_id in kept:
+            duplicates[handle.name + ":0"] = kept[node_id] + ":0"
+            continue
+        obj = objects[node_id].variable
+        name = _SANITISE.sub("_", re.sub(r":\d+$", "", obj.name)) or handle.name
+        while name in variable_keys or (name in taken and name != handle.name):  # names must stay unique
+            name += "_1"
+        kept[node_id] = handle.name
+        renames[handle.name] = name
+        variables[name] = (handle, obj.trainable)
+        variable_keys[name] = ckpt_keys[node_id]
+    graph_def = g.remove(g.replace_uses(graph_def, duplicates), [t[:-2] for t in duplicates])
     graph_def = g.rename(g.clear_devices(graph_def), renames)  # colocation names the pre-rename nodes
+    # Each shared output gets an Identity named after its key, on the path: the ops that read the
+    # value read the Identity, so a cut there separates (as a Keras layer's output does).
+    by_name, bypassed, first = {n.name: n for n in graph_def.node}, set(), {}
+    for key, (tensor, dtype) in identities.items():
+        op, _, index = tensor.partition(":")
+        source = f"{renames.get(op, op)}:{index or 0}"
+        while by_name.get(node_input_op(source)) is not None and by_name[node_input_op(source)].op in _PASS_OPS:
+            # the value itself, not one IdentityN of all outputs (through which every output
+            # would depend on every other output's inputs, and no cut would separate them)
+            bypassed.add(node_input_op(source))
+            op, index = split_tensor_name(source)
+            source = by_name[op].input[index or 0]
+        source = g.tensor_name(source)
+        node = graph_def.node.add(name=key, op="Identity", input=[first[source] + ":0" if source in first else source])
+        node.attr["T"].type = dtype
+        first.setdefault(source, key)
+    others = [n.name for n in graph_def.node if n.name not in identities]
+    graph_def = g.replace_uses(graph_def, {t: key + ":0" for t, key in first.items()}, only=others)
+    used = {node_input_op(i) for n in graph_def.node for i in n.input}
+    graph_def = g.remove(graph_def, bypassed - used - set(renames.values()))
+    meta = v1.MetaGraphDef()
+    for name, (handle, trainable) in variables.items():
+        meta.collection_def[v1.GraphKeys.GLOBAL_VARIABLES].bytes_list.value.append(
+            _variable_nodes(graph_def, name, handle, trainable).SerializeToString())
+        if trainable:
+            meta.collection_def[v1.GraphKeys.TRAINABLE_VARIABLES].bytes_list.value.append(
+                meta.collection_def[v1.GraphKeys.GLOBAL_VARIABLES].bytes_list.value[-1])
+    meta.graph_def.CopyFrom(graph_def)
     graph = tf.Graph()
-    variable_keys = {}
-    input_map = {}
     with graph.as_default():
-        by_object = {}  # one variable per TF2 variable, however many calls captured it
-        for handle in handles:
-            node_id = captured[handle.name]
-            if node_id not in by_object:
-                obj = objects[node_id].variable
-                name = _SANITISE.sub("_", re.sub(r":\d+$", "", obj.name)) or handle.name
-                while name in variable_keys:  # two TF2 variables may share a name
-                    name += "_1"
-                by_object[node_id] = v1.get_variable(
-                    name, shape=tf.TensorShape(handle.attr["shape"].shape),
-                    dtype=tf.as_dtype(handle.attr["dtype"].type), initializer=v1.zeros_initializer(),
-                    trainable=obj.trainable, use_resource=True)
-                variable_keys[by_object[node_id].op.name] = ckpt_keys[node_id]
-            input_map[handle.name + ":0"] = by_object[node_id].handle
         try:
-            tf.import_graph_def(graph_def, input_map=input_map, name="")
+            v1.train.import_meta_graph(meta, clear_devices=True)
         except ValueError as e:
             raise ModelLoadError(f"{path}: the flattened graph could not be imported: {str(e).splitlines()[0][:200]}",
                                  "report this model; freeze it with convert_variables_to_constants_v2 meanwhile") from e
@@ -176,6 +257,9 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
     for info in list(flat_sig.inputs.values()) + list(flat_sig.outputs.values()):
         op, _, index = info.name.partition(":")
         info.name = f"{renames.get(op, op)}:{index or 0}"
+    for key, info in flat_sig.outputs.items():
+        if _SANITISE.sub("_", key) in identities:
+            info.name = _SANITISE.sub("_", key) + ":0"
     with graph.as_default():
         meta = v1.train.export_meta_graph(graph=graph, clear_devices=True)
     meta.signature_def[signature].CopyFrom(flat_sig)

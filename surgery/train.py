@@ -1,6 +1,7 @@
 """Fine-tune a spliced head: restore the pretrained weights, train only the var_list, evaluate on
 a held-out fraction, and write one directory: `model.ckpt*` (the whole trainable graph + .meta),
-`frozen.pb` (input → probabilities) and `manifest.json`.
+`frozen.pb` (input → probabilities), `saved_model/` (the same, with a `serving_default`
+signature) and `manifest.json`.
 
 Long runs resume: every epoch is checkpointed in a work directory beside the output
 (`.DIR.finetune-work/`), keyed by the run's arguments; running the same command again continues
@@ -26,6 +27,7 @@ from . import tfcompat
 from .data import DEFAULT_PREPROCESS, check_feedable, open_labels, open_rows, spec_of
 from .errors import DataError, RestoreError, SurgeryError
 from .files import atomic_path, write_text
+from .export import export_frozen
 from .freeze import freeze_graph, write_graph_def
 from .manifest import piece, source_info, write_manifest
 from .model import Model, load_model
@@ -38,6 +40,7 @@ v1 = tf.compat.v1
 
 CHECKPOINT = "model.ckpt"
 FROZEN = "frozen.pb"
+SAVED_MODEL = "saved_model"
 
 
 # ---------------------------------------------------------------- data
@@ -109,7 +112,8 @@ def _restore_plan(model: Model, variables) -> dict:
         return {}
     plan = plan_restore(model, model.checkpoint)
     plan.check()
-    keys = {e.name: e.source for e in plan.restored if not e.parts}
+    # The key as stored: a TF2 object key keeps its `/.ATTRIBUTES/VARIABLE_VALUE` suffix there.
+    keys = {e.name: plan.source.tensors[e.source].stored or e.source for e in plan.restored if not e.parts}
     partitioned = [e.name for e in plan.restored if e.parts]
     if partitioned:
         raise RestoreError(f"'{partitioned[0]}' is a partitioned variable, which finetune cannot restore yet",
@@ -242,6 +246,8 @@ def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key
             prefix = final_saver.save(sess, os.path.join(tmp, CHECKPOINT), write_meta_graph=True)
             frozen = freeze_graph(graph, [sp.probabilities], read_variable=CheckpointSource(prefix).read)
             write_graph_def(frozen.graph_def, os.path.join(tmp, FROZEN))
+            export_frozen(frozen.graph_def, os.path.join(tmp, SAVED_MODEL), inputs=frozen.inputs,
+                          outputs=frozen.outputs)  # for TF Serving / tf.saved_model.load
             final = history[-1]["val_accuracy"] if history else initial
             manifest = write_manifest(
                 tmp, source=source_info(model), pieces={"model": piece(FROZEN, frozen)}, checkpoint=CHECKPOINT,

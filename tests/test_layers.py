@@ -17,7 +17,7 @@ LAYERS = [
     ["tfcompat"],  # the only place for TensorFlow's private APIs
     ["graph"],  # the GraphDef toolkit
     ["weights", "data"],
-    ["tf2"],
+    ["tf2", "kerasfile"],
     ["model"],
     ["manifest"],
     ["report", "optimize", "freeze", "split", "splice", "audit", "restore"],  # passes

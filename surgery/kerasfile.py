@@ -1,0 +1,158 @@
+"""Keras models as people hold them: `.keras` archives, legacy `.h5`/`.hdf5` full-model files,
+and in-memory `keras.Model`s, read without running code from the file.
+
+A Keras file's config is read as JSON before Keras sees it: a `Lambda` layer (in a legacy `.h5`,
+marshalled Python bytecode that loading executes) or a class Keras does not ship is refused
+unless the caller trusts the file; then Keras loads it with `safe_mode`. The model is exported
+once to a temporary TF2 SavedModel whose serving signature returns the model's outputs and
+every layer's output under the layer's name, and `tf2.flatten_tf2` turns that into one graph
+with named variables, where `add_4:0` is the output of Keras's layer `add_4` as
+`model.summary()` prints it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+
+from .errors import ModelLoadError
+
+SUFFIXES = (".keras", ".h5", ".hdf5")
+_MODEL_CLASSES = frozenset({"Functional", "Model", "Sequential"})
+
+
+def is_keras_file(path: str) -> bool:
+    return os.path.isfile(path) and path.lower().endswith(SUFFIXES)
+
+
+def read_config(path: str) -> dict | None:
+    """The model config of a Keras file (JSON, nothing imported or run), or None for a file
+    that holds weights only."""
+    if path.lower().endswith(".keras"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                if "config.json" not in z.namelist():
+                    return None
+                return json.loads(z.read("config.json"))
+        except (zipfile.BadZipFile, ValueError, OSError) as e:
+            raise ModelLoadError(f"{path} is not a Keras archive: {e}", "save it again with model.save('model.keras')") from e
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+    except OSError as e:
+        raise ModelLoadError(f"{path} cannot be read as HDF5: {e}", "pass a Keras .h5 saved with model.save") from e
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: its model_config is not JSON ({e})", "save the model again with Keras") from e
+
+
+def _layers(config: dict):
+    """Every layer entry of a model config, nested models included."""
+    for layer in (config.get("config") or {}).get("layers", []) if isinstance(config.get("config"), dict) else []:
+        yield layer
+        if layer.get("class_name") in _MODEL_CLASSES:
+            yield from _layers(layer)
+
+
+def code_findings(config: dict) -> list[dict]:
+    """Layers whose loading runs code from the file or from outside Keras:
+    `{"layer", "class", "kind"}`, kind `lambda` (Python code stored in the file) or `custom`
+    (a class Keras does not ship, whose code would have to be supplied)."""
+    import keras
+
+    found = []
+    for layer in _layers(config):
+        cls = str(layer.get("class_name", ""))
+        name = layer.get("name") or (layer.get("config") or {}).get("name") or "?"
+        module = layer.get("module")
+        registered = str(layer.get("registered_name") or "")
+        if cls == "Lambda":
+            found.append({"layer": name, "class": cls, "kind": "lambda"})
+        elif (cls not in _MODEL_CLASSES and not hasattr(keras.layers, cls)) or ">" in registered or (
+                module and not str(module).startswith("keras")):
+            found.append({"layer": name, "class": cls, "kind": "custom"})
+    return found
+
+
+def describe_findings(findings: list[dict]) -> str:
+    return ", ".join(f"{f['class']} layer '{f['layer']}'" for f in findings[:3]) + (" …" if len(findings) > 3 else "")
+
+
+def load_keras_file(path: str, *, trust_code: bool = False):
+    """The `keras.Model` in `path`, refused (`ModelLoadError`) before Keras runs when the file
+    holds weights only, or code (Lambda, custom classes) and `trust_code` is off."""
+    config = read_config(path)
+    if config is None:
+        raise ModelLoadError(f"{path} holds weights only, no model config: there is no graph to load",
+                             f"load them into a model with `surgery restore MODEL --from {path} --out PREFIX`")
+    risky = code_findings(config)
+    if risky and not trust_code:
+        raise ModelLoadError(f"{path} has code that loading would run: {describe_findings(risky)}",
+                             "pass --trust-code only if you trust where the file came from "
+                             f"(`surgery audit {path}` lists it)")
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
+    except Exception as e:  # Keras raises many kinds for a file it cannot rebuild
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{path} could not be loaded by Keras: {msg}",
+                             "save the model again with this Keras version, or export a SavedModel") from e
+
+
+def _history_layer(tensor) -> str:
+    return tensor._keras_history.operation.name  # noqa: SLF001 (Keras keeps a tensor's layer only here)
+
+
+def output_names(model) -> list[str]:
+    """The model's outputs as Keras names them: dict keys, else the output layers' names."""
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) == len(model.outputs):
+        return names
+    return [_history_layer(t) for t in model.outputs]
+
+
+def export_for_surgery(model) -> tuple[str, list[str], list[str]]:
+    """Export `model` to a temporary SavedModel (removed at exit) whose `serving_default`
+    returns every single-output layer's output under the layer's name, the model's own outputs
+    under `output_names`. Returns (directory, input keys, output keys)."""
+    import keras
+
+    if not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
+        raise ModelLoadError(f"Keras model '{model.name}' has no inputs/outputs yet (a subclassed or unbuilt model)",
+                             "build it as a functional model, or export a SavedModel with model.export(DIR)")
+    outputs = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer) or len(getattr(layer, "_inbound_nodes", ())) != 1:
+            continue
+        try:
+            out = layer.output
+        except (AttributeError, ValueError, RuntimeError):
+            continue
+        if isinstance(out, keras.KerasTensor):
+            outputs[layer.name] = out
+    names = output_names(model)
+    outputs.update(zip(names, model.outputs))
+    probe = keras.Model(model.inputs, outputs, name=model.name)
+    directory = tempfile.mkdtemp(prefix="surgery-keras-")
+    atexit.register(shutil.rmtree, directory, True)
+    try:
+        probe.export(os.path.join(directory, "sm"), verbose=False)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"Keras model '{model.name}' could not be traced to a TensorFlow graph: {msg}",
+                             "the model must run on the TensorFlow backend (KERAS_BACKEND=tensorflow)") from e
+    return os.path.join(directory, "sm"), [_history_layer(t) for t in model.inputs], names
+
+
+__all__ = ["SUFFIXES", "is_keras_file", "read_config", "code_findings", "load_keras_file", "output_names",
+           "export_for_surgery"]

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", metavar="T[,..]", help="the offline piece's inputs (default: its placeholders)")
     p.add_argument("--verify", type=int, default=4, metavar="N",
                    help="check offline∘online against the original on N random inputs (0: skip)")
+    p.add_argument("--format", choices=["auto", "frozen", "savedmodel"], default="auto",
+                   help="pieces as frozen .pb files, or SavedModel directories that keep their variables "
+                        "(for models past 2 GB); auto (default): frozen when a piece fits")
     p.add_argument("--out", required=True, metavar="DIR")
 
     p = add("precompute", "run an offline piece over a dataset in batches into HDF5 (resumable)",
@@ -147,7 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
             "  surgery export head.pb --saved-model serving/head\n\n"
             "signature keys are the tensor names with '/' and ':' made '_' (item_tower/embedding:0 → "
             "item_tower_embedding)")
-    _model_arg(p, "GRAPH", "a frozen .pb/.pbtxt, or a directory with manifest.json (one SavedModel per piece)")
+    _model_arg(p, "GRAPH", "a frozen .pb/.pbtxt, a directory with manifest.json (one SavedModel per piece), "
+                           "or with --outputs any MODEL (its variables stay variables)")
+    p.add_argument("--outputs", metavar="T[,..]", help="export MODEL pruned to these tensors")
+    p.add_argument("--inputs", metavar="T[,..]", help="cut MODEL at these tensors (placeholders in their place)")
     p.add_argument("--saved-model", required=True, metavar="DIR")
 
     p = add("audit", "list ops that touch files, the network or Python (exit 3 when flagged)",
@@ -258,16 +264,18 @@ def _cmd_split(args) -> int:
 
         raise SurgeryError(f"--verify {args.verify} is negative", "give a number of random inputs, or 0 to skip")
     model = load_model(args.model, tag_set=args.tag_set)
-    split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None)
-    manifest = write_split(model, split, args.out, verify=args.verify)
+    split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None, format=args.format)
+    manifest = write_split(model, split, args.out, verify=args.verify, progress=True)
 
     def names(specs):
         return ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in specs) or "(nothing)"
 
     print(f"split {args.model} → {args.out}/")
-    print(f"  offline.pb  {len(split.offline.graph_def.node):>5} nodes   feed {names(split.offline_inputs)}")
+    files = {name: manifest["pieces"][name]["graph"] + ("/" if info["format"] == "savedmodel" else "")
+             for name, info in manifest["pieces"].items()}
+    print(f"  {files['offline']:<11} {split.offline.num_nodes:>5} nodes   feed {names(split.offline_inputs)}")
     print(f"                           fetch {names(split.offline.outputs)}")
-    print(f"  online.pb   {len(split.online.graph_def.node):>5} nodes   feed "
+    print(f"  {files['online']:<11} {split.online.num_nodes:>5} nodes   feed "
           + names([{**c, "name": c["placeholder"]} for c in split.cut]) + " (cut)")
     if split.live_inputs:
         print(f"                           feed {names(split.live_inputs)} (live)")
@@ -328,7 +336,12 @@ def _precompute_on_beam(args) -> int:
 def _cmd_export(args) -> int:
     from .export import export
 
-    written = export(args.model, args.saved_model)
+    if args.inputs and not args.outputs:
+        from .errors import SurgeryError
+
+        raise SurgeryError("--inputs needs --outputs", "name the tensors to export with --outputs T[,..]")
+    written = export(args.model, args.saved_model, outputs=args.outputs, inputs=args.inputs, tag_set=args.tag_set,
+                     progress=True)
     for piece, keys in written.items():
         where = os.path.join(args.saved_model, piece) if piece else args.saved_model
         print(f"exported {where}  (signature serving_default)")

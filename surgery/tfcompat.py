@@ -110,3 +110,11 @@ def fast_callable(session, feed_names, fetch_names):
     graph = session.graph
     return session.make_callable([graph.get_tensor_by_name(n) for n in fetch_names],
                                  feed_list=[graph.get_tensor_by_name(n) for n in feed_names])
+
+
+def variable_def(**fields):
+    """A `VariableDef` proto (what a MetaGraphDef's `variables` collection holds); TensorFlow
+    exports no public name for it."""
+    from tensorflow.core.framework.variable_pb2 import VariableDef
+
+    return VariableDef(**fields)

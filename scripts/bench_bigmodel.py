@@ -148,10 +148,11 @@ def make_checkpoint(directory: str, num_users: int, *, seed: int = 0) -> str:
     return prefix
 
 
-def _child(body: str, *args) -> tuple[float, dict]:
+def _child(body: str, *args, env=None) -> tuple[float, dict]:
     code = _PRELUDE.format(root=ROOT) + body + _EPILOGUE
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                       env=dict(os.environ, **(env or {})))
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(f"child failed ({r.returncode}):\n{r.stderr[-3000:]}")
@@ -168,11 +169,13 @@ def run(quick: bool = False, *, users: int | None = None, repeats: int = 1, keep
             _child(f"sys.path.insert(0, {HERE!r})\nfrom bench_bigmodel import make_checkpoint\n"
                    "make_checkpoint(sys.argv[1], int(sys.argv[2]))\n", os.path.dirname(prefix), users)
         table_mb = users * 64 * 4 / 2**20
+        # Below 2 GB (--quick, --users), a forced limit makes `auto` keep the table's piece as a SavedModel.
+        env = {} if users * 64 * 4 > 2**31 else {"SURGERY_2GB_LIMIT": str(users * 64 * 4 // 2)}
         bare = statistics.median(_child(_BARE)[1]["maxrss_mb"] for _ in range(max(repeats, 3)))
         ours, theirs = [], []
         for _ in range(repeats):  # sides alternated
             shutil.rmtree(os.path.join(work, "pieces"), ignore_errors=True)
-            ours.append(_child(_SURGERY, prefix, os.path.join(work, "pieces")))
+            ours.append(_child(_SURGERY, prefix, os.path.join(work, "pieces"), env=env))
             shutil.rmtree(os.path.join(work, "tf_saved_model"), ignore_errors=True)
             theirs.append(_child(_TF, prefix, os.path.join(work, "tf_saved_model")))
         _, check = _child(_CHECK, prefix, os.path.join(work, "pieces"), users)

@@ -224,3 +224,17 @@ def test_split_cli_reports_the_savedmodel_piece(rec, tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert "offline.pb" in r.stdout and "online/" in r.stdout and "verified" in r.stdout
+
+
+def test_beam_runs_a_savedmodel_offline_piece(rec, tmp_path):
+    pytest.importorskip("apache_beam")
+    out = tmp_path / "pieces"
+    assert cli("split", rec["prefix"], "--cut", "item_tower/embedding", "--outputs", "score",
+               "--format", "savedmodel", "--verify", "0", "--out", out).returncode == 0
+    r = cli("precompute", out, "--data", rec["items"], "--batch-size", "4", "--runner", "beam",
+            "--out", tmp_path / "beam.h5")
+    assert r.returncode == 0, r.stderr
+    import h5py
+
+    with h5py.File(tmp_path / "beam.h5", "r") as f:
+        np.testing.assert_allclose(f["embeddings"][()], rec["emb"], rtol=1e-6, atol=1e-6)

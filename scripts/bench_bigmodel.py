@@ -180,6 +180,7 @@ def run(quick: bool = False, *, users: int | None = None, repeats: int = 1, keep
             theirs.append(_child(_TF, prefix, os.path.join(work, "tf_saved_model")))
         _, check = _child(_CHECK, prefix, os.path.join(work, "pieces"), users)
         want_emb = check.pop("want_emb")
+        check["check_maxrss_mb"] = check.pop("maxrss_mb")
         import numpy as np
 
         items = os.path.join(work, "items.npy")

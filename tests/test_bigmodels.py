@@ -238,3 +238,19 @@ def test_beam_runs_a_savedmodel_offline_piece(rec, tmp_path):
 
     with h5py.File(tmp_path / "beam.h5", "r") as f:
         np.testing.assert_allclose(f["embeddings"][()], rec["emb"], rtol=1e-6, atol=1e-6)
+
+
+def test_export_a_frozen_graph_cut_to_outputs(small_frozen_pb, sample_images, tmp_path):
+    pb, _ = small_frozen_pb
+    r = cli("export", pb, "--outputs", "net/fc1/Relu", "--saved-model", tmp_path / "fc1")
+    assert r.returncode == 0, r.stderr
+    got = _serving(tmp_path / "fc1")(images=tf.constant(sample_images))["net_fc1_Relu"].numpy()
+    gd = v1.GraphDef()
+    with open(pb, "rb") as f:
+        gd.ParseFromString(f.read())
+    with tf.Graph().as_default() as g:
+        tf.import_graph_def(gd, name="")
+        with v1.Session(graph=g) as sess:
+            want = sess.run("net/fc1/Relu:0", {"images:0": sample_images})
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert want.std() > 0

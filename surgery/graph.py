@@ -28,8 +28,8 @@ from .names import NOT_OUTPUT_OP_TYPES, is_machinery, node_input_op, split_tenso
 tf = tfcompat.tf
 
 MAX_GRAPHDEF_BYTES = 2**31 - 1  # protobuf's hard limit on one message
-TOO_BIG_HINT = ("keep the weights as variables beside the graph: `surgery split MODEL ... --format savedmodel`, "
-                "or `surgery export MODEL --outputs T --saved-model DIR`")
+TOO_BIG_HINT = ("write SavedModels that keep the weights as variables beside the graph: "
+                "`surgery split MODEL ... --format savedmodel`, or `surgery export MODEL --outputs T --saved-model DIR`")
 
 
 def tensor_name(name: str) -> str:

@@ -131,10 +131,24 @@ def variable_piece(model, outputs, *, inputs=()) -> VariablePiece:
             raise SurgeryError(f"{model.path} has variables but no checkpoint to read them from",
                                "pass the checkpoint prefix or directory, not the .meta alone")
         for node in gd.node:
-            if node.op in VARIABLE_OP_TYPES and read.shapes.get(node.name) is None:
-                read(node.name)  # raises, naming the variable with no value
+            if node.op in VARIABLE_OP_TYPES:
+                _check_stored_shape(node, read, model.checkpoint)
     infos = _tensor_infos(gd, out_names)
     return VariablePiece(gd, infos[0], infos[1], cut=replaced, read_variable=read)
+
+
+def _check_stored_shape(variable, read, checkpoint) -> None:
+    """The checkpoint must hold `variable` with the shape the graph declares (unknown dims: any),
+    found before anything is written."""
+    found = read.shapes.get(variable.name)
+    if found is None:
+        read(variable.name)  # raises, naming the variable with no value
+    declared = [d.size for d in variable.attr["shape"].shape.dim]
+    if not variable.attr["shape"].shape.unknown_rank and (
+            len(declared) != len(found) or any(d not in (-1, f) for d, f in zip(declared, found))):
+        raise SurgeryError(f"variable '{variable.name}' has shape {list(found)} in checkpoint {checkpoint} "
+                           f"but {declared} in the graph",
+                           "restore it from a matching checkpoint with `surgery restore`")
 
 
 # ---------------------------------------------------------------- writing

@@ -254,3 +254,19 @@ def test_export_a_frozen_graph_cut_to_outputs(small_frozen_pb, sample_images, tm
             want = sess.run("net/fc1/Relu:0", {"images:0": sample_images})
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     assert want.std() > 0
+
+
+def test_a_checkpoint_of_another_shape_is_refused_before_writing(rec, tmp_path):
+    import glob
+    import shutil
+
+    for f in glob.glob(rec["prefix"] + ".data-*") + [rec["prefix"] + ".index"]:
+        shutil.copy(f, tmp_path)
+    prefix = str(tmp_path / os.path.basename(rec["prefix"]))
+    with tf.Graph().as_default():
+        build_recommender(USERS + 1)  # the graph's table has one more row than the checkpoint's
+        v1.train.Saver().export_meta_graph(prefix + ".meta")
+    r = cli("split", prefix, "--cut", "item_tower/embedding", "--outputs", "score", "--format", "savedmodel",
+            "--out", tmp_path / "p")
+    assert r.returncode == 2 and "user_tower/table" in r.stderr and "shape" in r.stderr, r.stderr
+    assert not (tmp_path / "p").exists()

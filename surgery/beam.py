@@ -83,10 +83,11 @@ def resolve_graph(graph_path: str, *, inputs: str | None = None, outputs=None) -
     `precompute.load_offline_graph`, so both runners store the same datasets for the same
     arguments. Workers load the graph from its file, so GRAPH must be one on disk.
     """
+    from .manifest import is_pieces_dir
     from .precompute import load_offline_graph
 
     offline = load_offline_graph(graph_path, inputs=inputs, outputs=outputs)
-    if not offline.path.endswith((".pb", ".pbtxt")):
+    if not offline.path.endswith((".pb", ".pbtxt")) and not is_pieces_dir(graph_path):
         raise ModelLoadError(f"{graph_path} is neither a split directory nor a frozen .pb",
                              "for --runner beam pass the directory written by `surgery split` or a "
                              "`surgery freeze` .pb")
@@ -207,6 +208,10 @@ class FrozenGraphModelHandler(ModelHandler):
         from . import tfcompat
         from .graph import graph_from_def, read_graph_def
 
+        if os.path.isdir(self.graph_file):  # a split's SavedModel piece, variables restored
+            from .savedmodel import load_session
+
+            return load_session(self.graph_file)
         return tfcompat.tf.compat.v1.Session(graph=graph_from_def(read_graph_def(self.graph_file)))
 
     def run_inference(self, batch, model, inference_args=None):

@@ -224,8 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", metavar="T[,..]", help="the offline piece's inputs (default: its placeholders)")
     p.add_argument("--verify", type=int, default=4, metavar="N",
                    help="check offline∘online against the original on N random inputs (0: skip; default: 4)")
+    p.add_argument("--format", choices=["auto", "frozen", "savedmodel"], default="auto",
+                   help="pieces as frozen .pb files, or SavedModel directories that keep their variables "
+                        "(for models past 2 GB); auto: frozen when a piece fits (default: auto)")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="directory to write (offline.pb, online.pb, manifest.json), all or nothing")
+                   help="directory to write (offline.pb or offline/, online.pb or online/, manifest.json), "
+                        "all or nothing")
 
     p = add("precompute", _cmd_precompute, "run an offline piece over a dataset in batches into HDF5 (resumable)",
             "surgery precompute pieces --data data/shapes.h5 --key target/x --ids target/ids --out fc7.h5\n"
@@ -265,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  surgery export head.pb --saved-model serving/head\n\n"
             "signature keys are the tensor names with '/' and ':' made '_' (item_tower/embedding:0 → "
             "item_tower_embedding)")
-    _model_arg(p, "GRAPH", "a frozen .pb/.pbtxt, a directory with manifest.json (one file per piece), or any MODEL")
+    _model_arg(p, "GRAPH", "a frozen .pb/.pbtxt, a directory with manifest.json (one file per piece), or with "
+                           "--outputs any MODEL")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--saved-model", metavar="DIR",
                        help="SavedModel directory to write (a split gives DIR/offline and DIR/online)")
@@ -273,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "manifest.json); verified in LiteRT (needs pip install 'surgery[tflite]')")
     where.add_argument("--onnx", metavar="PATH", help="onnxruntime: an .onnx file, or a directory (one per piece + "
                        "manifest.json); verified in onnxruntime (needs pip install 'surgery[onnx]')")
-    p.add_argument("--outputs", metavar="T[,..]", help="from a MODEL: the tensors to export (frozen first)")
+    p.add_argument("--outputs", metavar="T[,..]", help="from a MODEL: the tensors to export (--saved-model keeps "
+                   "its variables as variables, no 2 GB limit; --tflite/--onnx freeze first)")
     p.add_argument("--inputs", metavar="T[,..]", help="from a MODEL: cut the graph here into placeholders")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D,..",
                    help="pin an input's shape (? keeps a dimension dynamic), e.g. images=?,224,224,3")
@@ -444,17 +450,19 @@ def _cmd_split(args):
         raise SurgeryError(f"--verify {args.verify} is negative", "give a number of random inputs, or 0 to skip")
     say = _sayer(args)
     model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
-    split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None)
-    manifest = write_split(model, split, args.out, verify=args.verify)
+    split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None, format=args.format)
+    manifest = write_split(model, split, args.out, verify=args.verify, progress=_progress(args) and not args.json)
     out = args.out.rstrip("/") or "/"
 
     def names(specs):
         return ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in specs) or "(nothing)"
 
     say(f"split {args.model} → {out}/")
-    say(f"  offline.pb  {len(split.offline.graph_def.node):>5} nodes   feed {names(split.offline_inputs)}")
+    files = {name: manifest["pieces"][name]["graph"] + ("/" if info["format"] == "savedmodel" else "")
+             for name, info in manifest["pieces"].items()}
+    say(f"  {files['offline']:<11} {split.offline.num_nodes:>5} nodes   feed {names(split.offline_inputs)}")
     say(f"                           fetch {names(split.offline.outputs)}")
-    say(f"  online.pb   {len(split.online.graph_def.node):>5} nodes   feed "
+    say(f"  {files['online']:<11} {split.online.num_nodes:>5} nodes   feed "
         + names([{**c, "name": c["placeholder"]} for c in split.cut]) + " (cut)")
     if split.live_inputs:
         say(f"                           feed {names(split.live_inputs)} (live)")
@@ -542,20 +550,16 @@ def _cmd_export(args):
     if args.tflite or args.onnx:
         return _export_runtime(args)
     from .errors import SurgeryError
-    from .export import export, export_frozen
+    from .export import export
 
     if args.quantize or args.calibration or args.input_shape or args.allow_select_tf_ops:
         raise SurgeryError("--input-shape/--quantize/--calibration/--allow-select-tf-ops go with --tflite or --onnx",
                            "drop them for --saved-model")
+    if args.inputs and not args.outputs:
+        raise SurgeryError("--inputs needs --outputs", "name the tensors to export with --outputs T[,..]")
     say = _sayer(args)
-    if args.outputs or args.inputs:  # a MODEL: frozen to the tensors asked for, then written
-        from .runtimes import load_pieces
-
-        (piece,), _ = load_pieces(args.model, outputs=args.outputs, inputs=args.inputs, tag_set=args.tag_set,
-                                  signature=args.signature, trust_code=args.trust_code)
-        written = {"": export_frozen(piece.graph_def, args.saved_model, inputs=piece.inputs, outputs=piece.outputs)}
-    else:
-        written = export(args.model, args.saved_model)
+    written = export(args.model, args.saved_model, outputs=args.outputs, inputs=args.inputs, tag_set=args.tag_set,
+                     signature=args.signature, trust_code=args.trust_code, progress=_progress(args) and not args.json)
     pieces = {}
     for piece, keys in written.items():
         where = os.path.join(args.saved_model, piece) if piece else args.saved_model

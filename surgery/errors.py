@@ -43,5 +43,9 @@ class OutputError(SurgeryError):
     """An output location that cannot be written."""
 
 
+class GraphTooBigError(OutputError):
+    """A frozen graph past protobuf's 2 GB limit (`split --format auto` then keeps variables instead)."""
+
+
 class CheckpointError(ModelLoadError):
     """A checkpoint whose files are damaged: a bad index, truncated or bit-flipped data."""

@@ -1,5 +1,9 @@
 """`surgery export`: frozen pieces as SavedModels with a `serving_default` signature.
 
+From a MODEL (checkpoint, .meta, SavedModel) with `--outputs`, the variables stay variables:
+`savedmodel.write_saved_model` copies them tensor by tensor, so there is no 2 GB limit. A split
+directory's SavedModel pieces (`split --format savedmodel`) are copied as they are.
+
 A frozen GraphDef has no variables, so TF1's `SavedModelBuilder` writes it as is: `saved_model.pb`
 (tag `serve`) plus an empty `variables/`, the layout TF Serving and `tf.saved_model.load` read.
 Signature keys are the tensor names made identifier-safe (`item_tower/embedding:0` →
@@ -9,56 +13,25 @@ Signature keys are the tensor names made identifier-safe (`item_tower/embedding:
 from __future__ import annotations
 
 import os
-import re
+import shutil
 
 from . import tfcompat
-from .errors import ModelLoadError, SurgeryError
+from .errors import ModelLoadError
 from .files import atomic_path
 from .graph import graph_from_def, read_graph_def
 from .manifest import FILENAME, is_pieces_dir, piece_path, read_manifest
+from .names import parse_list
+from .savedmodel import SIGNATURE, signature, signature_key, variable_piece, write_saved_model
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
-
-SIGNATURE = "serving_default"
-
-
-def signature_key(tensor_name: str, taken=()) -> str:
-    """`scope/op:0` → `scope_op`, `op:1` → `op_1`; unique among `taken`; a valid identifier."""
-    op, _, index = tensor_name.partition(":")
-    key = op if index in ("", "0") else f"{op}_{index}"
-    key = re.sub(r"\W", "_", key)
-    if not key or key[0].isdigit():
-        key = "t_" + key
-    base, n = key, 1
-    while key in taken:
-        key = f"{base}_{n}"
-        n += 1
-    return key
 
 
 def _write_saved_model(graph_def, inputs: list, outputs: list, directory: str) -> dict:
     """Write one SavedModel into the (empty) `directory`; returns {"inputs": {key: name}, "outputs": ...}."""
     graph = graph_from_def(graph_def)
-    keys = {"inputs": {}, "outputs": {}}
-    tensors = {"inputs": {}, "outputs": {}}
-    taken = set()
-    for kind, infos in (("inputs", inputs), ("outputs", outputs)):
-        for info in infos:
-            name = info["name"] if isinstance(info, dict) else info
-            try:
-                t = graph.get_tensor_by_name(name if ":" in name else name + ":0")
-            except (KeyError, ValueError) as e:
-                raise SurgeryError(f"tensor '{name}' is not in the graph to export",
-                                   "write the pieces again; the manifest and graph disagree") from e
-            key = signature_key(t.name, taken)
-            taken.add(key)
-            keys[kind][key] = t.name
-            tensors[kind][key] = t
-    if not tensors["outputs"]:
-        raise SurgeryError("the graph to export has no outputs", "freeze it with --outputs first")
     with graph.as_default(), v1.Session(graph=graph) as sess:
-        sig = v1.saved_model.predict_signature_def(tensors["inputs"], tensors["outputs"])
+        sig, keys = signature(graph, inputs, outputs)
         builder = v1.saved_model.Builder(directory)
         builder.add_meta_graph_and_variables(sess, [v1.saved_model.tag_constants.SERVING],
                                              signature_def_map={SIGNATURE: sig}, strip_default_attrs=True)
@@ -82,21 +55,55 @@ def _frozen_source(path: str):
     model = load_model(path)
     if not model.is_frozen:
         raise ModelLoadError(f"{path} is a {model.description}, not a frozen graph",
-                             "freeze it first with `surgery freeze MODEL --outputs T --out FILE.pb`, "
+                             "name what to export with --outputs T (its variables stay variables), "
                              "or pass a directory written by `surgery split`")
     return model.graph_def, likely_inputs(model), likely_outputs(model)
 
 
-def export(graph: str, directory: str) -> dict:
-    """Export GRAPH (a frozen .pb/.pbtxt, or a directory with a manifest) as SavedModel(s).
+def export_model(model, directory: str, *, outputs, inputs=None, progress: bool = False) -> dict:
+    """Export a loaded `Model` pruned to `outputs` (cut at `inputs`) as a SavedModel whose variables
+    stay variables, copied tensor by tensor from its checkpoint (no 2 GB limit). Returns the keys."""
+    piece = variable_piece(model, parse_list(outputs), inputs=parse_list(inputs) if inputs else ())
+    with atomic_path(directory, directory=True) as tmp:
+        return write_saved_model(piece, tmp, progress=progress)
+
+
+def _saved_model_keys(directory: str) -> dict:
+    """The `serving_default` keys of a SavedModel piece written by `split`."""
+    from .model import load_model
+
+    sig = load_model(directory).signature_defs.get(SIGNATURE)
+    if sig is None:
+        raise ModelLoadError(f"{directory} has no {SIGNATURE} signature", "write the pieces again")
+    return {kind: {k: t.name for k, t in getattr(sig, kind).items()} for kind in ("inputs", "outputs")}
+
+
+def export(graph: str, directory: str, *, outputs=None, inputs=None, tag_set: str = "serve", signature=None,
+           trust_code: bool = False, progress: bool = False) -> dict:
+    """Export GRAPH (a frozen .pb/.pbtxt, a directory with a manifest, or with `outputs` any MODEL)
+    as SavedModel(s).
 
     A manifest directory gives one SavedModel per piece, `directory/<piece>` (`offline`,
-    `online` for a split), all written into place together. Returns {piece or "": signature keys}."""
+    `online` for a split), all written into place together; a piece that is already a SavedModel
+    is copied. A MODEL with `outputs` keeps its variables (`export_model`); a frozen graph with
+    `outputs` is cut to them first. Returns {piece or "": signature keys}."""
+    if outputs and not is_pieces_dir(graph):
+        from .freeze import freeze_model
+        from .model import load_model
+
+        model = load_model(graph, tag_set=tag_set, signature=signature, trust_code=trust_code)
+        if not model.is_frozen:
+            return {"": export_model(model, directory, outputs=outputs, inputs=inputs, progress=progress)}
+        frozen = freeze_model(model, parse_list(outputs), inputs=parse_list(inputs) if inputs else ())
+        return {"": export_frozen(frozen.graph_def, directory, inputs=frozen.inputs, outputs=frozen.outputs)}
     if is_pieces_dir(graph):
         manifest = read_manifest(graph)
         pieces = {}
         for name, info in manifest["pieces"].items():
             path = piece_path(graph, manifest, name)
+            if os.path.isdir(path):  # a SavedModel piece: already what export writes
+                pieces[name] = path
+                continue
             try:
                 gd = read_graph_def(path)
             except ModelLoadError as e:
@@ -104,8 +111,8 @@ def export(graph: str, directory: str) -> dict:
                                      "write the pieces again") from e
             pieces[name] = (gd, info["inputs"], info["outputs"])
         with atomic_path(directory, directory=True) as tmp:
-            return {name: _write_saved_model(gd, ins, outs, os.path.join(tmp, name))
-                    for name, (gd, ins, outs) in pieces.items()}
+            return {name: _copy_saved_model(spec, os.path.join(tmp, name)) if isinstance(spec, str)
+                    else _write_saved_model(*spec, os.path.join(tmp, name)) for name, spec in pieces.items()}
     try:
         gd, ins, outs = _frozen_source(graph)
     except ModelLoadError as e:
@@ -116,4 +123,9 @@ def export(graph: str, directory: str) -> dict:
     return {"": export_frozen(gd, directory, inputs=ins, outputs=outs)}
 
 
-__all__ = ["export", "export_frozen", "signature_key"]
+def _copy_saved_model(source: str, target: str) -> dict:
+    shutil.copytree(source, target)
+    return _saved_model_keys(target)
+
+
+__all__ = ["export", "export_frozen", "export_model", "signature_key"]

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import graph as g
 from . import tfcompat
-from .errors import CutError, OutputError, SurgeryError
+from .errors import CutError, GraphTooBigError, SurgeryError
 from .graph import TOO_BIG_HINT, empty_like, tensor_info, write_graph_def
 from .names import VARIABLE_OP_TYPES, is_machinery, node_input_op, resolve_tensors, split_tensor_name
 from .weights import variable_reader
@@ -271,7 +271,7 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
                          read_variable=read_variable, cut=replaced)
     size = frozen.estimated_bytes
     if size > g.MAX_GRAPHDEF_BYTES:
-        raise OutputError(f"the frozen graph would be about {size / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
+        raise GraphTooBigError(f"the frozen graph would be about {size / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
                           TOO_BIG_HINT)
     if optimize:
         from .optimize import optimize_for_inference

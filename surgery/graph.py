@@ -22,15 +22,15 @@ import sys
 import numpy as np
 
 from . import tfcompat
-from .errors import CutError, ModelLoadError, OutputError
+from .errors import CutError, GraphTooBigError, ModelLoadError, OutputError
 from .files import atomic_path
 from .names import NOT_OUTPUT_OP_TYPES, is_machinery, node_input_op, split_tensor_name
 
 tf = tfcompat.tf
 
 MAX_GRAPHDEF_BYTES = 2**31 - 1  # protobuf's hard limit on one message
-TOO_BIG_HINT = ("split it into pieces (`surgery split`) or export a SavedModel, "
-                "which keeps weights outside the proto")
+TOO_BIG_HINT = ("write SavedModels that keep the weights as variables beside the graph: "
+                "`surgery split MODEL ... --format savedmodel`, or `surgery export MODEL --outputs T --saved-model DIR`")
 
 
 def tensor_name(name: str) -> str:
@@ -593,7 +593,7 @@ def stream_graph_def(graph_def, stream, *, text: bool = False, on_chunk=None) ->
         if on_chunk:
             on_chunk(len(chunk))
         if not text and written > MAX_GRAPHDEF_BYTES:  # the estimate was short (unknown variable shapes)
-            raise OutputError("the frozen graph is over the 2 GB limit of a GraphDef", TOO_BIG_HINT)
+            raise GraphTooBigError("the frozen graph is over the 2 GB limit of a GraphDef", TOO_BIG_HINT)
     return written
 
 
@@ -602,7 +602,7 @@ def _checked_size(graph_def):
     source = graph_def if hasattr(graph_def, "node_chunks") else _Whole(graph_def)
     size = source.estimated_bytes
     if size > MAX_GRAPHDEF_BYTES:
-        raise OutputError(f"the frozen graph would be {size / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
+        raise GraphTooBigError(f"the frozen graph would be {size / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
                           TOO_BIG_HINT)
     return source
 

@@ -9,6 +9,7 @@ Names are those to feed and fetch after `tf.import_graph_def(graph_def, name="")
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -60,6 +61,20 @@ def piece_path(directory: str, manifest: dict, name: str) -> str:
         raise ModelLoadError(f"{directory}/{FILENAME} has no piece '{name}'",
                              "pieces here: " + ", ".join(sorted(pieces)))
     return os.path.join(directory, pieces[name]["graph"])
+
+
+def piece_digest(path: str) -> str:
+    """sha256 of a piece as written: a frozen graph's file, or a SavedModel piece's `saved_model.pb`
+    and `variables/variables.index` (the index holds a checksum of every variable's bytes)."""
+    files = [path] if not os.path.isdir(path) else [
+        os.path.join(path, "saved_model.pb"), os.path.join(path, "variables", "variables.index")]
+    digest = hashlib.sha256()
+    for file in files:
+        if os.path.exists(file) or file == path:
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def is_pieces_dir(path: str) -> bool:

@@ -93,18 +93,19 @@ def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "
     or any MODEL (frozen here with values read from its checkpoint)."""
     from .freeze import freeze_model
     from .graph import ancestors, tensor_info
-    from .manifest import is_pieces_dir, piece_path, read_manifest
+    from .manifest import is_pieces_dir, piece_digest, piece_path, read_manifest
     from .model import load_model
     from .report import likely_outputs
 
     default_inputs = default_outputs = None
+    piece_file = None  # a split directory's piece: its digest is the piece's own (`OnlineServer` checks it)
     if is_pieces_dir(path):
         manifest = read_manifest(path)
         graph_file = piece_path(path, manifest, "offline")
         piece = manifest["pieces"]["offline"]
         default_inputs = [t["name"] for t in piece.get("inputs", [])]
         default_outputs = [t["name"] for t in piece.get("outputs", [])]
-        path = graph_file
+        path = piece_file = graph_file
     model = load_model(path, tag_set=tag_set, signature=signature, trust_code=trust_code)
     output_spec = parse_outputs(outputs)
     if model.is_frozen:
@@ -115,7 +116,8 @@ def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "
         wanted = [t for t, _ in output_spec] or [t["name"] for t in likely_outputs(model)]
         frozen = freeze_model(model, wanted)
         graph_def = frozen.graph_def
-        digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True)).hexdigest()
+        digest = piece_digest(piece_file) if piece_file else \
+            hashlib.sha256(graph_def.SerializeToString(deterministic=True)).hexdigest()
         graph = graph_from_def(graph_def)
         default_outputs = [t["name"] for t in frozen.outputs]
     if not output_spec:

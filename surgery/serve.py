@@ -13,16 +13,16 @@ Each precomputed dataset feeds the online placeholder that replaced its cut tens
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
 
 from . import tfcompat
 from .errors import DataError, SurgeryError
-from .manifest import piece_path, read_manifest
+from .manifest import piece_digest, piece_path, read_manifest
 from .model import load_model
 from .precompute import PROGRESS
+from .weights import restore_checkpoint, saver_for
 
 tf = tfcompat.tf
 
@@ -70,6 +70,9 @@ class OnlineServer:
             self._file.close()
             raise
         self.session = tf.compat.v1.Session(graph=self.graph)
+        if model.checkpoint and model.variables():  # a SavedModel piece keeps its variables
+            with self.graph.as_default():
+                restore_checkpoint(saver_for(model), self.session, model.checkpoint)
         feed_names = list(self._feeds.values()) + self.live_inputs
         self._call = self.session.make_callable([self.graph.get_tensor_by_name(n) for n in self.outputs],
                                                 feed_list=[self.graph.get_tensor_by_name(n) for n in feed_names])
@@ -81,8 +84,7 @@ class OnlineServer:
             raise DataError(f"{precomputed} is an unfinished precompute", "run `surgery precompute` again to finish it")
         if recorded is None or "offline" not in manifest["pieces"]:
             return
-        with open(piece_path(split_dir, manifest, "offline"), "rb") as f:
-            actual = hashlib.sha256(f.read()).hexdigest()
+        actual = piece_digest(piece_path(split_dir, manifest, "offline"))
         if actual != recorded:
             raise DataError(f"{precomputed} was computed by another offline piece than {split_dir}'s",
                             "precompute again with this split directory")

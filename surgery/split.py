@@ -23,7 +23,8 @@ import numpy as np
 
 from . import graph as g
 from . import tfcompat
-from .errors import CutError, OutputError
+from . import savedmodel
+from .errors import CutError, GraphTooBigError, OutputError
 from .files import atomic_path
 from .freeze import FrozenGraph, freeze_model
 from .graph import tensor_info, write_graph_def
@@ -34,6 +35,8 @@ from .weights import restore_checkpoint, saver_for
 tf = tfcompat.tf
 
 OFFLINE_FILE, ONLINE_FILE = "offline.pb", "online.pb"
+# {piece format: how its file (or directory) is named}; a SavedModel piece keeps its variables.
+PIECE_FILES = {"frozen": "{}.pb", "savedmodel": "{}"}
 # v1 control flow: a tensor between a Switch and its Merge (or an Enter and its Exit) only exists
 # inside a frame; a placeholder cannot stand in for it.
 _FRAME_CLOSE = {"Merge", "RefMerge", "Exit", "RefExit"}
@@ -42,7 +45,8 @@ _FRAME_OPS = {"Switch", "RefSwitch", "Enter", "RefEnter", "NextIteration", "Loop
 
 @dataclasses.dataclass
 class Split:
-    """The two frozen pieces and how they join.
+    """The two pieces and how they join: each a `FrozenGraph`, or a `savedmodel.VariablePiece`
+    (its variables kept) when frozen it would pass the 2 GB limit or `format="savedmodel"`.
 
     `cut`: [{tensor, placeholder, dtype, shape}], each cut tensor of the original graph and the
     online placeholder that replaces it. `offline_inputs` / `live_inputs`: the placeholders
@@ -51,8 +55,8 @@ class Split:
     `original_names`: {offline placeholder: the original tensor it stands for} where they differ.
     """
 
-    offline: FrozenGraph
-    online: FrozenGraph
+    offline: object
+    online: object
     cut: list
     offline_inputs: list
     live_inputs: list
@@ -60,12 +64,16 @@ class Split:
     original_names: dict = dataclasses.field(default_factory=dict)
 
 
-def split_model(model, cut, outputs, *, inputs=None) -> Split:
-    """Split a loaded `Model` at `cut` (names or tensors) into offline and online pieces, frozen.
+def split_model(model, cut, outputs, *, inputs=None, format: str = "auto") -> Split:
+    """Split a loaded `Model` at `cut` (names or tensors) into offline and online pieces.
 
     `inputs` (optional) names the offline inputs explicitly; any tensor may be one (it becomes
     a placeholder of the offline piece). Raises `CutError` when the cut does not separate.
+    `format`: "frozen", "savedmodel" (variables kept), or "auto": each piece frozen when it
+    fits in a GraphDef (`savedmodel.frozen_limit()`), else kept as a SavedModel.
     """
+    if format not in savedmodel.FORMATS:
+        raise CutError(f"unknown piece format '{format}'", "use --format " + ", ".join(savedmodel.FORMATS))
     graph = model.graph
     cut_tensors = resolve_tensors(graph, cut)
     out_tensors = resolve_tensors(graph, outputs)
@@ -108,8 +116,8 @@ def split_model(model, cut, outputs, *, inputs=None) -> Split:
             raise CutError(f"cut tensor '{t.name}' is not on the way to any output "
                            f"({', '.join(o.name for o in out_tensors)})", "cut below the outputs, or drop it from --cut")
 
-    offline_piece = _freeze_piece(model, "offline", cut_tensors, offline)
-    online_piece = _freeze_piece(model, "online", out_tensors, cut_tensors)
+    offline_piece = _piece(model, "offline", cut_tensors, offline, format)
+    online_piece = _piece(model, "online", out_tensors, cut_tensors, format)
 
     online_inputs = {i["name"]: i for i in online_piece.inputs}
     cut_info = []
@@ -133,6 +141,30 @@ def split_model(model, cut, outputs, *, inputs=None) -> Split:
 
 _FUNCTIONAL_OPS = {"If", "StatelessIf", "While", "StatelessWhile", "Case", "StatelessCase",
                    "PartitionedCall", "StatefulPartitionedCall"}
+
+
+def _piece(model, name: str, outputs, inputs, format: str):
+    """One piece in the format asked for; "auto" keeps the variables only past the frozen size limit."""
+    if format == "savedmodel":
+        return savedmodel.variable_piece(model, outputs, inputs=inputs)
+    try:
+        frozen = _freeze_piece(model, name, outputs, inputs)
+        too_big = frozen.estimated_bytes > savedmodel.frozen_limit()
+    except GraphTooBigError:
+        if format == "frozen":
+            raise
+        too_big = True
+    if not too_big:
+        return frozen
+    if format == "frozen":
+        raise GraphTooBigError(f"the {name} piece would be {frozen.estimated_bytes} bytes frozen, over the limit "
+                               f"({savedmodel.LIMIT_ENV}={savedmodel.frozen_limit()})", g.TOO_BIG_HINT)
+    return savedmodel.variable_piece(model, outputs, inputs=inputs)
+
+
+def piece_format(piece) -> str:
+    """"savedmodel" for a piece that keeps its variables, "frozen" for a `FrozenGraph`."""
+    return getattr(piece, "format", "frozen")
 
 
 def _freeze_piece(model, name: str, outputs, inputs) -> FrozenGraph:
@@ -235,17 +267,18 @@ def _format_path(path, keep: int = 4) -> str:
     return " → ".join(path)
 
 
-def _defaults(frozen: FrozenGraph) -> list:
+def _defaults(piece) -> list:
     """PlaceholderWithDefault tensors a piece keeps (they run at their default unless fed)."""
-    piece_graph = import_piece(frozen.graph_def)
+    piece_graph = import_piece(piece.skeleton if hasattr(piece, "skeleton") else piece.graph_def)
     return [tensor_info(op.outputs[0]) for op in piece_graph.get_operations() if op.type == "PlaceholderWithDefault"]
 
 
 # ---------------------------------------------------------------- writing and verification
 
 def write_split(model, split: Split, directory: str, *, verify: int = 4, seed: int = 0,
-                tolerance: float = 1e-4) -> dict:
-    """Write `offline.pb`, `online.pb` and `manifest.json` into `directory`, all or nothing.
+                tolerance: float = 1e-4, progress: bool = False) -> dict:
+    """Write `offline.pb`, `online.pb` (or SavedModel directories `offline/`, `online/` for pieces
+    that keep their variables) and `manifest.json` into `directory`, all or nothing.
 
     With `verify` > 0, feeds that many random inputs through the original model and through
     offline∘online read back from the written files; a difference beyond `tolerance` (relative
@@ -256,9 +289,9 @@ def write_split(model, split: Split, directory: str, *, verify: int = 4, seed: i
             os.listdir(directory) and not os.path.exists(os.path.join(directory, MANIFEST)))):
         raise OutputError(f"{directory} exists and is not a directory written by surgery",
                           "choose a new --out directory (it is replaced as a whole)")
+    pieces = {"offline": split.offline, "online": split.online}
     with atomic_path(directory, directory=True) as tmp:
-        write_graph_def(split.offline.graph_def, os.path.join(tmp, OFFLINE_FILE))
-        write_graph_def(split.online.graph_def, os.path.join(tmp, ONLINE_FILE))
+        files = {name: write_piece(piece, tmp, name, progress=progress) for name, piece in pieces.items()}
         verification = {"n": 0, "skipped": True, "passed": None}
         if verify > 0:
             verification = verify_split(model, split, tmp, n=verify, seed=seed, tolerance=tolerance)
@@ -268,10 +301,21 @@ def write_split(model, split: Split, directory: str, *, verify: int = 4, seed: i
                     f"(tolerance {verification['tolerance']:.3g}) on {verify} random inputs",
                     "the graph is not deterministic (random ops, dropout left on?) or the cut changes it; "
                     "nothing was written")
-        pieces = {"offline": dict(piece(OFFLINE_FILE, split.offline), defaults=split.defaults["offline"]),
-                  "online": dict(piece(ONLINE_FILE, split.online), defaults=split.defaults["online"])}
+        pieces = {name: dict(piece(files[name], p), format=piece_format(p), defaults=split.defaults[name])
+                  for name, p in pieces.items()}
         return write_manifest(tmp, source=source_info(model), pieces=pieces, cut=split.cut,
                               live_inputs=split.live_inputs, verification=verification)
+
+
+def write_piece(piece, directory: str, name: str, *, progress: bool = False) -> str:
+    """Write one piece into `directory` as `NAME.pb` (frozen) or `NAME/` (a SavedModel keeping its
+    variables); returns the file name the manifest records."""
+    file = PIECE_FILES[piece_format(piece)].format(name)
+    if piece_format(piece) == "savedmodel":
+        savedmodel.write_saved_model(piece, os.path.join(directory, file), progress=progress)
+    else:
+        write_graph_def(piece, os.path.join(directory, file), progress=progress)
+    return file
 
 
 def random_feeds(inputs, n: int, rng, graph_def=None) -> dict:
@@ -349,18 +393,18 @@ def verify_split(model, split: Split, directory: str, *, n: int = 4, seed: int =
     SavedModel) is the whole graph frozen to serve as the reference.
     """
     rng = np.random.default_rng(seed)
-    offline_gd = g.read_graph_def(os.path.join(directory, OFFLINE_FILE))
-    online_gd = g.read_graph_def(os.path.join(directory, ONLINE_FILE))
-    feeds = random_feeds(split.offline_inputs, n, rng, offline_gd)
+    offline_path, online_path = (os.path.join(directory, PIECE_FILES[piece_format(p)].format(name))
+                                 for name, p in (("offline", split.offline), ("online", split.online)))
+    feeds = random_feeds(split.offline_inputs, n, rng, _piece_structure(split.offline, offline_path))
     live = [i for i in split.live_inputs if i["name"] not in feeds]
-    feeds.update(random_feeds(live, n, rng, online_gd))
+    feeds.update(random_feeds(live, n, rng, _piece_structure(split.online, online_path)))
     output_names = [o["name"] for o in split.online.outputs]
 
-    cut_values = _run(offline_gd, {k: feeds[k] for k in (i["name"] for i in split.offline_inputs)},
-                      [c["tensor"] for c in split.cut])
+    cut_values = _run_written(offline_path, {k: feeds[k] for k in (i["name"] for i in split.offline_inputs)},
+                              [c["tensor"] for c in split.cut])
     online_feeds = {c["placeholder"]: v for c, v in zip(split.cut, cut_values)}
     online_feeds.update({i["name"]: feeds[i["name"]] for i in split.live_inputs})
-    got = _run(online_gd, online_feeds, output_names)
+    got = _run_written(online_path, online_feeds, output_names)
     expected, reference = _run_original(model, {split.original_names.get(k, k): v for k, v in feeds.items()},
                                         output_names)
 
@@ -389,6 +433,20 @@ def _run(graph_def, feeds: dict, fetches: list) -> list:
     """Plain TensorFlow: import a GraphDef and run it."""
     with tf.compat.v1.Session(graph=import_piece(graph_def)) as sess:
         return _session_run(sess, fetches, feeds)
+
+
+def _piece_structure(piece, path):
+    """The GraphDef that shows a written piece's tables (for id bounds): the frozen file, or the
+    variable-keeping piece's own graph (its variables carry their shapes)."""
+    return piece.graph_def if piece_format(piece) == "savedmodel" else g.read_graph_def(path)
+
+
+def _run_written(path: str, feeds: dict, fetches: list) -> list:
+    """Run a piece as written: a frozen `.pb` imported, or a SavedModel loaded with its variables."""
+    if os.path.isdir(path):
+        with savedmodel.load_session(path) as sess:
+            return _session_run(sess, fetches, feeds)
+    return _run(g.read_graph_def(path), feeds, fetches)
 
 
 def _session_run(sess, fetches, feeds):
@@ -422,4 +480,5 @@ def _run_original(model, feeds: dict, fetches: list):
                                   if k in {i["name"] for i in whole.inputs}}, fetches), "frozen"
 
 
-__all__ = ["Split", "split_model", "write_split", "verify_split", "random_feeds", "import_piece"]
+__all__ = ["Split", "split_model", "write_split", "write_piece", "piece_format", "verify_split", "random_feeds",
+           "import_piece"]

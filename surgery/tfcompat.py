@@ -118,3 +118,11 @@ def tflite_schema():
     from tensorflow.lite.python import schema_py_generated
 
     return schema_py_generated
+
+
+def variable_def(**fields):
+    """A `VariableDef` proto (what a MetaGraphDef's `variables` collection holds); TensorFlow
+    exports no public name for it."""
+    from tensorflow.core.framework.variable_pb2 import VariableDef
+
+    return VariableDef(**fields)

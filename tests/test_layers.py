@@ -20,7 +20,7 @@ LAYERS = [
     ["tf2", "kerasfile"],
     ["model"],
     ["manifest"],
-    ["report", "optimize", "freeze", "split", "splice", "audit", "restore"],  # passes
+    ["report", "optimize", "freeze", "savedmodel", "split", "splice", "audit", "restore"],  # passes
     ["train", "precompute", "beam", "spark", "export", "runtimes", "mix", "serve"],  # pipelines
     ["cli", "__main__"],
 ]

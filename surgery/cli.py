@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", metavar="T[,..]", help="the offline piece's inputs (default: its placeholders)")
     p.add_argument("--verify", type=int, default=4, metavar="N",
                    help="check offline∘online against the original on N random inputs (0: skip)")
+    p.add_argument("--verify-data", metavar="FILE",
+                   help="verify on real inputs: an HDF5 file with one dataset per input (named as the input op), "
+                        "or a .npy array for a single input")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=d0,d1,..",
+                   help="shape of an input for the random verification inputs, batch first (repeatable)")
     p.add_argument("--out", required=True, metavar="DIR")
 
     p = add("precompute", "run an offline piece over a dataset in batches into HDF5 (resumable)",
@@ -259,7 +264,8 @@ def _cmd_split(args) -> int:
         raise SurgeryError(f"--verify {args.verify} is negative", "give a number of random inputs, or 0 to skip")
     model = load_model(args.model, tag_set=args.tag_set)
     split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None)
-    manifest = write_split(model, split, args.out, verify=args.verify)
+    manifest = write_split(model, split, args.out, verify=args.verify, verify_data=args.verify_data,
+                           input_shapes=_input_shapes(args.input_shape), tag_set=args.tag_set)
 
     def names(specs):
         return ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in specs) or "(nothing)"
@@ -282,6 +288,25 @@ def _cmd_split(args) -> int:
         print(f"  verified on {v['n']} random inputs against the {v['reference']}: "
               f"max |difference| {v['max_abs_diff']:.3g} (tolerance {v['tolerance']:.3g})")
     return 0
+
+
+def _input_shapes(values) -> dict:
+    """`--input-shape NAME=d0,d1,..` (a dim may be `?`) as {NAME: [dims]}."""
+    from .errors import SurgeryError
+
+    shapes = {}
+    for value in values:
+        name, sep, dims = value.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = [None if d.strip() in ("?", "-1", "None") else int(d) for d in dims.split(",") if d.strip()]
+            if any(d is not None and d < 0 for d in shapes[name]):
+                raise ValueError
+        except ValueError:
+            raise SurgeryError(f"--input-shape {value} is not NAME=d0,d1,..",
+                               "e.g. --input-shape images=4,224,224,3 (batch first; ? for any)") from None
+    return shapes
 
 
 def _cmd_precompute(args) -> int:

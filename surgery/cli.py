@@ -205,6 +205,8 @@ def _cmd_freeze(args) -> int:
           + ("  [optimized]" if args.optimize else ""))
     print("  feed:  " + (", ".join(t["name"] for t in frozen.inputs) or "(nothing)"))
     print("  fetch: " + ", ".join(t["name"] for t in frozen.outputs))
+    for note in frozen.notes:
+        print(f"surgery: note: {note}", file=sys.stderr)
     return 0
 
 

@@ -58,7 +58,12 @@ def _write_saved_model(graph_def, inputs: list, outputs: list, directory: str) -
     if not tensors["outputs"]:
         raise SurgeryError("the graph to export has no outputs", "freeze it with --outputs first")
     with graph.as_default(), v1.Session(graph=graph) as sess:
-        sig = v1.saved_model.predict_signature_def(tensors["inputs"], tensors["outputs"])
+        # build_signature_def, not predict_signature_def: a graph with no inputs (weights → answer,
+        # a lookup table that is one Const) serves with an empty input signature.
+        sig = v1.saved_model.build_signature_def(
+            inputs={k: v1.saved_model.build_tensor_info(t) for k, t in tensors["inputs"].items()},
+            outputs={k: v1.saved_model.build_tensor_info(t) for k, t in tensors["outputs"].items()},
+            method_name=v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
         builder = v1.saved_model.Builder(directory)
         builder.add_meta_graph_and_variables(sess, [v1.saved_model.tag_constants.SERVING],
                                              signature_def_map={SIGNATURE: sig}, strip_default_attrs=True)

@@ -520,6 +520,8 @@ def verify_in_child(model, split: Split, directory: str, feeds: dict, *, toleran
     ours = [ln[len("surgery: error: "):] for ln in lines if ln.startswith("surgery: error: ")]
     if ours:  # the child's own refusal, hint included
         raise CutError(ours[-1])
+    if proc.returncode > 0 and lines and "Check failed" not in proc.stderr:  # a Python error there: ours
+        raise RuntimeError(f"the verification process failed: {lines[-1][:300]}")
     check = next((ln for ln in lines if "Check failed" in ln), None)
     cause = (check.split("] ", 1)[-1] if check else lines[-1] if lines else f"exit status {proc.returncode}")[:300]
     raise CutError(f"cannot verify the split: TensorFlow crashed running the model on its verification inputs "

@@ -107,6 +107,11 @@ def split_model(model, cut, outputs, *, inputs=None) -> Split:
     offline_piece = _freeze_piece(model, "offline", cut_tensors, offline)
     online_piece = _freeze_piece(model, "online", out_tensors, cut_tensors)
 
+    for spec in offline_piece.inputs:  # a shape the source records only in _output_shapes or its signature
+        if spec["shape"] is None:
+            original = {ph: t for t, ph in offline_piece.cut.items()}.get(spec["name"], spec["name"])
+            spec["shape"] = _declared_shape(model, original)
+
     online_inputs = {i["name"]: i for i in online_piece.inputs}
     cut_info = []
     for t in cut_tensors:

@@ -150,3 +150,64 @@ def test_stale_temporaries_are_cleaned(corpus, tmp_path):
     _ok(cli("split", corpus["v1_checkpoint"].path, "--cut", "MatMul", "--outputs", "probs", "--out",
             tmp_path / "pieces"), 0)
     assert not stale.exists()
+
+
+def test_strict_agrees_with_audit(corpus, tmp_path):
+    case = corpus["half_plus_two"]
+    _ok(cli("freeze", case.path, "--strict", "--outputs", "y", "--out", tmp_path / "f.pb"), 0)
+
+
+def test_optimize_check_skips_a_pass_that_changes_the_answer():
+    """The per-pass check of `freeze --optimize`: a rewrite that changes the answer or drops a
+    function the graph calls is caught (and the function library is carried over)."""
+    from surgery.optimize import _Check, _keep_functions
+
+    g = v1.Graph()
+    with g.as_default():
+        x = v1.placeholder("float32", [None, 3], name="x")
+        v1.identity(x * 2.0, name="y")
+    gd = g.as_graph_def()
+    notes = []
+    check = _Check(gd, ["x:0"], ["y:0"], notes)
+    assert check(gd) is None and not notes
+    changed = v1.GraphDef()
+    changed.CopyFrom(gd)
+    for n in changed.node:
+        if n.op == "Const":
+            n.attr["value"].tensor.float_val[:] = [3.0]
+    assert "changes output y:0" in check(changed)
+
+    # functional graphs: the library survives a pass that rebuilds the GraphDef
+    from tensorflow.python.ops import cond_v2
+
+    f = v1.Graph()
+    with f.as_default():
+        x = v1.placeholder("float32", [None, 3], name="x")
+        v1.identity(cond_v2.cond_v2(v1.reduce_sum(x) > 0, lambda: x * 2.0, lambda: x - 1.0), name="y")
+    fd = f.as_graph_def()
+    bare = v1.GraphDef()
+    bare.node.extend(fd.node)
+    kept = _keep_functions(bare, fd)
+    assert {fn.signature.name for fn in kept.library.function} == {fn.signature.name for fn in fd.library.function}
+
+
+def test_output_shapes_reach_the_manifest(corpus, tmp_path):
+    case = corpus["output_shapes_only"]
+    _ok(cli("split", case.path, "--cut", "Conv2D", "--outputs", "out", "--out", tmp_path / "p"), 0)
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert manifest["pieces"]["offline"]["inputs"][0]["shape"] == [None, 8, 8, 3]
+
+
+def test_unknowable_shape_is_refused_naming_the_input(tmp_path):
+    g = v1.Graph()
+    with g.as_default():
+        x = v1.placeholder("float32", None, name="signal")
+        h = v1.multiply(x, 2.0, name="h")
+        v1.identity(h + 1.0, name="out")
+    (tmp_path / "m.pb").write_bytes(g.as_graph_def().SerializeToString())
+    r = _ok(cli("split", tmp_path / "m.pb", "--cut", "h", "--outputs", "out", "--out", tmp_path / "p"), 2)
+    assert "'signal:0'" in r.stderr and "--input-shape signal=" in r.stderr and "--verify-data" in r.stderr
+    assert not (tmp_path / "p").exists()
+    r = _ok(cli("split", tmp_path / "m.pb", "--cut", "h", "--outputs", "out", "--input-shape", "signal=5,7",
+                "--out", tmp_path / "p"), 0)
+    assert json.loads((tmp_path / "p" / "manifest.json").read_text())["verification"]["n"] == 5

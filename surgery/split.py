@@ -316,7 +316,7 @@ def random_feeds(inputs, n: int, rng, graph_def=None) -> dict:
             value = rng.standard_normal(dims)
         else:
             raise CutError(f"cannot make random values of {spec['dtype']} for input '{spec['name']}'",
-                           "pass --verify 0 and check the pieces yourself")
+                           "give real inputs with --verify-data FILE, or pass --verify 0 and check the pieces yourself")
         feeds[spec["name"]] = value.astype(dtype.as_numpy_dtype)
     return feeds
 

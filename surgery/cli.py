@@ -227,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["auto", "frozen", "savedmodel"], default="auto",
                    help="pieces as frozen .pb files, or SavedModel directories that keep their variables "
                         "(for models past 2 GB); auto: frozen when a piece fits (default: auto)")
+    p.add_argument("--verify-data", metavar="FILE",
+                   help="verify on real inputs: an HDF5 file with one dataset per input (named as the input op), "
+                        "or a .npy array for a single input; its first N rows are used")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=d0,d1,..",
+                   help="shape of an input for the random verification inputs, batch first, ? for any (repeatable)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="directory to write (offline.pb or offline/, online.pb or online/, manifest.json), "
                         "all or nothing")
@@ -383,9 +388,11 @@ def _cmd_freeze(args):
         + ("  [optimized]" if args.optimize else ""))
     say("  feed:  " + (", ".join(t["name"] for t in frozen.inputs) or "(nothing)"))
     say("  fetch: " + ", ".join(t["name"] for t in frozen.outputs))
+    for note in frozen.notes:  # not silenced by -q/--json: the answer may differ from the original's
+        print(f"surgery: note: {note}", file=sys.stderr)
     return 0, {"written": args.out, "bytes": size, "num_nodes": frozen.num_nodes, "optimized": args.optimize,
                "text": bool(args.text or args.out.endswith(".pbtxt")), "inputs": frozen.inputs,
-               "outputs": frozen.outputs}
+               "outputs": frozen.outputs, "stripped_stateful": frozen.stripped_stateful, "notes": frozen.notes}
 
 
 def _cmd_restore(args):
@@ -444,6 +451,7 @@ VERIFIED_AGAINST = {"graph": "the original graph", "checkpoint": "the original g
 def _cmd_split(args):
     from .errors import SurgeryError
     from .model import load_model
+    from .runtimes import parse_input_shapes
     from .split import split_model, write_split
 
     if args.verify < 0:
@@ -451,7 +459,9 @@ def _cmd_split(args):
     say = _sayer(args)
     model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
     split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None, format=args.format)
-    manifest = write_split(model, split, args.out, verify=args.verify, progress=_progress(args) and not args.json)
+    manifest = write_split(model, split, args.out, verify=args.verify, progress=_progress(args) and not args.json,
+                           verify_data=args.verify_data, input_shapes=parse_input_shapes(args.input_shape),
+                           tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
     out = args.out.rstrip("/") or "/"
 
     def names(specs):
@@ -475,7 +485,7 @@ def _cmd_split(args):
         say("  verification skipped (--verify 0)")
     else:
         against = VERIFIED_AGAINST.get(v["reference"], f"the original ({v['reference']})")
-        say(f"  verified on {v['n']} random inputs against {against}: "
+        say(f"  verified on {v['n']} {v.get('data', 'random')} inputs against {against}: "
             f"max |difference| {v['max_abs_diff']:.3g} (tolerance {v['tolerance']:.3g})")
     return 0, {"written": out, **manifest}
 

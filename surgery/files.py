@@ -30,6 +30,7 @@ def atomic_path(target: str, *, directory: bool = False):
     parent = os.path.dirname(target)
     try:
         os.makedirs(parent, exist_ok=True)
+        _remove_stale(parent, os.path.basename(target))
         if directory:
             tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
         else:
@@ -56,6 +57,30 @@ def atomic_path(target: str, *, directory: bool = False):
         elif os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _remove_stale(parent: str, base: str, min_age_s: float = 2.0) -> None:
+    """Remove `.BASE.*.tmp` (and `.tmp.old`) left beside `BASE` by a run that was killed before it
+    could clean up (SIGKILL, power loss). Only ones older than `min_age_s`: a concurrent writer's
+    fresh temporary is left alone."""
+    import time
+
+    prefix = f".{base}."
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix) and n.endswith((".tmp", ".tmp.old"))]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            if time.time() - os.lstat(path).st_mtime < min_age_s:
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def _unwritable(target: str, parent: str, e: OSError) -> OutputError:

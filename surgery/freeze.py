@@ -55,6 +55,8 @@ class FrozenGraph:
         self.outputs = list(outputs or [])
         # {tensor of the source graph: the placeholder tensor that replaced it} (see `graph.cut`)
         self.cut = dict(cut or {})
+        # what freezing left out or skipped that the user should hear about (printed by the CLI)
+        self.stripped_stateful, self.notes = [], []
 
     def __repr__(self) -> str:
         return (f"FrozenGraph({self.num_nodes} nodes, inputs={[t['name'] for t in self.inputs]}, "
@@ -254,6 +256,7 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
     structure, held = hold_large_constants(graph_def if graph_def is not None else graph.as_graph_def())
     gd, replaced = g.cut(structure, in_tensors)
     del structure
+    stripped = stateful_on_path(gd, [replaced.get(t.name, t.name) for t in out_tensors])
     gd = _drop_machinery_control_inputs(gd)
     out_names = [replaced.get(t.name, t.name) for t in out_tensors]
     gd = g.prune(gd, out_names)
@@ -273,12 +276,29 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
     if size > g.MAX_GRAPHDEF_BYTES:
         raise GraphTooBigError(f"the frozen graph would be about {size / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
                           TOO_BIG_HINT)
+    notes = []
     if optimize:
         from .optimize import optimize_for_inference
 
-        graph_def = optimize_for_inference(frozen.graph_def, [t["name"] for t in frozen.inputs], out_names)
+        graph_def = optimize_for_inference(frozen.graph_def, [t["name"] for t in frozen.inputs], out_names,
+                                           notes=notes)
         frozen = FrozenGraph(graph_def, *_tensor_infos(graph_def, out_names), cut=replaced)
+    frozen.stripped_stateful = stripped
+    if stripped:
+        listed = ", ".join(f"{s['name']} ({s['op']})" for s in stripped[:5]) + (" …" if len(stripped) > 5 else "")
+        notes.insert(0, f"removed {len(stripped)} stateful op(s) the outputs waited on: {listed}; the frozen graph "
+                        "never runs them, so its answer may differ from running the original once (hint: if the "
+                        "update is part of inference, compute it into the graph instead of as a side effect)")
+    frozen.notes = notes
     return frozen
+
+
+def stateful_on_path(graph_def, outputs) -> list:
+    """[{name, op}] of the ops that write state (`Assign*`, scatter, queue and stack ops) which the
+    `outputs` wait on through data or control edges: freezing strips them, and says so."""
+    on_path = g.ancestors(graph_def, outputs)
+    return [{"name": n.name, "op": n.op} for n in graph_def.node if n.name in on_path and (
+        n.op in STATE_WRITING_OPS or n.op.startswith(("Queue", "Stack")) or n.op.endswith("EnqueueV2"))]
 
 
 def _tensor_infos(graph_def, out_names) -> tuple:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import sys
 
 import numpy as np
@@ -182,13 +183,55 @@ def descendants(graph, roots, *, control: bool = False, where=None) -> set:
     return seen
 
 
+# Ops that compute a training loss from logits and labels: they and all below them are training.
+LOSS_OP_TYPES = frozenset({"SoftmaxCrossEntropyWithLogits", "SparseSoftmaxCrossEntropyWithLogits"})
+_LOSS_NAME = re.compile(r"(^|/)(loss|losses|total_loss|metrics?|accuracy|xentropy|cross_entropy)(_\d+)?(/|$)",
+                        re.IGNORECASE)
+_STATE_WRITERS = ("Assign", "AssignAdd", "AssignSub", "AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
+_FUNCTIONAL_FLOW = frozenset({"While", "StatelessWhile", "If", "StatelessIf", "Case", "StatelessCase"})
+
+
 def likely_output_nodes(graph_def) -> list[str]:
-    """Names of the nodes that look like a model's answers: no consumer but training, saving or
-    summary machinery, and not a variable, constant, placeholder or bookkeeping op."""
+    """Names of the nodes that look like a model's answers: the one rule `inspect`, `audit` and
+    `export` share.
+
+    An answer has no consumer but training, saving or summary machinery, and is not a variable,
+    constant, placeholder or bookkeeping op; nor part of an initializer (it feeds an `Assign`),
+    a control-only dependency (`cond/switch_t`), the loss/metric side of a training graph (a
+    cross-entropy op and everything below it, scopes named loss/metrics/accuracy) or an unused
+    loop variable of a functional `While`. A graph of constants alone answers with them.
+    """
     index = Index(graph_def)
-    return [n.name for n in graph_def.node
-            if n.op not in NOT_OUTPUT_OP_TYPES and not is_machinery(n.name, n.op)
-            and all(is_machinery(c.name, c.op) for c, _ in index.consumers(n.name))]
+    training = descendants(index, [n.name for n in graph_def.node if n.op in LOSS_OP_TYPES], control=True)
+    training |= {n.name for n in graph_def.node if _LOSS_NAME.search(n.name)}
+
+    def answer(n) -> bool:
+        if n.op in NOT_OUTPUT_OP_TYPES or is_machinery(n.name, n.op) or n.name in training:
+            return False
+        if index.control_consumers(n.name):
+            return False
+        consumers = [c for c, _ in index.consumers(n.name)]
+        if any(c.op in _STATE_WRITERS for c in consumers):
+            return False
+        if n.op == "Identity" and not consumers and n.input and _unused_loop_output(index, n):
+            return False
+        return all(is_machinery(c.name, c.op) or c.name in training for c in consumers)
+
+    found = [n.name for n in graph_def.node if answer(n)]
+    if not found and all(n.op in ("Const", "NoOp") for n in graph_def.node):
+        found = [n.name for n in graph_def.node if n.op == "Const" and not index.consumers(n.name)]
+    return found
+
+
+def _unused_loop_output(index, node) -> bool:
+    """An Identity on an output of a functional While/If none of whose consumers ever uses it,
+    while a sibling output is used: a loop counter left over, not an answer."""
+    name = node_input_op(node.input[0])
+    source = index[name] if name in index else None
+    if source is None or source.op not in _FUNCTIONAL_FLOW:
+        return False
+    return any(c.name != node.name and (c.op != "Identity" or index.consumers(c.name))
+               for c, _ in index.consumers(source.name))
 
 
 # ---------------------------------------------------------------- rewiring passes

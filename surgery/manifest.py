@@ -51,7 +51,33 @@ def read_manifest(directory: str) -> dict:
         raise ModelLoadError(f"{path} is not valid JSON: {e}", "write the pieces again") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("pieces"), dict):
         raise ModelLoadError(f"{path} is not a {FORMAT} manifest", "write the pieces again with this version")
+    for name, info in manifest["pieces"].items():
+        problem = _piece_problem(info)
+        if problem:
+            raise ModelLoadError(f"{path}: piece '{name}' {problem}", "write the pieces again")
     return manifest
+
+
+def _piece_problem(info) -> str | None:
+    """What is wrong with one manifest piece, or None: a graph file inside the directory, and
+    inputs/outputs as lists of {name, dtype, shape} (a hand-edited or damaged manifest)."""
+    if not isinstance(info, dict):
+        return "is not an object"
+    graph = info.get("graph")
+    if not isinstance(graph, str) or not graph or os.path.isabs(graph) or ".." in graph.replace("\\", "/").split("/"):
+        return f"names no graph file inside the directory (graph: {json.dumps(graph)[:60]})"
+    for key in ("inputs", "outputs"):
+        specs = info.get(key)
+        if not isinstance(specs, list):
+            return f"has no list of {key}"
+        for spec in specs:
+            if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and spec["name"]
+                    and isinstance(spec.get("dtype"), str)
+                    and (spec.get("shape") is None or (isinstance(spec["shape"], list) and all(
+                        d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+                        for d in spec["shape"])))):
+                return f"has a malformed entry in {key}: {json.dumps(spec)[:80]}"
+    return None
 
 
 def piece_path(directory: str, manifest: dict, name: str) -> str:

@@ -136,7 +136,7 @@ def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "
         if default_inputs is None:  # the placeholders the outputs depend on
             needed = ancestors(graph_def, out_tensors)
             default_inputs = [n.name + ":0" for n in graph_def.node if n.name in needed and n.op == "Placeholder"]
-        candidates = [graph.get_tensor_by_name(n) for n in default_inputs]
+        candidates = resolve_tensors(graph, default_inputs)  # a manifest naming what its graph lacks: exit 2
         candidates = [t for t in candidates if t.shape.rank is None or t.shape.rank > 0]  # scalars are settings
         if len(candidates) != 1:
             raise SurgeryError(f"{path} has {len(candidates)} candidate inputs"

@@ -7,7 +7,7 @@ import re
 
 from . import tfcompat
 from .errors import SurgeryError
-from .graph import Index, descendants, likely_output_nodes, tensor_info
+from .graph import Index, ancestors, descendants, likely_output_nodes, tensor_info
 from .names import is_machinery
 
 tf = tfcompat.tf
@@ -19,7 +19,11 @@ def likely_inputs(model) -> list:
     if sig is not None:
         return [_resolve_sig(model, t) for t in sig.inputs.values()]
     out = []
+    answers = likely_output_nodes(model.graph_def)
+    needed = ancestors(model.graph_def, answers) if answers else None  # labels feed only the loss
     for op in model.graph.get_operations():
+        if needed is not None and op.name not in needed:
+            continue
         if op.type in ("Placeholder", "PlaceholderWithDefault") and not is_machinery(op.name, op.type):
             if op.type == "PlaceholderWithDefault" and _feeds_only_savers(op, model.graph_def):
                 continue  # a Saver's filename (`restore_pretrained/filename`, `epoch_saver/Const`)

@@ -76,7 +76,13 @@ def signature(graph, inputs: list, outputs: list) -> tuple:
             tensors[kind][key] = t
     if not tensors["outputs"]:
         raise SurgeryError("the graph to export has no outputs", "name them with --outputs")
-    return v1.saved_model.predict_signature_def(tensors["inputs"], tensors["outputs"]), keys
+    # build_signature_def, not predict_signature_def: a graph with no inputs (weights → answer,
+    # a lookup table that is one Const) serves with an empty input signature.
+    sig = v1.saved_model.build_signature_def(
+        inputs={k: v1.saved_model.build_tensor_info(t) for k, t in tensors["inputs"].items()},
+        outputs={k: v1.saved_model.build_tensor_info(t) for k, t in tensors["outputs"].items()},
+        method_name=v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
+    return sig, keys
 
 
 class VariablePiece:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import sys
 
 import numpy as np
 
@@ -29,12 +30,11 @@ from .files import atomic_path
 from .freeze import FrozenGraph, freeze_model
 from .graph import tensor_info, write_graph_def
 from .manifest import FILENAME as MANIFEST, piece, source_info, write_manifest
-from .names import VARIABLE_OP_TYPES, resolve_tensors
+from .names import VARIABLE_OP_TYPES, resolve_tensors, suggest
 from .weights import restore_checkpoint, saver_for
 
 tf = tfcompat.tf
 
-OFFLINE_FILE, ONLINE_FILE = "offline.pb", "online.pb"
 # {piece format: how its file (or directory) is named}; a SavedModel piece keeps its variables.
 PIECE_FILES = {"frozen": "{}.pb", "savedmodel": "{}"}
 # v1 control flow: a tensor between a Switch and its Merge (or an Enter and its Exit) only exists
@@ -119,6 +119,11 @@ def split_model(model, cut, outputs, *, inputs=None, format: str = "auto") -> Sp
     offline_piece = _piece(model, "offline", cut_tensors, offline, format)
     online_piece = _piece(model, "online", out_tensors, cut_tensors, format)
 
+    for spec in offline_piece.inputs:  # a shape the source records only in _output_shapes or its signature
+        if spec["shape"] is None:
+            original = {ph: t for t, ph in offline_piece.cut.items()}.get(spec["name"], spec["name"])
+            spec["shape"] = _declared_shape(model, original)
+
     online_inputs = {i["name"]: i for i in online_piece.inputs}
     cut_info = []
     for t in cut_tensors:
@@ -185,8 +190,9 @@ def _freeze_piece(model, name: str, outputs, inputs) -> FrozenGraph:
 
 
 def _is_setting(tensor) -> bool:
-    """A scalar placeholder (`is_training`, `keep_prob`) is a setting shared by both pieces, not data."""
-    return tensor.shape.rank == 0
+    """A scalar placeholder (`is_training`, `keep_prob`) or a boolean one declared without a shape
+    (a TF-slim `is_train` switch) is a setting shared by both pieces, not data."""
+    return tensor.shape.rank == 0 or (tensor.shape.rank is None and tensor.dtype.base_dtype == tf.bool)
 
 
 def _check_cuttable(tensor) -> None:
@@ -276,13 +282,18 @@ def _defaults(piece) -> list:
 # ---------------------------------------------------------------- writing and verification
 
 def write_split(model, split: Split, directory: str, *, verify: int = 4, seed: int = 0,
-                tolerance: float = 1e-4, progress: bool = False) -> dict:
+                tolerance: float = 1e-4, progress: bool = False, input_shapes=None, verify_data: str | None = None,
+                tag_set: str = "serve", signature=None, trust_code: bool = False) -> dict:
     """Write `offline.pb`, `online.pb` (or SavedModel directories `offline/`, `online/` for pieces
     that keep their variables) and `manifest.json` into `directory`, all or nothing.
 
-    With `verify` > 0, feeds that many random inputs through the original model and through
-    offline∘online read back from the written files; a difference beyond `tolerance` (relative
-    to the outputs' magnitude) raises `CutError` and nothing is written. Returns the manifest.
+    With `verify` > 0, feeds that many inputs through the original model and through
+    offline∘online read back from the written files, in a child process (a TensorFlow `CHECK`
+    failure on a hostile graph kills that process, not this one); a difference beyond
+    `tolerance` (relative to the outputs' magnitude) raises `CutError` and nothing is written.
+    The inputs are the rows of `verify_data` (HDF5 with one dataset per input, or a `.npy` for
+    one input), else random values shaped by `input_shapes` ({name: [dims]}) and every shape
+    the graph records (see `verify_feeds`). Returns the manifest.
     """
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and (not os.path.isdir(directory) or (
@@ -294,11 +305,16 @@ def write_split(model, split: Split, directory: str, *, verify: int = 4, seed: i
         files = {name: write_piece(piece, tmp, name, progress=progress) for name, piece in pieces.items()}
         verification = {"n": 0, "skipped": True, "passed": None}
         if verify > 0:
-            verification = verify_split(model, split, tmp, n=verify, seed=seed, tolerance=tolerance)
+            feeds = verify_feeds(model, split, n=verify, seed=seed, input_shapes=input_shapes,
+                                 verify_data=verify_data)
+            verification = verify_in_child(model, split, tmp, feeds, tolerance=tolerance, tag_set=tag_set,
+                                           signature=signature, trust_code=trust_code)
+            verification["data"] = "given" if verify_data else "random"
             if not verification["passed"]:
                 raise CutError(
                     f"offline∘online differs from the original model by {verification['max_abs_diff']:.3g} "
-                    f"(tolerance {verification['tolerance']:.3g}) on {verify} random inputs",
+                    f"(tolerance {verification['tolerance']:.3g}) on {verification['n']} "
+                    f"{'given' if verify_data else 'random'} inputs",
                     "the graph is not deterministic (random ops, dropout left on?) or the cut changes it; "
                     "nothing was written")
         pieces = {name: dict(piece(files[name], p), format=piece_format(p), defaults=split.defaults[name])
@@ -344,7 +360,7 @@ def random_feeds(inputs, n: int, rng, graph_def=None) -> dict:
             value = rng.standard_normal(dims)
         else:
             raise CutError(f"cannot make random values of {spec['dtype']} for input '{spec['name']}'",
-                           "pass --verify 0 and check the pieces yourself")
+                           "give real inputs with --verify-data FILE, or pass --verify 0 and check the pieces yourself")
         feeds[spec["name"]] = value.astype(dtype.as_numpy_dtype)
     return feeds
 
@@ -385,20 +401,226 @@ def _rows(nodes, name):
     return dims[0].size if dims and dims[0].size > 0 else None
 
 
-def verify_split(model, split: Split, directory: str, *, n: int = 4, seed: int = 0, tolerance: float = 1e-4) -> dict:
-    """Run N random inputs through the original model and through the pieces read from `directory`.
+_SHAPE_HINT = ("give its shape with --input-shape {name}=d0,d1,.. (batch first) or real inputs with "
+               "--verify-data FILE, or skip verification with --verify 0")
+
+
+def verify_feeds(model, split: Split, *, n: int, seed: int = 0, input_shapes=None, verify_data=None) -> dict:
+    """{input tensor: array} for every placeholder the pieces are fed (cut placeholders excepted).
+
+    From `verify_data` when given (its first `n` rows), else random values whose shapes come
+    from, in order: `input_shapes`, the placeholder's own shape, its `_output_shapes`, the
+    serving signature, what its consumers require (a convolution's rank and channels, a
+    matmul's width). An input whose shape none of them fixes is refused (`CutError` naming it
+    and the flags) rather than guessed: a wrong guess can crash TensorFlow itself.
+    """
+    rng = np.random.default_rng(seed)
+    specs = {}
+    for spec in list(split.offline_inputs) + list(split.live_inputs):
+        specs.setdefault(spec["name"], dict(spec))
+    given = _match_inputs(input_shapes or {}, specs, "--input-shape")
+    rows = _verify_rows(verify_data, specs, n) if verify_data else {}
+    feeds = {}
+    for name, spec in specs.items():
+        if name in rows:
+            feeds[name] = rows[name]
+            continue
+        original = split.original_names.get(name, name)
+        shape = given.get(name)
+        if shape is None and spec["shape"] is not None:
+            shape = _refine(spec["shape"], _consumer_shape(model.graph, original))
+        if shape is None:
+            shape = _declared_shape(model, original)
+        if shape is None:
+            shape = _consumer_shape(model.graph, original)
+        if shape is None:
+            if tf.as_dtype(spec["dtype"]) == tf.bool:
+                shape = []  # a shapeless boolean switch: a setting, fed False
+            else:
+                raise CutError(f"cannot verify the split: the shape of input '{name}' is unknown (no declared "
+                               "shape, no _output_shapes, no signature, and its consumers do not fix its rank)",
+                               _SHAPE_HINT.format(name=name.split(":")[0]))
+        feeds.update(random_feeds([dict(spec, shape=shape)], n, rng,
+                                  split.offline.graph_def if name in {i["name"] for i in split.offline_inputs}
+                                  else split.online.graph_def))
+    return feeds
+
+
+def _match_inputs(by_name: dict, specs: dict, flag: str) -> dict:
+    """{input tensor: value} from user keys given as `op`, `op:0` or the original tensor's name."""
+    out = {}
+    for key, value in by_name.items():
+        match = [name for name in specs if key in (name, name.split(":")[0])]
+        if not match:
+            close = suggest(key.split(":")[0], [n.split(":")[0] for n in specs])
+            raise CutError(f"{flag} {key}: the pieces have no input '{key}'",
+                           "inputs to verify with: " + (", ".join(n.split(":")[0] for n in specs) or "(none)")
+                           + (f" (did you mean {close[0]}?)" if close else ""))
+        out[match[0]] = value
+    return out
+
+
+def _verify_rows(path: str, specs: dict, n: int) -> dict:
+    """The first `n` rows for each input from `path`: a `.npy` for the one data input, or an HDF5
+    file with one dataset per input (named as the input op, e.g. `images` or `net/x`)."""
+    from .data import ArrayRows, check_feedable
+
+    data_inputs = [name for name, spec in specs.items() if spec["shape"] != []]
+    rows = {}
+    for name in (data_inputs if not path.endswith(".npy") else data_inputs[:1]):
+        if path.endswith(".npy") and len(data_inputs) > 1:
+            raise CutError(f"--verify-data {path}: one .npy array cannot feed {len(data_inputs)} inputs "
+                           f"({', '.join(data_inputs)})", "pass an HDF5 file with one dataset per input")
+        with ArrayRows(path, None if path.endswith(".npy") else name.split(":")[0], what="--verify-data") as source:
+            dtype = check_feedable(source, dict(specs[name], shape=None), where=f"--verify-data {source.where}")
+            rows[name] = source.read(0, min(n, len(source))).astype(dtype)
+    return rows
+
+
+def _refine(shape, required):
+    """`shape` with unknown dims filled from `required` (same rank), else `shape`."""
+    if required is None or len(required) != len(shape):
+        return list(shape)
+    return [d if d is not None else r for d, r in zip(shape, required)]
+
+
+def _declared_shape(model, tensor_name: str):
+    """The shape recorded for a tensor outside its op's own attrs: `_output_shapes`, or the
+    serving signature's entry for it. None when neither knows its rank."""
+    op_name, _, index = tensor_name.partition(":")
+    node = next((n for n in model.graph_def.node if n.name == op_name), None)
+    if node is not None and "_output_shapes" in node.attr:
+        shapes = node.attr["_output_shapes"].list.shape
+        i = int(index or 0)
+        if i < len(shapes) and not shapes[i].unknown_rank:
+            return [d.size if d.size >= 0 else None for d in shapes[i].dim]
+    for sig in (model.signature_defs or {}).values():
+        for info in sig.inputs.values():
+            if info.name == tensor_name and not info.tensor_shape.unknown_rank:
+                return [d.size if d.size >= 0 else None for d in info.tensor_shape.dim]
+    return None
+
+
+_SAME_SHAPE_OPS = {"Identity", "Cast", "StopGradient", "Relu", "Relu6", "Sigmoid", "Tanh", "Neg", "Abs", "Square",
+                   "Exp", "Log", "Sqrt", "Softmax", "Elu", "Selu", "Softplus"}
+_IMAGE_OPS = {"Conv2D", "DepthwiseConv2dNative", "MaxPool", "AvgPool", "FusedBatchNorm", "FusedBatchNormV3",
+              "Conv2DBackpropInput"}
+
+
+def _consumer_shape(graph, tensor_name: str):
+    """What the consumers of a tensor require of it (through shape-keeping ops): rank 4 with the
+    filter's channels for a convolution, rank 2 with the weights' rows for a matmul. None when
+    no consumer says."""
+    try:
+        tensor = graph.get_tensor_by_name(tensor_name)
+    except (KeyError, ValueError):
+        return None
+    seen, todo = set(), [tensor]
+    while todo:
+        t = todo.pop()
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        for c in t.consumers():
+            if c.type in _SAME_SHAPE_OPS and c.inputs and c.inputs[0] is t:
+                todo.extend(c.outputs[:1])
+            elif c.type in _IMAGE_OPS and c.inputs[0] is t:
+                channels = None
+                if c.type in ("Conv2D", "DepthwiseConv2dNative") and c.inputs[1].shape.rank == 4:
+                    channels = c.inputs[1].shape.as_list()[2]
+                fmt = c.get_attr("data_format") if "data_format" in c.node_def.attr else b"NHWC"
+                if fmt in (b"NCHW", "NCHW"):
+                    return [None, channels, None, None]
+                return [None, None, None, channels]
+            elif c.type in ("MatMul", "BatchMatMulV2") and c.inputs[0] is t and c.type == "MatMul":
+                b = c.inputs[1].shape
+                if c.get_attr("transpose_a") or b.rank != 2:
+                    return [None, None]
+                return [None, b.as_list()[1 if c.get_attr("transpose_b") else 0]]
+    return None
+
+
+def verify_in_child(model, split: Split, directory: str, feeds: dict, *, tolerance: float = 1e-4,
+                    tag_set: str = "serve", signature=None, trust_code: bool = False) -> dict:
+    """`verify_split` in a fresh Python process: the original model is loaded again from its
+    path there. A crash of TensorFlow (a `CHECK` failure aborts the process) or an error becomes
+    `CutError` with TensorFlow's own message; this process is never at risk."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="surgery-verify-") as work:
+        names = sorted(feeds)
+        np.savez(os.path.join(work, "feeds.npz"), *[feeds[k] for k in names])
+        spec = {"model": model.path, "tag_set": tag_set, "signature": signature, "trust_code": trust_code,
+                "pieces": directory,
+                "feeds": names, "tolerance": tolerance,
+                "split": {"offline_inputs": split.offline_inputs, "live_inputs": split.live_inputs,
+                          "cut": split.cut, "original_names": split.original_names,
+                          "outputs": split.online.outputs}}
+        with open(os.path.join(work, "spec.json"), "w") as f:
+            json.dump(spec, f)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        proc = subprocess.run([sys.executable, "-c", "import sys; from surgery.split import _verify_child; "
+                               "sys.exit(_verify_child(sys.argv[1]))", work],
+                              capture_output=True, text=True, env=env)
+        result = os.path.join(work, "result.json")
+        if proc.returncode == 0 and os.path.exists(result):
+            with open(result) as f:
+                return json.load(f)
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+    ours = [ln[len("surgery: error: "):] for ln in lines if ln.startswith("surgery: error: ")]
+    if ours:  # the child's own refusal, hint included
+        raise CutError(ours[-1])
+    if proc.returncode > 0 and lines and "Check failed" not in proc.stderr:  # a Python error there: ours
+        raise RuntimeError(f"the verification process failed: {lines[-1][:300]}")
+    check = next((ln for ln in lines if "Check failed" in ln), None)
+    cause = (check.split("] ", 1)[-1] if check else lines[-1] if lines else f"exit status {proc.returncode}")[:300]
+    raise CutError(f"cannot verify the split: TensorFlow crashed running the model on its verification inputs "
+                   f"({cause})", "the input shapes are probably wrong: " + _SHAPE_HINT.format(name="NAME"))
+
+
+def _verify_child(work: str) -> int:
+    """Child side of `verify_in_child`: load the model, run the check, write `result.json`."""
+    import json
+    import types
+
+    from .errors import SurgeryError
+    from .model import load_model
+
+    with open(os.path.join(work, "spec.json")) as f:
+        spec = json.load(f)
+    with np.load(os.path.join(work, "feeds.npz"), allow_pickle=False) as data:
+        feeds = {name: data[f"arr_{i}"] for i, name in enumerate(spec["feeds"])}
+    s = spec["split"]
+    split = types.SimpleNamespace(offline_inputs=s["offline_inputs"], live_inputs=s["live_inputs"], cut=s["cut"],
+                                  original_names=s["original_names"],
+                                  online=types.SimpleNamespace(outputs=s["outputs"]))
+    try:
+        model = load_model(spec["model"], tag_set=spec["tag_set"], signature=spec["signature"],
+                           trust_code=spec["trust_code"])
+        result = verify_split(model, split, spec["pieces"], feeds, tolerance=spec["tolerance"])
+    except SurgeryError as e:
+        print(f"surgery: error: {e}", file=sys.stderr)
+        return 2
+    with open(os.path.join(work, "result.json"), "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+def verify_split(model, split: Split, directory: str, feeds: dict, *, tolerance: float = 1e-4) -> dict:
+    """Run `feeds` through the original model and through the pieces read from `directory`.
 
     The original runs as loaded: its own graph with its variables restored by its own Saver from
     the checkpoint, or as is when it holds no variables. Only when it has no usable Saver (a TF2
     SavedModel) is the whole graph frozen to serve as the reference.
     """
-    rng = np.random.default_rng(seed)
-    offline_path, online_path = (os.path.join(directory, PIECE_FILES[piece_format(p)].format(name))
-                                 for name, p in (("offline", split.offline), ("online", split.online)))
-    feeds = random_feeds(split.offline_inputs, n, rng, _piece_structure(split.offline, offline_path))
-    live = [i for i in split.live_inputs if i["name"] not in feeds]
-    feeds.update(random_feeds(live, n, rng, _piece_structure(split.online, online_path)))
+    offline_path, online_path = _written_piece(directory, "offline"), _written_piece(directory, "online")
     output_names = [o["name"] for o in split.online.outputs]
+    n = max((len(v) for v in feeds.values() if np.ndim(v)), default=1)
 
     cut_values = _run_written(offline_path, {k: feeds[k] for k in (i["name"] for i in split.offline_inputs)},
                               [c["tensor"] for c in split.cut])
@@ -435,10 +657,13 @@ def _run(graph_def, feeds: dict, fetches: list) -> list:
         return _session_run(sess, fetches, feeds)
 
 
-def _piece_structure(piece, path):
-    """The GraphDef that shows a written piece's tables (for id bounds): the frozen file, or the
-    variable-keeping piece's own graph (its variables carry their shapes)."""
-    return piece.graph_def if piece_format(piece) == "savedmodel" else g.read_graph_def(path)
+def _written_piece(directory: str, name: str) -> str:
+    """The path of piece `name` as written in `directory`: `NAME.pb`, or a SavedModel `NAME/`."""
+    for pattern in PIECE_FILES.values():
+        path = os.path.join(directory, pattern.format(name))
+        if os.path.exists(path):
+            return path
+    raise CutError(f"{directory} holds no piece '{name}'", "write the split again")
 
 
 def _run_written(path: str, feeds: dict, fetches: list) -> list:
@@ -457,8 +682,8 @@ def _session_run(sess, fetches, feeds):
         lines = [ln.strip() for ln in (e.message or str(e)).splitlines() if ln.strip()]
         marker = next((i for i, ln in enumerate(lines) if ln.startswith("[[")), None)
         msg = (lines[marker - 1] if marker else lines[0] if lines else type(e).__name__)[:200]
-        raise CutError(f"cannot verify the split: running on random inputs failed: {msg}",
-                       "pass --verify 0 when the inputs need real data (unknown image sizes, ids)") from e
+        raise CutError(f"cannot verify the split: running on the verification inputs failed: {msg}",
+                       _SHAPE_HINT.format(name="NAME")) from e
 
 
 def _run_original(model, feeds: dict, fetches: list):
@@ -480,5 +705,6 @@ def _run_original(model, feeds: dict, fetches: list):
                                   if k in {i["name"] for i in whole.inputs}}, fetches), "frozen"
 
 
-__all__ = ["Split", "split_model", "write_split", "write_piece", "piece_format", "verify_split", "random_feeds",
+__all__ = ["Split", "split_model", "write_split", "write_piece", "piece_format", "verify_feeds", "verify_in_child",
+           "verify_split", "random_feeds",
            "import_piece"]

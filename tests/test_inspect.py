@@ -19,9 +19,10 @@ def test_checkpoint_report(small_ckpt):
     weights = [v for v in report["variables"] if not v["training_only"]]
     assert len(weights) == 6
     assert any(v["name"].endswith("/Adam") and v["training_only"] for v in report["variables"])
-    assert [t["name"] for t in report["inputs"]] == ["images:0", "labels:0"]
+    # issue 15: the loss side of a training graph is not an answer, and labels feed only the loss
+    assert [t["name"] for t in report["inputs"]] == ["images:0"]
     outputs = [t["name"] for t in report["outputs"]]
-    assert "probs:0" in outputs and "loss:0" in outputs
+    assert "probs:0" in outputs and "loss:0" not in outputs
     assert not any("Read" in n or "Assign" in n or "save" in n for n in outputs)
     assert report["inputs"][0] == {"name": "images:0", "dtype": "float32", "shape": [None, 8, 8, 3]}
     assert report["num_nodes"] == sum(report["ops"].values())

@@ -367,7 +367,7 @@ def _checked_run(plan: _Plan, rows, x, ids):
 # ---------------------------------------------------------------- reading the input (driver)
 
 class _Described:
-    """What `precompute._check_input` looks at, for data described without an ArraySource."""
+    """What `data.check_feedable` looks at, for data described without a RowSource."""
 
     def __init__(self, path, key, shape, dtype):
         self.path, self.key, self.shape, self.dtype = path, key, tuple(shape), np.dtype(dtype)
@@ -411,7 +411,7 @@ def _parquet_input(spark, data: str, key: str, ids: str | None, offline):
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType
 
-    from .precompute import _check_input
+    from .data import check_feedable
 
     try:
         df = spark.read.parquet(data)
@@ -462,7 +462,8 @@ def _parquet_input(spark, data: str, key: str, ids: str | None, offline):
         raise DataError(f"column '{where}' of {data} is ragged: rows hold {lo} to {hi} values",
                         "give every row the same number of values")
     row_shape = _row_shape(offline.input, lo, where)
-    feed_dtype = _check_input(_Described(data, where, [rows, *row_shape], dtype), offline.input)
+    feed_dtype = check_feedable(_Described(data, where, [rows, *row_shape], dtype), offline.input,
+                                f"column '{where}' of {data}")
     offsets = spark.createDataFrame([(r["_file"], int(o)) for r, o in
                                      zip(stats, np.cumsum([0] + [r["n"] for r in stats[:-1]]))],
                                     "_file string, _offset long")
@@ -478,7 +479,7 @@ def _parquet_input(spark, data: str, key: str, ids: str | None, offline):
 def _path_input(data: str, key: str | None, ids: str | None, offline):
     """Check an HDF5/.npy/TFRecord input on the driver: (source, rows, feed dtype, row shape, id type,
     fingerprints). The fingerprints are the local runner's, so the provenance is the same."""
-    from .precompute import ArraySource, _check_input
+    from .data import check_feedable, open_ids, open_rows
 
     source = path_source(data, key, ids)
     if hasattr(source, "bind"):
@@ -487,20 +488,19 @@ def _path_input(data: str, key: str | None, ids: str | None, offline):
         raise DataError(f"{data} has no rows", "pass a dataset with one row per item")
     first, first_id = read_rows(source, 0, 1)
     first = np.asarray(first)
-    feed_dtype = _check_input(_Described(data, key, [source.num_rows, *first.shape[1:]], first.dtype), offline.input)
+    feed_dtype = check_feedable(_Described(data, key, [source.num_rows, *first.shape[1:]], first.dtype), offline.input,
+                                f"{data}" + (f" '{key}'" if key else ""))
     id_type = None
     if ids:
         kind = np.asarray(first_id).dtype
         id_type = "string" if kind == object or kind.kind in "SU" else _NUMPY_TO_SPARK.get(kind.name, "string")
-    if data.endswith(".npy") or not hasattr(source, "boundaries"):
-        arrays = [ArraySource(data, None if data.endswith(".npy") else key)]
-        if ids:
-            arrays.append(ArraySource(ids, None, "ids") if data.endswith(".npy") else ArraySource(data, ids))
-        prints = [a.fingerprint() for a in arrays]
-        for a in arrays:
-            a.close()
-    else:
-        prints = [hashlib.sha256(json.dumps(source.describe()).encode()).hexdigest(), ""]
+    # The local runner's fingerprints (`precompute`), so both runners record the same provenance.
+    rows_source = open_rows(data, None if data.endswith(".npy") else key, spec=offline.input)
+    id_source = open_ids(data, ids, rows_source) if ids else None
+    prints = [rows_source.fingerprint(), id_source.fingerprint() if id_source else ""]
+    for opened in (rows_source, id_source):
+        if opened is not None and hasattr(opened, "close"):
+            opened.close()
     return source, source.num_rows, feed_dtype, list(first.shape[1:]), id_type, prints + [""] * (2 - len(prints))
 
 
@@ -575,7 +575,7 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
             "output_tensors": json.dumps([o["name"] for o in offline.outputs]),
             "output_datasets": json.dumps([o["dataset"] for o in offline.outputs]),
             "batch_size": int(batch_size), "data_file": os.path.abspath(data) if "://" not in data else data,
-            "data_key": key or "", "ids_key": ids or "", "rows": int(rows),
+            "data_key": key or "", "preprocess": "none", "ids_key": ids or "", "rows": int(rows),
             "data_sha256": fingerprints[0], "ids_sha256": fingerprints[1] if ids else "",
         }
         meta = {"provenance": provenance, "layout": layout, "ids_column": ids_column, "runner": "spark"}

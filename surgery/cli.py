@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-split", type=float, default=0.2, help="held-out fraction for evaluation")
     p.add_argument("--cache-bottlenecks", action="store_true", help="compute the splice tensor once, train on it")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="write per-epoch loss/accuracy/val_loss/val_accuracy/learning_rate and the graph to DIR "
+                        "(tensorboard --logdir DIR)")
     p.add_argument("--out", required=True, metavar="DIR")
 
     p = add("split", "cut a graph into an offline piece and an online piece fed by placeholders",
@@ -237,7 +240,7 @@ def _cmd_finetune(args) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       train_scopes=args.train_scopes, val_split=args.val_split,
                       cache_bottlenecks=args.cache_bottlenecks, seed=args.seed, preprocess=args.preprocess,
-                      on_epoch=on_epoch)
+                      tensorboard=args.tensorboard, on_epoch=on_epoch)
     names = result.names
     if result.val_accuracy is not None:
         print(f"held-out accuracy ({result.num_val} rows): {result.initial_val_accuracy:.1%} before → "

@@ -427,6 +427,47 @@ def saver_for(model, graph=None, *, fallback: bool = True):
         return v1.train.Saver(var_list=var_list, write_version=v1.train.SaverDef.V2)
 
 
+def write_checkpoint(prefix: str, tensors, *, shard_bytes: int = 64 << 20, progress: bool = False) -> str:
+    """Write a V2 checkpoint at `prefix` from `tensors`, `(key, dtype, read)` triples whose
+    `read()` gives the value, reading and writing about `shard_bytes` at a time: each run of
+    values is saved as its own bundle (SaveV2) and the bundles are merged at the end
+    (MergeV2Checkpoints, which renames data files rather than copying). A `Saver` holds every
+    value at once; here memory peaks at one shard (or the largest tensor). Returns `prefix`."""
+    from tqdm import tqdm
+
+    tensors = list(tensors)
+    graph = tf.Graph()
+    with graph.as_default():
+        shard_prefix = v1.placeholder(tf.string, [])
+        sources, targets = v1.placeholder(tf.string, [None]), v1.placeholder(tf.string, [])
+        merge = tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=sources, destination_prefix=targets,
+                                              delete_old_dirs=True)
+    shards_dir = f"{prefix}.shards"
+    shards, pending, size = [], [], 0
+    with v1.Session(graph=graph) as sess:
+        def flush():
+            with graph.as_default():
+                phs = [v1.placeholder(tf.as_dtype(dtype)) for _, dtype, _ in pending]
+                save = tf.raw_ops.SaveV2(prefix=shard_prefix, tensor_names=[k for k, _, _ in pending],
+                                         shape_and_slices=[""] * len(pending), tensors=phs)
+            shards.append(os.path.join(shards_dir, f"part-{len(shards):05d}"))
+            sess.run(save, {shard_prefix: shards[-1], **dict(zip(phs, (v for _, _, v in pending)))})
+
+        for key, dtype, read in tqdm(tensors, desc="write checkpoint", unit="var", leave=False, disable=not progress):
+            value = np.asarray(read())
+            if pending and size + value.nbytes > shard_bytes:
+                flush()
+                pending, size = [], 0
+            pending.append((key, dtype, value))
+            size += value.nbytes
+        if pending:
+            flush()
+        sess.run(merge, {sources: shards, targets: prefix})
+    if os.path.isdir(shards_dir):
+        os.rmdir(shards_dir)
+    return prefix
+
+
 __all__ = ["WeightSource", "CheckpointSource", "HDF5Weights", "SourceTensor", "open_weights", "open_checkpoint",
            "restore_checkpoint", "latest_checkpoint", "is_checkpoint", "model_weights", "variable_reader",
-           "saver_for"]
+           "saver_for", "write_checkpoint"]

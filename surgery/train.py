@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from . import graph as g
 from . import tfcompat
 from .data import DEFAULT_PREPROCESS, check_feedable, open_labels, open_rows, spec_of
 from .errors import DataError, RestoreError, SurgeryError
@@ -36,7 +38,7 @@ from .manifest import piece, source_info, write_manifest
 from .model import Model, load_model
 from .restore import plan_restore
 from .splice import splice
-from .weights import CheckpointSource, restore_checkpoint, write_checkpoint
+from .weights import CheckpointCopy, CheckpointSource, restore_checkpoint, write_checkpoint
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -199,9 +201,8 @@ def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key
             cache = None
             if cache_bottlenecks:
                 path = _cache_path(sp, work, fingerprint)
-                if not os.path.exists(path):
-                    with contextlib.closing(open_session(True)) as backbone:  # eager outside: images decode
-                        _write_bottlenecks(backbone, sp, source, feed_dtype, batch_size, path, progress)
+                if not os.path.exists(path):  # eager outside the graph: images decode
+                    _write_bottlenecks(open_session(True), sp, source, feed_dtype, path, progress)
                 cache = _Cache(path, len(sp.bottlenecks), cache_memory)
         except SurgeryError:
             if fresh_work:  # bad data found while streaming it: leave nothing behind
@@ -303,15 +304,20 @@ def _fed(sp, cache) -> list:
 def _write_final_checkpoint(graph, saver, prefix, trained: dict, pretrained: dict, source_prefix, progress) -> str:
     """The whole trainable graph's checkpoint (+ `.meta` and the `checkpoint` file), written
     streaming: trained values from memory, the backbone copied tensor by tensor from the
-    pretrained checkpoint (so it is bit for bit the pretrained one, and never all in memory)."""
+    pretrained checkpoint inside TensorFlow (bit for bit the pretrained one, never all in memory)."""
     source = CheckpointSource(source_prefix) if pretrained else None
     by_var = {v.op.name: key for key, v in pretrained.items()}
+    # A V2 checkpoint holding just the backbone, under the graph's names, goes in whole, unread.
+    base = source_prefix if source is not None and os.path.exists(source_prefix + ".index") and \
+        set(source.stored) == set(by_var) and all(k == n for n, k in by_var.items()) else None
     tensors = []
     for v in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES):
         name = v.op.name
-        read = (lambda n=name: trained[n]) if name in trained else (lambda k=by_var[name]: source.read(k))
-        tensors.append((name, v.dtype.base_dtype, read))
-    write_checkpoint(prefix, tensors, progress=progress)
+        if name in trained:
+            tensors.append((name, v.dtype.base_dtype, lambda n=name: trained[n]))
+        elif base is None:
+            tensors.append((name, v.dtype.base_dtype, CheckpointCopy.of(source, by_var[name])))
+    write_checkpoint(prefix, tensors, base=base, progress=progress)
     with graph.as_default():
         saver.export_meta_graph(prefix + ".meta")
     name = os.path.basename(prefix)
@@ -350,25 +356,52 @@ def _cache_path(sp, work: str, fingerprint: dict) -> str:
     return os.path.join(work, f"bottlenecks-{key}.h5")
 
 
-def _write_bottlenecks(sess, sp, source, feed_dtype, batch_size: int, path: str, progress: bool) -> None:
+def _write_bottlenecks(sess, sp, source, feed_dtype, path: str, progress: bool) -> None:
     """The boundary tensors for every row (below the boundary nothing trains, so they never
     change), computed batch by batch as the rows stream from `source` and appended to an HDF5
-    file, renamed into place when complete: neither the data nor the cache is ever whole in memory."""
+    file, renamed into place when complete: neither the data nor the cache is ever whole in
+    memory. Batches hold about ACTIVATION_BYTES of the backbone's largest activation. Closes
+    `sess` (the only session holding the backbone) and drops it, so its memory goes back."""
     import h5py
 
     n = len(source)
-    run = sess.make_callable(sp.bottlenecks, feed_list=[sp.input])
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        datasets = None
-        for i in tqdm(range(0, n, batch_size), desc="cache bottlenecks", unit="batch", leave=False,
-                      disable=not progress, delay=0.5):  # (delayed: bad data found at once leaves one line)
-            values = run(source.read(i, i + batch_size).astype(feed_dtype, copy=False))
-            if datasets is None:
-                datasets = [f.create_dataset(f"b{k}", (n, *v.shape[1:]), v.dtype,
-                                             chunks=(min(n, max(1, (1 << 20) // max(1, v[0].nbytes))), *v.shape[1:]))
-                            for k, v in enumerate(values)]
-            for ds, v in zip(datasets, values):
-                ds[i:i + len(v)] = v
+    rows = _inference_rows(sp)
+    try:
+        run = sess.make_callable(sp.bottlenecks, feed_list=[sp.input])
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            datasets = None
+            for i in tqdm(range(0, n, rows), desc="cache bottlenecks", unit="batch", leave=False,
+                          disable=not progress, delay=0.5):  # (delayed: bad data found at once leaves one line)
+                values = run(source.read(i, i + rows).astype(feed_dtype, copy=False))
+                if datasets is None:
+                    datasets = [f.create_dataset(f"b{k}", (n, *v.shape[1:]), v.dtype,
+                                                 chunks=(min(n, max(1, (1 << 20) // max(1, v[0].nbytes))),
+                                                         *v.shape[1:]))
+                                for k, v in enumerate(values)]
+                for ds, v in zip(datasets, values):
+                    ds[i:i + len(v)] = v
+        del run
+    finally:
+        sess.close()
+        del sess
+        gc.collect()
+
+
+ACTIVATION_BYTES = 64 << 20
+
+
+def _inference_rows(sp) -> int:
+    """Rows per batch of the bottleneck pass: the largest tensor between the input and the
+    boundary (static shapes) times four stays under ACTIVATION_BYTES, so a 224-pixel VGG
+    streams an image at a time and a small network thousands."""
+    graph = sp.graph
+    largest = 1
+    for name in g.ancestors(graph, sp.boundary, control=False):
+        for t in graph.get_operation_by_name(name).outputs:  # batch-shaped ones: [None, known...]
+            dims = t.shape.as_list() if t.shape.rank else []
+            if dims and dims[0] is None and all(d is not None for d in dims[1:]):
+                largest = max(largest, int(np.prod(dims[1:], dtype=np.int64)) * max(1, t.dtype.size))
+    return max(1, ACTIVATION_BYTES // (4 * largest))
 
 
 class _Cache:

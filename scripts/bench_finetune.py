@@ -20,6 +20,7 @@ Rows (medians over epochs):
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -215,10 +216,12 @@ def vgg16_rows(repeats: int = 2) -> list:
                               "--head", "dense:5", "--data", os.path.join(VGG16_DIR, "images.h5"), "--x", "x",
                               "--y", "y", "--cache-bottlenecks", "--epochs", str(epochs), "--out", out])
 
-    one, eleven, raw = [], [], []
+    one, eleven, raw, recorded = [], [], [], []
     for _ in range(repeats):
         one.append(surgery_run(1))
         eleven.append(surgery_run(11))
+        with open(os.path.join(out, "manifest.json")) as f:  # the epochs' own seconds, as finetune records them
+            recorded.append(sum(r["seconds"] for r in json.load(f)["finetune"]["history"][1:]))
         raw.append(_run_measured(["-c", _RAW_VGG16.format(d=VGG16_DIR)]))
     _check_backbone_bit_for_bit(os.path.join(VGG16_DIR, "model.ckpt"), os.path.join(out, "model.ckpt"))
     more = statistics.median(e[0] for e in eleven) - statistics.median(o[0] for o in one)
@@ -228,6 +231,9 @@ def vgg16_rows(repeats: int = 2) -> list:
     return [
         {"benchmark": "finetune", "metric": "vgg_16 fc7 cached: 10 more epochs (11 minus 1, whole processes)",
          "surgery": more, "baseline": raw10, "ratio": more / raw10, "unit": "s"},
+        {"benchmark": "finetune", "metric": "vgg_16 fc7 cached: epochs 2-11 as recorded in the manifest",
+         "surgery": statistics.median(recorded), "baseline": raw10, "ratio": statistics.median(recorded) / raw10,
+         "unit": "s"},
         {"benchmark": "finetune", "metric": "vgg_16 fc7 cached: peak RSS of the run (vs raw TF restore+fc7+loop)",
          "surgery": peak, "baseline": raw_peak, "ratio": peak / raw_peak, "unit": "MB"},
         {"benchmark": "finetune", "metric": "vgg_16 fc7 cached: whole 1-epoch run (vs raw TF, which writes nothing)",

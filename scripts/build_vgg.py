@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     with graph.as_default():
         v1.set_random_seed(args.seed)
         images, labels, _, loss, train_op, accuracy = build(int(y.max()) + 1)
-        saver = v1.train.Saver()
+        saver = v1.train.Saver(save_relative_paths=True)  # the `checkpoint` file survives the rename below
         rng = np.random.default_rng(args.seed)
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())

@@ -6,6 +6,7 @@ failure. Outputs go to `demo-out/`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import shutil
@@ -30,6 +31,11 @@ STEPS = [
       "--out", f"{OUT}/fc7_embeddings.h5"]),
     ("Export both pieces as SavedModels with a serving_default signature (TF Serving layout)",
      ["export", f"{OUT}/pieces", "--saved-model", f"{OUT}/serving"]),
+    ("Export the online head for phones: LiteRT int8, calibrated on the precomputed fc7 rows, verified in LiteRT",
+     ["export", f"{OUT}/pieces/online.pb", "--tflite", f"{OUT}/mobile/online_int8.tflite", "--quantize", "int8",
+      "--calibration", f"{OUT}/fc7_embeddings.h5"], {"needs": "ai_edge_litert", "extra": "tflite"}),
+    ("Export both pieces for onnxruntime (one .onnx per piece), verified in onnxruntime",
+     ["export", f"{OUT}/pieces", "--onnx", f"{OUT}/onnx"], {"needs": "onnxruntime", "extra": "onnx"}),
     ("Inspect the online piece: fed at fc7:0, none of the backbone inside",
      ["inspect", f"{OUT}/pieces/online.pb"]),
     ("Freeze the whole fine-tuned network for a C++/mobile runtime",
@@ -51,8 +57,11 @@ def main() -> int:
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
     env = dict(os.environ, PYTHONPATH=ROOT)
-    for i, (title, args) in enumerate(STEPS, start=1):
+    for i, (title, args, *needs) in enumerate(STEPS, start=1):
         print(f"\n── {i}/{len(STEPS)}  {title}")
+        if needs and importlib.util.find_spec(needs[0]["needs"]) is None:
+            print(f"(skipped: needs pip install 'surgery[{needs[0]['extra']}]')")
+            continue
         if args[0] == "python":  # a recipe script
             print("$ " + " ".join(shlex.quote(a) for a in args), flush=True)
             rc = subprocess.call([sys.executable, *args[1:]], env=env)

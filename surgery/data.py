@@ -185,6 +185,15 @@ class RowSource:
         self.close()
 
 
+def hdf5_datasets(h5file) -> list[str]:
+    """Every dataset path in an open `h5py.File`, in visiting order."""
+    import h5py
+
+    keys = []
+    h5file.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return keys
+
+
 class ArrayRows(RowSource):
     """Row slices of an HDF5 dataset or a `.npy` file (memory-mapped); opened once, closed at the end."""
 
@@ -214,8 +223,7 @@ class ArrayRows(RowSource):
         except OSError as e:
             raise DataError(f"{path} is not a readable HDF5 file",
                             "pass an .h5 file, a .npy array, TFRecord files or an image folder with --data") from e
-        keys = []
-        self._file.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
+        keys = hdf5_datasets(self._file)
         if key not in keys:
             self.close()
             close = difflib.get_close_matches(key or "", keys, n=3, cutoff=0.4)

@@ -4,6 +4,7 @@ into place only once complete, so a refused or killed command never leaves a par
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -36,7 +37,7 @@ def atomic_path(target: str, *, directory: bool = False):
             os.close(fd)
         os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())  # mkstemp/mkdtemp make them private
     except OSError as e:
-        raise OutputError(f"cannot write to {parent}: {e.strerror}", "choose a writable output location") from e
+        raise _unwritable(target, parent, e) from e
     try:
         yield tmp
         if directory:
@@ -55,6 +56,19 @@ def atomic_path(target: str, *, directory: bool = False):
         elif os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _unwritable(target: str, parent: str, e: OSError) -> OutputError:
+    """Why `target` cannot be written, said about the place (a missing parent, a read-only or
+    virtual filesystem such as /proc, no permission), not as a bare errno."""
+    if os.path.isdir(parent):
+        why = ("no permission to create files there" if e.errno in (errno.EACCES, errno.EPERM)
+               else "its filesystem is read-only" if e.errno == errno.EROFS
+               else "no space left there" if e.errno == errno.ENOSPC
+               else f"the directory does not accept new files ({e.strerror})")
+        return OutputError(f"cannot write {target}: {parent} exists but {why}", "choose a writable output location")
+    return OutputError(f"cannot write {target}: cannot create {parent} ({e.strerror})",
+                       "choose a writable output location")
 
 
 def write_bytes(target: str, data: bytes) -> None:
@@ -82,7 +96,7 @@ def atomic_files(directory: str):
         os.makedirs(directory, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".surgery.", suffix=".tmp", dir=directory)
     except OSError as e:
-        raise OutputError(f"cannot write to {directory}: {e.strerror}", "choose a writable output location") from e
+        raise _unwritable(directory, directory, e) from e
     try:
         yield tmp
         names = sorted(os.listdir(tmp), key=lambda n: (n.endswith(".index"), n))

@@ -16,6 +16,7 @@ Tensor names are `op:k`; `op` alone means `op:0`. Control inputs are `^op`.
 from __future__ import annotations
 
 import collections
+import os
 import sys
 
 import numpy as np
@@ -559,32 +560,51 @@ def _text_chunks(source):
             yield f"{name} {{\n" + text_format.MessageToString(getattr(source.skeleton, name), indent=2) + "}\n"
 
 
-def write_graph_def(graph_def, path: str, *, text: bool = False, progress: bool = False) -> int:
+def write_graph_def(graph_def, path: str, *, text: bool | None = None, progress: bool = False) -> int:
     """Write a GraphDef atomically as binary `.pb` (or text), node by node; returns the bytes written.
 
+    `text=None` writes text when `path` ends in `.pbtxt` (what `load_model` expects of the name).
     `graph_def` may also be a streamed graph (a `FrozenGraph`): anything with `estimated_bytes`,
     `node_chunks()` (binary `node`/`library`/`versions` fields), `nodes()` and `skeleton` (for
     library and versions), so constants are filled while written and the whole proto never sits
     in memory. Anything over protobuf's 2 GB limit is refused before a byte is written.
     """
+    if text is None:
+        text = os.fspath(path).endswith(".pbtxt")
+    source = _checked_size(graph_def)
+    from tqdm import tqdm
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, \
+            tqdm(total=source.estimated_bytes, unit="B", unit_scale=True, desc="writing",
+                 disable=None if progress else True, leave=False) as bar:
+        return stream_graph_def(source, f, text=text, on_chunk=bar.update)
+
+
+def stream_graph_def(graph_def, stream, *, text: bool = False, on_chunk=None) -> int:
+    """Write a GraphDef (or a streamed graph) to an open binary stream (a file, stdout), node by
+    node; returns the number of bytes written."""
+    source = _checked_size(graph_def)
+    written = 0
+    for chunk in (_text_chunks(source) if text else source.node_chunks()):
+        if isinstance(chunk, str):
+            chunk = chunk.encode("utf-8")
+        stream.write(chunk)
+        written += len(chunk)
+        if on_chunk:
+            on_chunk(len(chunk))
+        if not text and written > MAX_GRAPHDEF_BYTES:  # the estimate was short (unknown variable shapes)
+            raise OutputError("the frozen graph is over the 2 GB limit of a GraphDef", TOO_BIG_HINT)
+    return written
+
+
+def _checked_size(graph_def):
+    """`graph_def` as a streamed source, refused when its estimated size is over 2 GB."""
     source = graph_def if hasattr(graph_def, "node_chunks") else _Whole(graph_def)
     size = source.estimated_bytes
     if size > MAX_GRAPHDEF_BYTES:
         raise OutputError(f"the frozen graph would be {size / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
                           TOO_BIG_HINT)
-    from tqdm import tqdm
-
-    written = 0
-    with atomic_path(path) as tmp, open(tmp, "w" if text else "wb", **({"encoding": "utf-8"} if text else {})) as f, \
-            tqdm(total=size, unit="B", unit_scale=True, desc="writing", disable=None if progress else True,
-                 leave=False) as bar:
-        for chunk in (_text_chunks(source) if text else source.node_chunks()):
-            written += f.write(chunk)
-            bar.update(len(chunk))
-        if not text and written > MAX_GRAPHDEF_BYTES:  # the estimate was short (unknown variable shapes)
-            raise OutputError(f"the frozen graph is {written / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
-                              TOO_BIG_HINT)
-    return written
+    return source
 
 
 # ---------------------------------------------------------------- Grappler

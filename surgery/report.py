@@ -7,7 +7,7 @@ import re
 
 from . import tfcompat
 from .errors import SurgeryError
-from .graph import likely_output_nodes, tensor_info
+from .graph import Index, descendants, likely_output_nodes, tensor_info
 from .names import is_machinery
 
 tf = tfcompat.tf
@@ -21,9 +21,25 @@ def likely_inputs(model) -> list:
     out = []
     for op in model.graph.get_operations():
         if op.type in ("Placeholder", "PlaceholderWithDefault") and not is_machinery(op.name, op.type):
+            if op.type == "PlaceholderWithDefault" and _feeds_only_savers(op, model.graph_def):
+                continue  # a Saver's filename (`restore_pretrained/filename`, `epoch_saver/Const`)
             if any(not is_machinery(c.name, c.type) for c in op.outputs[0].consumers()) or op.type == "Placeholder":
                 out.append(tensor_info(op.outputs[0]))
     return out
+
+
+SAVER_OP_TYPES = {"SaveV2", "Save", "SaveSlices", "RestoreV2", "Restore", "RestoreSlice", "MergeV2Checkpoints"}
+
+
+def _feeds_only_savers(op, graph_def) -> bool:
+    """True when everything downstream of `op` ends in Save/Restore ops: a Saver's filename input,
+    whatever its scope is called."""
+    index = Index(graph_def)
+    types = {n.name: n.op for n in graph_def.node}
+    below = descendants(index, [op.name], where=lambda n: types.get(n) not in SAVER_OP_TYPES)
+    reaches_saver = any(c.op in SAVER_OP_TYPES for n in below for c, _ in index.consumers(n))
+    ends_elsewhere = any(not index.consumers(n) and types.get(n) not in ("Identity", "NoOp") for n in below)
+    return reaches_saver and not ends_elsewhere
 
 
 def likely_outputs(model) -> list:
@@ -54,10 +70,13 @@ def _resolve_sig(model, tensor_info_proto) -> dict:
 
 def count_params(model) -> int:
     """Model variables' element count (optimizer slots, `global_step` and other training
-    bookkeeping excluded); for a frozen graph, the float constants of rank ≥ 1 (its weights)."""
+    bookkeeping excluded); for a graph without variables (frozen, or a SavedModel exported from a
+    frozen graph), the float constants of rank ≥ 1 (its weights)."""
     variables = model.variables()
-    if variables or not model.is_frozen:
+    if variables:
         return sum(v.num_elements for v in variables if not is_machinery(v.name, v.op_type))
+    # No variables: a frozen graph, or a SavedModel exported from one; its weights are its
+    # constants, counted alike in either form.
     total = 0
     for node in model.graph_def.node:
         if node.op == "Const" and node.attr["dtype"].type in (tf.float32.as_datatype_enum, tf.float16.as_datatype_enum,

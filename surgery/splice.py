@@ -104,14 +104,19 @@ def parse_head(spec: str) -> list:
             if kind == "dense" and len(args) in (1, 2):
                 units = int(args[0])
                 if units < 1:
-                    raise ValueError
+                    raise SurgeryError(f"head layer '{part}' has {units} units", "give a dense layer 1 unit or more, "
+                                       "e.g. dense:5 (the last dense layer's units are the classes)")
                 act = args[1] if len(args) == 2 else None
                 if act is not None and act not in ACTIVATIONS:
                     raise SurgeryError(f"unknown activation '{act}' in head layer '{part}'",
                                        "use one of: " + ", ".join(ACTIVATIONS))
                 layers.append(Dense(units, act))
-            elif kind == "dropout" and len(args) == 1 and 0 <= float(args[0]) < 1:
-                layers.append(Dropout(float(args[0])))
+            elif kind == "dropout" and len(args) == 1:
+                rate = float(args[0])
+                if not 0 <= rate < 1:
+                    raise SurgeryError(f"head layer '{part}' drops a fraction {args[0]} of its inputs",
+                                       "give a dropout rate from 0 up to (not including) 1, e.g. dropout:0.5")
+                layers.append(Dropout(rate))
             elif kind == "flatten" and not args:
                 layers.append(Flatten())
             else:

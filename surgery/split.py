@@ -100,6 +100,11 @@ def split_model(model, cut, outputs, *, inputs=None) -> Split:
     online_sources = _ancestor_ops(out_tensors, stop=cut_names)
     for t in cut_tensors:
         if t.op not in online_sources and not any(c in online_sources for c in t.consumers()):
+            below = [c for c in cut_tensors if c is not t and t.op in _ancestor_ops([c])]
+            if below and t.op in _ancestor_ops(out_tensors):
+                raise CutError(f"cut tensor '{t.name}' lies below cut tensor '{below[0].name}': every path from it "
+                               f"to the outputs passes through {below[0].name}, so cutting it too changes nothing",
+                               f"drop {t.name.split(':')[0]} from --cut")
             raise CutError(f"cut tensor '{t.name}' is not on the way to any output "
                            f"({', '.join(o.name for o in out_tensors)})", "cut below the outputs, or drop it from --cut")
 

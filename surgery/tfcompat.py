@@ -110,3 +110,11 @@ def fast_callable(session, feed_names, fetch_names):
     graph = session.graph
     return session.make_callable([graph.get_tensor_by_name(n) for n in fetch_names],
                                  feed_list=[graph.get_tensor_by_name(n) for n in feed_names])
+
+
+def tflite_schema():
+    """TFLite's flatbuffer schema (generated Python shipped inside TensorFlow, not in its public API):
+    `export --tflite` adds a signature to the converter's output with it."""
+    from tensorflow.lite.python import schema_py_generated
+
+    return schema_py_generated

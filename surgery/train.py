@@ -53,11 +53,16 @@ SAVE_SECONDS = 30.0  # at most this often, progress is saved for a resume (and a
 
 def check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
     """Labels must be class ids the head can produce."""
-    if y.min() < 0 or y.max() >= num_classes:
-        bad = int(y.max()) if y.max() >= num_classes else int(y.min())
-        raise DataError(f"labels in {where} range {int(y.min())}..{int(y.max())} but the head has {num_classes} "
+    if y.min() < 0:
+        raise DataError(f"labels in {where} range {int(y.min())}..{int(y.max())}: label {int(y.min())} is negative, "
+                        "and class ids start at 0",
+                        f"relabel the data to 0..{max(num_classes, int(y.max()) + 1) - 1} (drop or map rows marked "
+                        f"{int(y.min())})")
+    if y.max() >= num_classes:
+        bad = int(y.max())
+        raise DataError(f"labels in {where} range {int(y.min())}..{bad} but the head has {num_classes} "
                         f"classes (label {bad} does not fit)",
-                        f"end the head with dense:{int(y.max()) + 1}, or relabel the data to 0..{num_classes - 1}")
+                        f"end the head with dense:{bad + 1}, or relabel the data to 0..{num_classes - 1}")
 
 
 # ---------------------------------------------------------------- the run

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import logging
 import os
 import re
 
@@ -67,13 +68,28 @@ def is_checkpoint(prefix: str) -> bool:
 
 
 def latest_checkpoint(directory: str) -> str | None:
-    """The prefix `directory`'s `checkpoint` state file names, else the newest `.index`/`.meta` there."""
-    try:
-        prefix = tf.train.latest_checkpoint(directory)
-    except Exception:  # a corrupt `checkpoint` state file: fall back to scanning
+    """The prefix `directory`'s `checkpoint` state file names, found again when the directory was
+    moved (the file keeps absolute paths); else the newest `.index`/`.meta` there.
+
+    The state file is read here rather than with `tf.train.latest_checkpoint`, whose ERROR line
+    about a vanished path would reach the user's terminal though nothing is wrong; the stale path
+    is logged at INFO (`-v` shows it)."""
+    try:  # the CheckpointState text proto: `model_checkpoint_path: "…"`
+        with open(os.path.join(directory, "checkpoint"), encoding="utf-8") as f:
+            found = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', f.read(), re.M)
+        prefix = re.sub(r"\\(.)", r"\1", found.group(1)) if found else None
+    except (OSError, UnicodeDecodeError):  # no state file, or a corrupt one: fall back to scanning
         prefix = None
-    if prefix and is_checkpoint(prefix):
-        return prefix
+    if prefix:
+        named = prefix if os.path.isabs(prefix) else os.path.join(directory, prefix)
+        if is_checkpoint(named) or os.path.exists(named + ".meta"):
+            return named
+        moved = os.path.join(directory, os.path.basename(prefix))
+        usable = is_checkpoint(moved) or os.path.exists(moved + ".meta")
+        logging.getLogger(__name__).info("%s/checkpoint names %s, which does not exist; using %s", directory,
+                                         prefix, moved if usable else "the newest checkpoint there")
+        if usable:
+            return moved
     candidates = glob.glob(os.path.join(directory, "*.index")) + glob.glob(os.path.join(directory, "*.meta"))
     if not candidates:
         return None

@@ -170,7 +170,7 @@ def _start(args, env_extra):
                             stderr=subprocess.PIPE, text=True)
 
 
-def _kill_when(proc, partial, rows_at_least, timeout=120):
+def _kill_when(proc, partial, rows_at_least, timeout=600):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if _partial_rows(partial) >= rows_at_least:
@@ -186,11 +186,13 @@ def test_sigkill_mid_run_resumes_to_identical_file(tower, tmp_path):
     partial = out + PARTIAL_SUFFIX
     args = ["precompute", tower["split"], "--data", tower["data"], "--key", "items/x", "--ids", "items/ids",
             "--batch-size", "16", "--out", out]
-    proc = _start(args, {SLOW_READ_ENV: "0.02"})
+    # Slow enough per batch that the run is still going when the poll sees its progress, even when
+    # this process is starved of CPU (a fast run used to finish between two polls under load).
+    proc = _start(args, {SLOW_READ_ENV: "0.05"})
     _kill_when(proc, partial, N_ITEMS // 3)
     first = _partial_rows(partial)
     assert 0 < first < N_ITEMS and not os.path.exists(out)
-    proc = _start(args, {SLOW_READ_ENV: "0.005"})  # killed again while resuming, at a less tidy moment
+    proc = _start(args, {SLOW_READ_ENV: "0.05"})  # killed again while resuming
     _kill_when(proc, partial, first + 64)
     second = _partial_rows(partial)
     assert first < second < N_ITEMS and not os.path.exists(out)
@@ -209,7 +211,7 @@ def test_changed_graph_or_batch_size_is_refused_not_mixed(tower, tmp_path):
     out = str(tmp_path / "emb.h5")
     partial = out + PARTIAL_SUFFIX
     args = ["precompute", tower["split"], "--data", tower["data"], "--key", "items/x", "--batch-size", "32", "--out", out]
-    proc = _start(args, {SLOW_READ_ENV: "0.02"})
+    proc = _start(args, {SLOW_READ_ENV: "0.05"})
     _kill_when(proc, partial, 64)
     before = open(partial, "rb").read()
     with pytest.raises(DataError, match="another batch_size"):

@@ -1,0 +1,629 @@
+"""`surgery export --tflite/--onnx`: frozen pieces for the runtimes people deploy to, verified there.
+
+A piece (a frozen GraphDef and the tensors to feed and fetch) becomes a `.tflite` file for LiteRT
+(`tf.compat.v1.lite.TFLiteConverter.from_frozen_graph`, the converter that still takes a GraphDef)
+or an `.onnx` file for onnxruntime (`tf2onnx.convert.from_graph_def`). Names are kept: ONNX inputs
+and outputs are the manifest names (`fc7:0`), and the `.tflite` file gets a `serving_default`
+signature keyed by the same names (the converter itself writes none for a GraphDef). The batch
+dimension stays dynamic; `input_shapes` pins the others.
+
+Quantization: `dynamic` (int8 weights), `float16` (float16 weights), `int8` (weights and
+activations, calibrated on representative rows; inputs and outputs stay float). For ONNX these are
+onnxruntime's `quantize_dynamic`, its float16 converter and `quantize_static` (QDQ).
+
+Verification is not optional: the converted bytes are run in their own runtime (`ai-edge-litert`'s
+interpreter, `onnxruntime`) on the same inputs as TensorFlow runs the piece, before anything is
+written. Float files must agree within 1e-4 of the output's scale; quantized ones are reported
+(max difference, top-1 agreement for classifier outputs) and fail only past `max_error`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import os
+import tempfile
+
+import numpy as np
+
+from . import tfcompat
+from .graph import graph_from_def
+from .errors import DataError, ModelLoadError, SurgeryError
+
+tf = tfcompat.tf
+v1 = tf.compat.v1
+
+QUANTIZE_MODES = ("dynamic", "float16", "int8")
+FLOAT_TOLERANCE = 1e-4  # relative to the largest |value| of each reference output
+CALIBRATION_ROWS = 500  # min/max ranges from fewer rows clip the tails (the demo head: 6.5 vs 0.4 max error at 200)
+SIGNATURE = "serving_default"
+
+RUNTIMES = {
+    "tflite": {"suffix": ".tflite", "runtime": "LiteRT", "modules": ("ai_edge_litert",), "extra": "tflite"},
+    "onnx": {"suffix": ".onnx", "runtime": "onnxruntime", "modules": ("tf2onnx", "onnxruntime"), "extra": "onnx"},
+}
+
+
+def require(fmt: str) -> None:
+    """Refuse `--tflite`/`--onnx` (exit 2) when its optional extra is not installed."""
+    import importlib
+
+    info = RUNTIMES[fmt]
+    for module in info["modules"]:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise SurgeryError(f"--{fmt} needs {info['runtime']}'s Python package ({module}), which is not installed",
+                               f"install it with: pip install 'surgery[{info['extra']}]'") from e
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Point fd 2 at /dev/null: the converters and interpreters print MLIR dumps and delegate notices
+    from C++ that no log level reaches. `TF_CPP_MIN_LOG_LEVEL=0` (--verbose) keeps them."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
+        return
+    import sys
+
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+# ---------------------------------------------------------------- a piece and its inputs
+
+@dataclasses.dataclass
+class Piece:
+    """A frozen graph to convert: `inputs`/`outputs` are `{name, dtype, shape}` (manifest form)."""
+
+    name: str
+    graph_def: object
+    inputs: list
+    outputs: list
+
+
+def parse_input_shapes(specs) -> dict:
+    """`['images=?,224,224,3']` → `{'images': [None, 224, 224, 3]}` (`?`, `-1` or `None`: dynamic)."""
+    shapes = {}
+    for spec in specs or ():
+        name, eq, dims = spec.partition("=")
+        try:
+            if not eq or not name.strip():
+                raise ValueError
+            shapes[name.strip()] = [None if d.strip() in ("?", "-1", "None") else int(d)
+                                    for d in dims.split(",") if d.strip()]
+        except ValueError:
+            raise SurgeryError(f"--input-shape '{spec}' is not NAME=D,D,..",
+                               "e.g. --input-shape images=?,224,224,3 (? keeps a dimension dynamic)") from None
+    return shapes
+
+
+def pin_shapes(piece: Piece, shapes: dict) -> set:
+    """Give the piece's placeholders the `shapes` asked for (by any name `resolve_tensor` takes);
+    returns the keys of `shapes` used here."""
+    from .names import resolve_tensor
+
+    graph = graph_from_def(piece.graph_def)
+    used, pinned = set(), {}
+    for key, dims in shapes.items():
+        try:
+            tensor = resolve_tensor(graph, key)
+        except SurgeryError:
+            continue
+        if tensor.name not in [i["name"] for i in piece.inputs]:
+            continue  # another piece's input (in this one, the cut tensor is an output)
+        if not tensor.shape.is_compatible_with(dims):
+            raise SurgeryError(f"--input-shape {key}={dims} does not fit {tensor.name}, shape {tensor.shape}",
+                               "give one dimension per axis, matching the known ones")
+        used.add(key)
+        pinned[tensor.name] = dims
+    if pinned:
+        gd = v1.GraphDef()
+        gd.CopyFrom(piece.graph_def)
+        for node in gd.node:
+            if node.name + ":0" in pinned:
+                node.attr["shape"].shape.CopyFrom(tf.TensorShape(pinned[node.name + ":0"]).as_proto())
+        piece.graph_def = gd
+        piece.inputs = [{**i, "shape": pinned.get(i["name"], i["shape"])} for i in piece.inputs]
+    return used
+
+
+def check_shapes(piece: Piece) -> None:
+    """Refuse inputs with an unknown rank or unknown dims other than the batch."""
+    for i in piece.inputs:
+        if i["shape"] is None or None in i["shape"][1:]:
+            raise SurgeryError(f"input {i['name']} of piece '{piece.name}' has shape "
+                               f"{'unknown' if i['shape'] is None else i['shape']}; mobile runtimes want every "
+                               "dimension but the batch known",
+                               f"pin it with --input-shape {i['name'].split(':')[0]}=?,D,D,..")
+
+
+# ---------------------------------------------------------------- representative rows
+
+def _row_sources(specs) -> list:
+    """(path, key, array-like) for every dataset of every `--calibration` source: `FILE.h5`,
+    `FILE.h5:KEY` or `FILE.npy`, read through `data.ArrayRows` like any other row source."""
+    from .data import ArrayRows, hdf5_datasets
+
+    found = []
+    for spec in specs:
+        path, key = spec, None
+        if not os.path.exists(spec) and ":" in spec and os.path.isfile(spec.rsplit(":", 1)[0]):
+            path, key = spec.rsplit(":", 1)
+        if not os.path.isfile(path):
+            raise DataError(f"no such calibration file: {path}", "pass an .h5 or .npy file with --calibration")
+        if path.endswith(".npy") or key is not None:
+            found.append((path, key, ArrayRows(path, key, what="calibration").array))
+            continue
+        import h5py
+
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise DataError(f"{path} is not a readable HDF5 file", "pass an .h5 or .npy file with --calibration") from e
+        found.extend((path, k, f[k]) for k in hdf5_datasets(f) if k.split("/")[-1] not in ("ids", "rows_done"))
+    return found
+
+
+def _pick_dataset(piece: Piece, tensor: dict, sources: list):
+    """The calibration dataset for one input: by row shape, then by name; refused when ambiguous."""
+    dims = tensor["shape"][1:]
+    fits = [s for s in sources if len(s[2].shape) == len(dims) + 1
+            and all(d is None or d == n for d, n in zip(dims, s[2].shape[1:]))]
+    if len(fits) > 1:
+        op = tensor["name"].split(":")[0]
+        names = {op, op.split("/")[-1], op.replace("/", "_"), "embeddings"}
+        fits = [s for s in fits if s[1] is None or s[1].split("/")[-1] in names] or fits
+    where = ", ".join(f"{p}:{k}" if k else p for p, k, _ in fits[:4])
+    if len(fits) != 1:
+        listed = ", ".join(f"{p}:{k} {list(a.shape)}" if k else f"{p} {list(a.shape)}" for p, k, a in sources[:6])
+        raise DataError(f"piece '{piece.name}' input {tensor['name']} (shape {tensor['shape']}): "
+                        + (f"{len(fits)} calibration datasets fit: {where}" if fits
+                           else "no calibration dataset has rows of that shape: " + (listed or "(none)")),
+                        "name one with --calibration FILE.h5:KEY (repeat --calibration for each input)")
+    return fits[0]
+
+
+def representative_rows(piece: Piece, specs, *, verify: int, seed: int = 0):
+    """(calibration rows, held-out rows): lists of arrays, one per piece input, from `--calibration`.
+
+    Rows are drawn by a fixed random permutation so a file sorted by class calibrates on every
+    class; the verification rows are disjoint from the calibration rows."""
+    sources = _row_sources(specs)
+    picked = [_pick_dataset(piece, t, sources) for t in piece.inputs]
+    counts = {len(a) for _, _, a in picked}
+    if len(counts) != 1:
+        raise DataError(f"piece '{piece.name}': its calibration datasets have different row counts "
+                        f"({', '.join(str(len(a)) for _, _, a in picked)})", "give rows that belong together")
+    n = counts.pop()
+    if n < 2:
+        raise DataError(f"piece '{piece.name}': the calibration data has {n} row(s)", "give at least two rows")
+    order = np.random.default_rng(seed).permutation(n)
+    half = n // 2 if verify else n
+    cal = np.sort(order[:min(CALIBRATION_ROWS, half)])
+    held = np.sort(order[half:][:verify])
+
+    def rows(idx):
+        return [np.asarray(a[idx]).astype(t["dtype"]) for (_, _, a), t in zip(picked, piece.inputs)]
+
+    return rows(cal), (rows(held) if len(held) else None)
+
+
+def random_rows(piece: Piece, n: int, seed: int = 0) -> list:
+    """Random inputs of each input's dtype and shape (the batch dimension `n`)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in piece.inputs:
+        shape = [n, *t["shape"][1:]] if t["shape"] and t["shape"][0] is None else t["shape"]
+        dtype = np.dtype(t["dtype"])
+        if dtype.kind == "f":
+            out.append(rng.normal(size=shape).astype(dtype))
+        elif dtype.kind == "b":
+            out.append(rng.integers(0, 2, size=shape).astype(bool))
+        else:
+            out.append(rng.integers(0, 10, size=shape).astype(dtype))
+    return out
+
+
+# ---------------------------------------------------------------- conversion
+
+def _op_list(errors) -> str:
+    seen = {}
+    for e in errors:
+        op = e.operator.name.removeprefix("tf.")
+        where = e.location.call[0].name if len(e.location.call) else e.location.name
+        seen.setdefault(op, where)
+    return ", ".join(f"{op} ({where})" if where else op for op, where in sorted(seen.items()))
+
+
+def _converter_message(e: Exception) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg[:200]
+
+
+def _tflite_convert(piece: Piece, *, quantize, calibration, select_tf_ops: bool) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "piece.pb")
+        with open(path, "wb") as f:
+            f.write(piece.graph_def.SerializeToString())
+        ins = [t["name"].split(":")[0] for t in piece.inputs]
+        outs = [t["name"][:-2] if t["name"].endswith(":0") else t["name"] for t in piece.outputs]
+        conv = v1.lite.TFLiteConverter.from_frozen_graph(
+            path, ins, outs, input_shapes={n: t["shape"] for n, t in zip(ins, piece.inputs)})
+        if select_tf_ops:
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        if quantize:
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            conv.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+            conv.representative_dataset = lambda: ([a[i:i + 1] for a in calibration]
+                                                   for i in range(len(calibration[0])))
+        with quiet_stderr():
+            return conv.convert()
+
+
+def _add_signature(blob: bytes, piece: Piece) -> bytes:
+    """Add a `serving_default` signature keyed by the piece's tensor names (`fc7:0`) to a `.tflite`."""
+    import flatbuffers
+
+    schema = tfcompat.tflite_schema()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(blob, 0))
+    graph = model.subgraphs[0]
+
+    def tensor_map(infos, indices):
+        by_name = {graph.tensors[i].name.decode(): i for i in indices}
+        maps = []
+        for info, index in zip(infos, indices):
+            m = schema.TensorMapT()
+            m.name = info["name"]
+            op_name = info["name"][:-2] if info["name"].endswith(":0") else info["name"]
+            m.tensorIndex = by_name.get(op_name, index)
+            maps.append(m)
+        return maps
+
+    sig = schema.SignatureDefT()
+    sig.signatureKey, sig.subgraphIndex = SIGNATURE, 0
+    sig.inputs = tensor_map(piece.inputs, list(graph.inputs))
+    sig.outputs = tensor_map(piece.outputs, list(graph.outputs))
+    model.signatureDefs = [sig]
+    builder = flatbuffers.Builder(len(blob) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def to_tflite(piece: Piece, *, quantize=None, calibration=None, allow_select_tf_ops=False) -> tuple:
+    """(`.tflite` bytes, the Select TF ops it keeps). Ops LiteRT lacks are named in one error."""
+    kept = []
+    try:
+        blob = _tflite_convert(piece, quantize=quantize, calibration=calibration, select_tf_ops=False)
+    except Exception as e:
+        errors = list(getattr(e, "errors", None) or [])
+        flex = [x for x in errors if x.error_code == x.ERROR_NEEDS_FLEX_OPS]
+        custom = [x for x in errors if x.error_code == x.ERROR_NEEDS_CUSTOM_OPS]
+        if custom:
+            raise SurgeryError(f"piece '{piece.name}': LiteRT has no kernel for {_op_list(custom)}, not even as a "
+                               "Select TF op", "cut the graph before it (--inputs/--outputs), or replace the op") from e
+        if flex and not allow_select_tf_ops:
+            raise SurgeryError(f"piece '{piece.name}': LiteRT has no built-in kernel for {_op_list(flex)}",
+                               "pass --allow-select-tf-ops to keep them as TensorFlow ops (the app must then link "
+                               "LiteRT's Flex delegate), or cut the graph before them") from e
+        if not flex:
+            raise SurgeryError(f"piece '{piece.name}' cannot be converted to .tflite: {_converter_message(e)}",
+                               "run with --verbose for the converter's log; pin shapes with --input-shape") from e
+        kept = sorted({x.operator.name.removeprefix("tf.") for x in flex})
+        try:
+            blob = _tflite_convert(piece, quantize=quantize, calibration=calibration, select_tf_ops=True)
+        except Exception as e2:
+            raise SurgeryError(f"piece '{piece.name}' cannot be converted to .tflite: {_converter_message(e2)}",
+                               "run with --verbose for the converter's log") from e2
+    return _add_signature(blob, piece), kept
+
+
+def _onnx_unsupported(model) -> list:
+    import onnx
+
+    known = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
+    return [f"{n.op_type} ({n.name})" for n in model.graph.node
+            if n.domain not in known or not onnx.defs.has(n.op_type, n.domain or "")]
+
+
+def to_onnx(piece: Piece, *, quantize=None, calibration=None) -> bytes:
+    """`.onnx` bytes; ONNX inputs and outputs are the piece's tensor names."""
+    import logging
+
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
+    try:
+        with quiet_stderr():
+            model, _ = tf2onnx.convert.from_graph_def(piece.graph_def, input_names=[t["name"] for t in piece.inputs],
+                                                      output_names=[t["name"] for t in piece.outputs])
+    except Exception as e:
+        raise SurgeryError(f"piece '{piece.name}' cannot be converted to .onnx: {_converter_message(e)}",
+                           "run with --verbose for tf2onnx's log") from e
+    bad = _onnx_unsupported(model)
+    if bad:
+        raise SurgeryError(f"piece '{piece.name}': ONNX has no operator for {', '.join(sorted(set(bad)))}",
+                           "cut the graph before it (--inputs/--outputs), or export --tflite --allow-select-tf-ops")
+    if quantize is None:
+        return model.SerializeToString()
+    return _quantize_onnx(model, piece, quantize, calibration)
+
+
+def _quantize_onnx(model, piece: Piece, quantize: str, calibration) -> bytes:
+    import onnx
+
+    if quantize == "float16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        return convert_float_to_float16(model, keep_io_types=True).SerializeToString()
+    from onnxruntime import quantization as q
+
+    import logging
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "quantized.onnx")
+        onnx.save(model, src)
+        logging.disable(logging.WARNING)  # onnxruntime's "consider pre-processing" notices, on the root logger
+        try:
+            _ort_quantize(q, src, dst, piece, quantize, calibration)
+        finally:
+            logging.disable(logging.NOTSET)
+        with open(dst, "rb") as f:
+            return f.read()
+
+
+def _ort_quantize(q, src: str, dst: str, piece: Piece, quantize: str, calibration) -> None:
+    """onnxruntime's dynamic or static (QDQ, per-channel weights) quantization, `src` → `dst`."""
+    with quiet_stderr():
+        if quantize == "dynamic":
+            q.quantize_dynamic(src, dst, weight_type=q.QuantType.QInt8)
+            return
+        names = [t["name"] for t in piece.inputs]
+
+        class Rows(q.CalibrationDataReader):
+            def __init__(self):
+                self.it = ({n: a[i:i + 1] for n, a in zip(names, calibration)} for i in range(len(calibration[0])))
+
+            def get_next(self):
+                return next(self.it, None)
+
+        q.quantize_static(src, dst, Rows(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
+
+
+# ---------------------------------------------------------------- running and verifying
+
+def request_runner(fmt: str, blob: bytes | None, piece: Piece, *, threads: int | None = 1):
+    """A function from input arrays (in the piece's order) to output arrays, set up once: `fmt`
+    tflite (the `serving_default` signature), onnx, or tensorflow (a Session on the piece; `blob`
+    unused). `threads=1` for per-request latency figures; None for each runtime's default."""
+    names = [t["name"] for t in piece.inputs]
+    fetch = [t["name"] for t in piece.outputs]
+    if fmt == "tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        with quiet_stderr():
+            runner = Interpreter(model_content=blob, num_threads=threads).get_signature_runner(SIGNATURE)
+
+        def answer(rows):
+            with quiet_stderr():  # XNNPACK announces itself on first use
+                result = runner(**dict(zip(names, rows)))
+            return [result[n] for n in fetch]
+        return answer
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = options.inter_op_num_threads = threads
+        options.log_severity_level = 3
+        session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+        return lambda rows: session.run(fetch, dict(zip(names, rows)))
+    config = v1.ConfigProto(intra_op_parallelism_threads=threads or 0, inter_op_parallelism_threads=threads or 0)
+    sess = v1.Session(graph=graph_from_def(piece.graph_def), config=config)
+    call = sess.make_callable(fetch, names)
+    return lambda rows: call(*rows)
+
+
+def runtime_version(fmt: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = "ai-edge-litert" if fmt == "tflite" else "onnxruntime"
+    try:
+        return f"{package} {version(package)}"
+    except PackageNotFoundError:
+        return package
+
+
+def compare(reference: list, got: list, piece: Piece) -> dict:
+    """Max |difference|, the same relative to each output's largest |value|, and top-1 agreement of
+    classifier-like outputs ([batch, classes] with classes > 1)."""
+    abs_diff = rel_diff = 0.0
+    top1 = []
+    for want, have in zip(reference, got):
+        want, have = np.asarray(want, np.float64), np.asarray(have, np.float64)
+        if want.shape != have.shape:
+            raise SurgeryError(f"piece '{piece.name}': the converted file answers with shape {list(have.shape)} "
+                               f"where TensorFlow gives {list(want.shape)}", "report this as a converter bug")
+        d = float(np.max(np.abs(want - have))) if want.size else 0.0
+        abs_diff = max(abs_diff, d)
+        rel_diff = max(rel_diff, d / max(float(np.max(np.abs(want))) if want.size else 0.0, 1e-12))
+        if want.ndim == 2 and want.shape[1] > 1:
+            top1.append(float(np.mean(want.argmax(1) == have.argmax(1))))
+    return {"max_abs_diff": abs_diff, "max_rel_diff": rel_diff, "top1_agreement": min(top1) if top1 else None}
+
+
+@dataclasses.dataclass
+class Converted:
+    piece: Piece
+    blob: bytes
+    report: dict  # the manifest entry: graph, inputs, outputs, quantize, bytes, verification
+
+
+def convert_piece(piece: Piece, fmt: str, *, quantize=None, calibration=(), allow_select_tf_ops=False,
+                  max_error=None, verify: int = 100, filename: str = "") -> Converted:
+    """Convert, run in the runtime, compare with TensorFlow; SurgeryError past the tolerance."""
+    if quantize not in (None, *QUANTIZE_MODES):
+        raise SurgeryError(f"--quantize {quantize} is not a mode", "use dynamic, float16 or int8")
+    if quantize == "int8" and not calibration:
+        raise SurgeryError("--quantize int8 needs representative rows",
+                           "pass --calibration FILE.h5 (for an online piece, the HDF5 `precompute` wrote)")
+    cal_rows = held = None
+    data = "random"
+    if calibration:
+        cal_rows, held = representative_rows(piece, calibration, verify=verify)
+        data = "held-out calibration" if quantize == "int8" else "calibration"
+    if fmt == "tflite":
+        blob, kept = to_tflite(piece, quantize=quantize, calibration=cal_rows, allow_select_tf_ops=allow_select_tf_ops)
+    else:
+        blob, kept = to_onnx(piece, quantize=quantize, calibration=cal_rows), []
+    tolerance = max_error if max_error is not None else (FLOAT_TOLERANCE if quantize is None else None)
+    verification = {"runtime": runtime_version(fmt), "tolerance": tolerance}
+    if kept:
+        verification["skipped"] = (f"keeps Select TF ops ({', '.join(kept)}): the Python interpreter has no Flex "
+                                   "delegate to run them")
+    elif verify > 0:
+        rows = held if held is not None else random_rows(piece, verify)
+        reference = request_runner("tensorflow", None, piece, threads=None)(rows)
+        try:
+            got = request_runner(fmt, blob, piece, threads=None)(rows)
+        except Exception as e:
+            raise SurgeryError(f"piece '{piece.name}': {RUNTIMES[fmt]['runtime']} cannot run the converted file: "
+                               f"{_converter_message(e)}", "run with --verbose; pin shapes with --input-shape") from e
+        verification.update(n=len(rows[0]) if rows else 1, data=data, **compare(reference, got, piece))
+        verification["passed"] = tolerance is None or verification["max_rel_diff"] <= tolerance
+        if not verification["passed"]:
+            raise SurgeryError(f"piece '{piece.name}': the {fmt} file differs from TensorFlow by "
+                               f"{verification['max_rel_diff']:.3g} of the output's scale (max |difference| "
+                               f"{verification['max_abs_diff']:.3g}), over the tolerance {tolerance:g}; nothing written",
+                               "raise it with --max-error if that is acceptable, or export without --quantize")
+    else:
+        verification["skipped"] = "--verify 0"
+    report = {"graph": filename, "inputs": piece.inputs, "outputs": piece.outputs, "quantize": quantize,
+              "bytes": len(blob), "graph_def_bytes": piece.graph_def.ByteSize(), "verification": verification}
+    if kept:
+        report["select_tf_ops"] = kept
+    return Converted(piece, blob, report)
+
+
+# ---------------------------------------------------------------- GRAPH|MODEL → pieces → files
+
+def _piece(name: str, graph_def, inputs: list, outputs: list) -> Piece:
+    """A Piece fed at its Placeholders only: each PlaceholderWithDefault keeps its default (as after
+    a split) and becomes an Identity of it, which tf2onnx requires and LiteRT does anyway."""
+    ops = {n.name: n.op for n in graph_def.node}
+    inputs = [t for t in inputs if ops.get(t["name"].split(":")[0]) == "Placeholder"]
+    if "PlaceholderWithDefault" in ops.values():
+        gd = v1.GraphDef()
+        gd.CopyFrom(graph_def)
+        for node in gd.node:
+            if node.op == "PlaceholderWithDefault":
+                dtype = node.attr["dtype"].type
+                node.op = "Identity"
+                for attr in ("dtype", "shape"):
+                    del node.attr[attr]
+                node.attr["T"].type = dtype
+        graph_def = gd
+    return Piece(name, graph_def, inputs, outputs)
+
+
+def load_pieces(graph: str, *, outputs=None, inputs=None, tag_set: str = "serve") -> tuple:
+    """(pieces, is_split_dir): a split/finetune directory's pieces, or one piece `model` from a
+    frozen graph or any MODEL (frozen here, to `outputs` above `inputs` when given)."""
+    from .freeze import freeze_model
+    from .report import likely_inputs, likely_outputs
+    from .manifest import is_pieces_dir, load_pieces as load_manifest_pieces, read_manifest
+    from .model import load_model
+
+    if is_pieces_dir(graph):
+        if outputs or inputs:
+            raise SurgeryError(f"{graph} is a directory of pieces; --outputs/--inputs pick tensors of one MODEL",
+                               "drop them, or pass one piece's .pb")
+        manifest = read_manifest(graph)
+        models = load_manifest_pieces(graph)
+        return [_piece(name, m.graph_def, manifest["pieces"][name]["inputs"], manifest["pieces"][name]["outputs"])
+                for name, m in models.items()], True
+    model = load_model(graph, tag_set=tag_set)
+    if model.is_frozen and not outputs and not inputs:
+        gd, ins, outs = model.graph_def, likely_inputs(model), likely_outputs(model)
+    else:
+        if not outputs:
+            outs = likely_outputs(model)
+            if not outs:
+                raise SurgeryError(f"{graph} has no obvious output", "name the tensors to export with --outputs")
+            outputs = [t["name"] for t in outs]
+        frozen = freeze_model(model, outputs, inputs=inputs or ())
+        gd, ins, outs = frozen.graph_def, frozen.inputs, frozen.outputs
+    if not outs:
+        raise ModelLoadError(f"{graph} has no outputs to export", "name them with --outputs")
+    return [_piece("model", gd, ins, outs)], False
+
+
+def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None, input_shapes=(), quantize=None,
+                   calibration=(), allow_select_tf_ops=False, max_error=None, verify: int = 100,
+                   tag_set: str = "serve", progress: bool = False) -> dict:
+    """`surgery export GRAPH --tflite PATH` / `--onnx PATH`: every piece converted and verified, then
+    written together. PATH is a file (`x.tflite`) for one piece, or a directory that gets
+    `<piece>.tflite` per piece and a manifest. Returns the manifest (written or not)."""
+    from .files import atomic_path, write_bytes
+    from .manifest import FORMAT, FILENAME
+
+    require(fmt)
+    if allow_select_tf_ops and fmt != "tflite":
+        raise SurgeryError("--allow-select-tf-ops is for --tflite", "onnxruntime has no TensorFlow fallback")
+    if verify < 0:
+        raise SurgeryError(f"--verify {verify} is negative", "give a number of rows, or 0 to skip")
+    suffix = RUNTIMES[fmt]["suffix"]
+    pieces, is_dir = load_pieces(graph, outputs=outputs, inputs=inputs, tag_set=tag_set)
+    one_file = path.endswith(suffix)
+    if one_file and len(pieces) > 1:
+        raise SurgeryError(f"{graph} has {len(pieces)} pieces ({', '.join(p.name for p in pieces)}); "
+                           f"{path} is one file", f"give a directory: --{fmt} {path[:-len(suffix)]}/")
+    shapes = parse_input_shapes(input_shapes)
+    used = set()
+    for piece in pieces:
+        used |= pin_shapes(piece, shapes)
+    unused = sorted(set(shapes) - used)
+    if unused:
+        names = [i["name"] for p in pieces for i in p.inputs]
+        close = difflib.get_close_matches(unused[0], names, n=3, cutoff=0.4)
+        raise SurgeryError(f"--input-shape {unused[0]}: no input of {graph} has that name",
+                           ("did you mean " + ", ".join(close) + "?") if close else "inputs: " + ", ".join(names))
+    for piece in pieces:
+        check_shapes(piece)
+    from tqdm import tqdm
+
+    converted = []
+    for piece in tqdm(pieces, desc=f"convert to {suffix}", unit="piece", disable=not progress or len(pieces) < 2,
+                      leave=False):
+        converted.append(convert_piece(piece, fmt, quantize=quantize, calibration=list(calibration or ()),
+                                       allow_select_tf_ops=allow_select_tf_ops, max_error=max_error, verify=verify,
+                                       filename=os.path.basename(path) if one_file else piece.name + suffix))
+    manifest = {"format": FORMAT, "source": {"path": os.path.abspath(graph), "split": is_dir},
+                "runtime": RUNTIMES[fmt]["runtime"], "pieces": {c.piece.name: c.report for c in converted}}
+    if one_file:
+        write_bytes(path, converted[0].blob)
+    else:
+        import json
+
+        with atomic_path(path, directory=True) as tmp:
+            for c in converted:
+                with open(os.path.join(tmp, c.report["graph"]), "wb") as f:
+                    f.write(c.blob)
+            with open(os.path.join(tmp, FILENAME), "w") as f:
+                f.write(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+__all__ = ["export_runtime", "convert_piece", "load_pieces", "to_tflite", "to_onnx", "request_runner", "Piece",
+           "QUANTIZE_MODES"]

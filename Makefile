@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,beam,viz,tflite,onnx]'
+	$(PY) -m pip install --quiet -e '.[test,beam,viz,tflite,onnx,spark]'
 	touch $(STAMP)
 
 data/shapes.h5: scripts/make_data.py | $(STAMP)

@@ -29,6 +29,10 @@ STEPS = [
     ("Precompute fc7 embeddings for every target image with the offline piece (resumable, ids alongside)",
      ["precompute", f"{OUT}/pieces", "--data", DATA, "--key", "target/x", "--ids", "target/ids",
       "--out", f"{OUT}/fc7_embeddings.h5"]),
+    ("Precompute the same embeddings on Apache Spark (local[2]) into Parquet, ids alongside "
+     "(skipped without Java or the spark extra)",
+     ["precompute", f"{OUT}/pieces", "--data", DATA, "--key", "target/x", "--ids", "target/ids", "--runner", "spark",
+      "--spark-master", "local[2]", "--spark-conf", "spark.ui.enabled=false", "--out", f"{OUT}/fc7_embeddings.parquet"]),
     ("Export both pieces as SavedModels with a serving_default signature (TF Serving layout)",
      ["export", f"{OUT}/pieces", "--saved-model", f"{OUT}/serving"]),
     ("Export the online head for phones: LiteRT int8, calibrated on the precomputed fc7 rows, verified in LiteRT",
@@ -52,6 +56,16 @@ STEPS = [
 ]
 
 
+def spark_missing() -> str | None:
+    """Why the Spark step cannot run here (no Java, no pyspark), or None."""
+    import importlib.util
+
+    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
+        return "Java is not installed"
+    missing = [m for m in ("pyspark", "pyarrow", "pandas") if importlib.util.find_spec(m) is None]
+    return f"{', '.join(missing)} not installed (pip install 'surgery[spark]')" if missing else None
+
+
 def main() -> int:
     os.chdir(ROOT)
     shutil.rmtree(OUT, ignore_errors=True)
@@ -61,6 +75,10 @@ def main() -> int:
         print(f"\n── {i}/{len(STEPS)}  {title}")
         if needs and importlib.util.find_spec(needs[0]["needs"]) is None:
             print(f"(skipped: needs pip install 'surgery[{needs[0]['extra']}]')")
+            continue
+        if "spark" in args and spark_missing():
+            print(f"(skipped: {spark_missing()})")
+            continue
             continue
         if args[0] == "python":  # a recipe script
             print("$ " + " ".join(shlex.quote(a) for a in args), flush=True)

@@ -101,9 +101,10 @@ def two_tower(num_items: int = 500, item_features: int = 32, user_features: int 
     return items, users, tf.sigmoid(logit, name="score")
 
 
-def write_mlp_pieces(directory: str, *, features: int, hidden: int, dim: int, seed: int = 0) -> str:
+def write_mlp_pieces(directory: str, *, features: int, hidden, dim: int, seed: int = 0) -> str:
     """A split directory (`offline.pb` + `manifest.json`) whose offline piece is a frozen MLP
-    `x` [?, features] → relu(hidden) → `emb` [?, dim], as `surgery split` would write it."""
+    `x` [?, features] → relu(hidden) (one layer per width when `hidden` is a tuple) → `emb` [?, dim],
+    as `surgery split` would write it."""
     from surgery.freeze import freeze_graph, write_graph_def
     from surgery.manifest import piece, write_manifest
 
@@ -112,8 +113,12 @@ def write_mlp_pieces(directory: str, *, features: int, hidden: int, dim: int, se
         v1.set_random_seed(seed)
         x = v1.placeholder(tf.float32, [None, features], name="x")
         with v1.variable_scope("mlp", use_resource=False):
-            h = tf.nn.relu(tf.matmul(x, v1.get_variable("w1", [features, hidden])) + v1.get_variable("b1", [hidden]))
-            out = tf.matmul(h, v1.get_variable("w2", [hidden, dim]))
+            h, width = x, features
+            widths = tuple(hidden) if isinstance(hidden, (tuple, list)) else (hidden,)
+            for i, w in enumerate(widths, start=1):
+                h = tf.nn.relu(tf.matmul(h, v1.get_variable(f"w{i}", [width, w])) + v1.get_variable(f"b{i}", [w]))
+                width = w
+            out = tf.matmul(h, v1.get_variable(f"w{len(widths) + 1}", [width, dim]))
         emb = tf.identity(out, name="emb")
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())

@@ -246,12 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "`embeddings`)")
     p.add_argument("--out", required=True, metavar="FILE.h5",
                    help="HDF5 to write; an interrupted run resumes from FILE.h5.partial when run again")
-    p.add_argument("--runner", choices=["local", "beam"], default="local",
+    p.add_argument("--runner", choices=["local", "beam", "spark"], default="local",
                    help="local, or Apache Beam: shards + index in FILE.h5.shards/, merged into FILE.h5 "
-                        "(needs pip install 'surgery[beam]'; default: local)")
+                        "(needs pip install 'surgery[beam]'), or Apache Spark: a Parquet directory DIR.parquet "
+                        "(FILE.h5.parquet/ beside an .h5), --data may be Parquet (needs pip install 'surgery[spark]') "
+                        "(default: local)")
     p.add_argument("--beam-option", action="append", default=[], metavar="K=V",
                    help="Beam pipeline option, repeatable: runner=DataflowRunner, direct_num_workers=2, "
                         "direct_running_mode=multi_processing, project=..., temp_location=gs://... (default: none)")
+    p.add_argument("--spark-master", metavar="URL", help="Spark master (default local[*]): local-cluster[2,1,1024], "
+                   "spark://host:7077, yarn, k8s://https://host:443")
+    p.add_argument("--spark-conf", action="append", default=[], metavar="K=V",
+                   help="Spark setting, repeatable: spark.executor.memory=4g, spark.executor.instances=8 (default: none)")
 
     p = add("export", _cmd_export, "write frozen pieces as SavedModels with a serving_default signature",
             "surgery export pieces --saved-model serving   # serving/offline, serving/online\n"
@@ -467,6 +473,8 @@ def _cmd_split(args):
 def _cmd_precompute(args):
     if args.runner == "beam":
         return _precompute_on_beam(args)
+    if args.runner == "spark":
+        return _precompute_on_spark(args)
     import numpy as np
 
     from .precompute import precompute
@@ -507,6 +515,25 @@ def _precompute_on_beam(args):
     say(f"precomputed {source.num_rows} rows on Beam → {args.out}")
     say(f"  shards and index: {index}")
     return 0, {"written": args.out, "rows": source.num_rows, "index": index, "runner": "beam"}
+
+
+def _precompute_on_spark(args):
+    """`precompute --runner spark`: a Parquet directory (+ the merged HDF5 for an .h5 --out); see surgery/spark.py."""
+    from .errors import SurgeryError
+    from .spark import run_precompute
+
+    if args.preprocess not in (None, "none"):
+        raise SurgeryError("--preprocess is not available with --runner spark yet",
+                           "preprocess the rows before writing them, or use --runner local/beam")
+    result = run_precompute(args.model, args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
+                            inputs=args.inputs, outputs=args.outputs, tag_set=args.tag_set, master=args.spark_master,
+                            conf=args.spark_conf, progress=_progress(args) and not args.json)
+    say = _sayer(args)
+    say(f"precomputed {result.rows} rows on Spark ({result.partitions} partitions) → {result.out}")
+    if result.h5:
+        say(f"  merged: {result.h5}")
+    return 0, {"written": result.out, "merged": result.h5, "rows": result.rows, "partitions": result.partitions,
+               "runner": "spark"}
 
 
 def _cmd_export(args):

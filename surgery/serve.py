@@ -14,6 +14,7 @@ Each precomputed dataset feeds the online placeholder that replaced its cut tens
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 
@@ -30,23 +31,32 @@ def _tensor_name(name: str) -> str:
     return name if ":" in name else name + ":0"
 
 
+def _open_precomputed(path: str):
+    """The precomputed rows: an HDF5 file, or the Parquet directory of `precompute --runner spark`."""
+    if os.path.isdir(path):
+        from .spark import ParquetFile
+
+        return ParquetFile(path)
+    import h5py
+
+    return h5py.File(path, "r")
+
+
 class OnlineServer:
-    """The online piece of a split directory plus a precomputed HDF5, ready to answer requests.
+    """The online piece of a split directory plus a precomputed HDF5 (or Parquet directory), ready to answer requests.
 
     `preload=True` reads the precomputed rows into memory once (fastest per request);
     `preload=False` reads each request's rows from the file (memory stays small).
     """
 
     def __init__(self, split_dir: str, precomputed: str, *, piece: str = "online", preload: bool = True):
-        import h5py
-
         manifest = read_manifest(split_dir)
         model = load_model(piece_path(split_dir, manifest, piece))
         spec = manifest["pieces"][piece]
         self.graph = model.graph
         self.outputs = [o["name"] for o in spec["outputs"]]
         try:
-            self._file = h5py.File(precomputed, "r")
+            self._file = _open_precomputed(precomputed)
         except OSError as e:
             raise DataError(f"{precomputed} is not a readable HDF5 file", "pass the file `surgery precompute` wrote") from e
         try:

@@ -1,0 +1,98 @@
+"""Precompute on Apache Spark against the local runner: rows/s through a compute-heavy offline piece
+(a 64-1024-1024-48 MLP) over 200k rows, each run a fresh `surgery precompute` process, so Spark's
+figure includes starting its JVM(s) and Python workers, reading the Parquet input and writing Parquet.
+
+    python scripts/bench.py spark            # 200k rows, median of 3 runs
+    python scripts/bench.py spark --quick    # 50k rows, one run
+
+Spark masters: `local[2]` (one JVM, two Python workers) and `local-cluster[2,1,1024]` (two executor
+JVMs of one core each, as a small real cluster). The local runner reads the same rows from HDF5.
+Needs the `spark` extra and Java 17; without them this benchmark reports nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from bench import median_time  # noqa: E402
+
+BATCH = 256
+FEATURES, HIDDEN, DIM = 64, (1024, 1024), 48
+
+
+def _build(directory: str, rows: int):
+    """The MLP's split directory, and the same float32 rows as HDF5 and as Parquet (an array column)."""
+    import h5py
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nets import write_mlp_pieces
+
+    pieces = write_mlp_pieces(os.path.join(directory, "pieces"), features=FEATURES, hidden=HIDDEN, dim=DIM)
+    x = np.random.default_rng(0).normal(size=(rows, FEATURES)).astype(np.float32)
+    data = os.path.join(directory, "data.h5")
+    with h5py.File(data, "w") as f:
+        f["x"] = x
+        f["ids"] = np.arange(rows, dtype=np.int64)
+    parquet = os.path.join(directory, "items.parquet")
+    os.makedirs(parquet)
+    values = pa.array(x.ravel())
+    for i, lo in enumerate(range(0, rows, 50_000)):
+        hi = min(rows, lo + 50_000)
+        features = pa.ListArray.from_arrays(pa.array(np.arange(hi - lo + 1, dtype=np.int32) * FEATURES),
+                                            values.slice(lo * FEATURES, (hi - lo) * FEATURES))
+        pq.write_table(pa.table({"item_id": np.arange(lo, hi, dtype=np.int64), "features": features}),
+                       os.path.join(parquet, f"part-{i}.parquet"))
+    return pieces, data, parquet
+
+
+def _surgery(*args) -> None:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), PYSPARK_PYTHON=sys.executable)
+    r = subprocess.run([sys.executable, "-m", "surgery", "precompute", *map(str, args)], env=env,
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"surgery precompute failed: {r.stderr.strip()[-500:]}")
+
+
+def run(quick: bool = False) -> list:
+    try:
+        import pyspark  # noqa: F401
+
+        from surgery.spark import java_available
+    except ImportError:
+        print("  (pyspark not installed: pip install 'surgery[spark]')")
+        return []
+    if not java_available():
+        print("  (Java not installed: Spark needs Java 17)")
+        return []
+    rows = 50_000 if quick else 200_000
+    repeats = 1 if quick else 3
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pieces, data, parquet = _build(tmp, rows)
+        local_s = median_time(lambda: _surgery(pieces, "--data", data, "--key", "x", "--ids", "ids",
+                                               "--batch-size", BATCH, "--out", os.path.join(tmp, "local.h5"))
+                              or os.remove(os.path.join(tmp, "local.h5")), repeats)
+        for master in ("local[2]", "local-cluster[2,1,1024]"):
+            spark_s = median_time(lambda: _surgery(pieces, "--data", parquet, "--key", "features", "--ids", "item_id",
+                                                   "--batch-size", BATCH, "--runner", "spark", "--spark-master", master,
+                                                   "--spark-conf", "spark.ui.enabled=false",
+                                                   "--out", os.path.join(tmp, "spark.parquet")), repeats)
+            out.append({"benchmark": "spark", "metric": f"precompute rows/s, Spark {master} vs local runner",
+                        "surgery": rows / spark_s, "baseline": rows / local_s, "ratio": local_s / spark_s,
+                        "unit": "rows/s", "rows": rows, "spark_s": spark_s, "local_s": local_s})
+    return out
+
+
+if __name__ == "__main__":
+    for r in run(quick="--quick" in sys.argv):
+        print(r)

@@ -1,0 +1,796 @@
+"""Precompute on Apache Spark: the offline piece over Parquet catalogues (or HDF5/.npy/TFRecord files).
+
+Many teams keep item features in Parquet tables and run their offline batch work on Spark; this
+module runs the offline piece there and writes the embeddings back to Parquet.
+`pip install 'surgery[spark]'` brings pyspark and pyarrow (Spark also needs Java 17).
+
+    Parquet rows ─► global row number (file order, `_metadata.row_index`) ─► block = row // batch_size
+        ─► repartitionById: whole blocks, contiguous ranges ─► mapInArrow: run each block
+        ─► Parquet (row, id, one array column per output; provenance in the column metadata)
+    HDF5/.npy/TFRecord ─► spark.range(blocks) ─► mapInArrow: read the block by path, run it ─► Parquet
+
+Determinism. As on Beam (see `surgery.beam`), the unit handed to TensorFlow is a fixed block:
+rows [k·batch_size, (k+1)·batch_size) of the global row grid, the blocks the local runner feeds.
+Partitions hold whole blocks, so the numbers do not depend on the partitioning, the number of
+executors or a retried task. Every output row carries its global row number (`row`).
+
+Fault tolerance is Spark's: a lost executor's tasks are rescheduled, and output files go through
+Spark's commit protocol into a temporary directory beside OUT that is renamed onto OUT only when
+the job committed (an object-store URI is written in place with mode overwrite). A failed job
+leaves OUT as it was; a rerun starts clean.
+
+The frozen piece is broadcast once and parsed once per Python worker (Spark reuses its workers);
+the `surgery` code itself is shipped to the executors as a zip (`addPyFile`), so a cluster needs
+only TensorFlow, h5py, numpy and pyarrow installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import glob
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+
+import numpy as np
+
+from .errors import DataError, OutputError, SurgeryError
+from .files import atomic_path
+
+INSTALL = "pip install 'surgery[spark]'"
+DEFAULT_MASTER = "local[*]"
+ROW = "row"  # the global row number column of the output
+META = "surgery"  # the column-metadata key holding the provenance
+SPARK_META = b"org.apache.spark.sql.parquet.row.metadata"  # where Spark keeps the schema in a Parquet footer
+ROWS_PER_PARTITION = 16384
+READ_BLOCKS = 16  # path sources: blocks read per call on an executor
+SLOW_ENV = "SURGERY_SPARK_SLOW_BLOCK_S"  # testing: executors sleep this long after each block
+MARK = "surgery-error"  # a task's SurgeryError crosses to the driver as MARK[message|hint]
+_ERROR = re.compile(re.escape(MARK) + r"\[(.*?)\|(.*?)\]", re.S)
+
+_SPARK_TO_NUMPY = {"tinyint": "int8", "smallint": "int16", "int": "int32", "bigint": "int64",
+                   "float": "float32", "double": "float64", "boolean": "bool"}
+_NUMPY_TO_SPARK = {v: k for k, v in _SPARK_TO_NUMPY.items()}
+
+
+class SparkNotInstalledError(SurgeryError):
+    """`--runner spark` without the optional extra, or without Java."""
+
+
+def require_spark():
+    """Import pyspark now (not at module import), or say how to install it; Java must be there."""
+    try:
+        import pandas  # noqa: F401 - mapInArrow needs it
+        import pyarrow  # noqa: F401
+        import pyspark
+    except ImportError as e:
+        raise SparkNotInstalledError(f"{e.name or 'pyspark'} is not installed, so --runner spark cannot run",
+                                     f"install the extra: {INSTALL}") from e
+    if not java_available():
+        raise SparkNotInstalledError("Java is not installed (no `java` on PATH, no JAVA_HOME), so Spark cannot start",
+                                     "install Java 17 (e.g. apt-get install openjdk-17-jre-headless)")
+    return pyspark
+
+
+def java_available() -> bool:
+    home = os.environ.get("JAVA_HOME")
+    return bool(shutil.which("java") or (home and os.path.exists(os.path.join(home, "bin", "java"))))
+
+
+# ---------------------------------------------------------------- the session
+
+def parse_conf(items) -> dict:
+    """`['k=v', ...]` (or a dict) → `{k: v}`."""
+    if isinstance(items, dict):
+        return {str(k): str(v) for k, v in items.items()}
+    conf = {}
+    for item in items or ():
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise SurgeryError(f"--spark-conf '{item}' is not K=V", "e.g. --spark-conf spark.executor.memory=4g")
+        conf[k.strip()] = v.strip()
+    return conf
+
+
+_LOG4J = """rootLogger.level = error
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+"""
+
+
+def _log4j_file() -> str:
+    path = os.path.join(tempfile.gettempdir(), "surgery-spark-log4j2.properties")
+    if not os.path.exists(path):
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            f.write(_LOG4J)
+    return path
+
+
+@contextlib.contextmanager
+def spark_session(master: str | None = None, conf=None):
+    """The active SparkSession if there is one (left running), else a new one on `master`
+    (stopped at the end). A local master runs the executors' Python on this interpreter."""
+    require_spark()
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    if SparkContext._active_spark_context is not None:  # started by the caller, in any thread
+        yield SparkSession.builder.getOrCreate()
+        return
+    master = master or DEFAULT_MASTER
+    scratch = os.path.join(tempfile.gettempdir(), f"surgery-spark-{os.getuid()}")
+    os.makedirs(scratch, exist_ok=True)
+    if master.startswith("local"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("SPARK_WORKER_DIR", os.path.join(scratch, "work"))  # local-cluster executor logs
+    quiet = f"-Dlog4j2.configurationFile=file:{_log4j_file()}"
+    settings = {"spark.ui.showConsoleProgress": "false", "spark.driver.extraJavaOptions": quiet,
+                "spark.executor.extraJavaOptions": quiet, **parse_conf(conf)}
+    builder = SparkSession.builder.master(master).appName("surgery precompute")
+    for k, v in settings.items():
+        builder = builder.config(k, v)
+    log = os.path.join(scratch, f"driver-{os.getpid()}.log")
+    try:
+        with _stderr_to(log):  # the JVM keeps this stderr: its start-up notices and logs go to `log`
+            spark = builder.getOrCreate()
+    except Exception as e:  # noqa: BLE001 - py4j/JVM start-up errors have no common type
+        raise SurgeryError(f"cannot start Spark on {master}: {_first_line(e)}",
+                           f"check --spark-master, --spark-conf and the Java installation; Spark's log: {log}") from e
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        yield spark
+    finally:
+        spark.stop()
+
+
+@contextlib.contextmanager
+def _stderr_to(path: str):
+    """Point file descriptor 2 at `path` (appending) while the block runs; processes started
+    meanwhile keep it."""
+    sys.stderr.flush()
+    saved, fd = os.dup(2), os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _ship_code(sc) -> None:
+    """Zip this `surgery` package and add it to the executors' Python path (once per content)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for path in sorted(glob.glob(os.path.join(package, "*.py"))):
+            info = zipfile.ZipInfo(os.path.join("surgery", os.path.basename(path)), (1980, 1, 1, 0, 0, 0))
+            with open(path, "rb") as f:
+                z.writestr(info, f.read())
+    data = buf.getvalue()
+    target = os.path.join(tempfile.gettempdir(), f"surgery-{hashlib.sha256(data).hexdigest()[:16]}.zip")
+    if not os.path.exists(target):
+        with atomic_path(target) as tmp, open(tmp, "wb") as f:
+            f.write(data)
+    shipped = getattr(sc, "_surgery_shipped", set())
+    if target not in shipped:
+        sc.addPyFile(target)
+        shipped.add(target)
+        sc._surgery_shipped = shipped
+
+
+# ---------------------------------------------------------------- what the executors get
+
+@dataclasses.dataclass
+class _Plan:
+    """Everything a task needs, small and picklable (the graph travels as a broadcast)."""
+
+    graph: object  # Broadcast of the serialized GraphDef
+    sha256: str
+    input: dict
+    outputs: list  # [{name, dataset, ...}]
+    layout: dict  # {dataset: {tensor, shape, dtype}}
+    feed_dtype: str
+    row_shape: list
+    batch_size: int
+    rows: int
+    ids_column: str | None
+    source: tuple | None  # (data, key, ids) for a path source; None for Parquet (rows come in the batches)
+    slow: float = 0.0  # testing: seconds to sleep after each block (SLOW_ENV in the driver's environment)
+
+
+def path_source(data: str, key: str | None, ids: str | None = None):
+    """HDF5 / .npy / TFRecord rows by path: the one place that opens them (driver and executors)."""
+    from .beam import source_for
+
+    return source_for(data, key, ids)
+
+
+def read_rows(source, start: int, stop: int):
+    """Rows [start, stop) and their ids (or None), across TFRecord file boundaries."""
+    bounds = getattr(source, "boundaries", lambda: [0, source.num_rows])()
+    parts, ids = [], []
+    for lo, hi in zip(bounds, bounds[1:]):
+        a, b = max(start, lo), min(stop, hi)
+        if a < b:
+            parts.append(source.read(a, b))
+            ids.append(source.read_ids(a, b))
+    x = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return x, (None if ids[0] is None else np.concatenate([np.asarray(i) for i in ids]))
+
+
+_WORKER: dict = {}  # per Python worker: the loaded graph and the opened source, by content
+
+
+def _runner(plan: _Plan):
+    key = ("runner", plan.sha256, json.dumps(plan.outputs, sort_keys=True), plan.input["name"])
+    if key not in _WORKER:
+        from . import tfcompat
+        from .precompute import OfflineGraph, _Runner
+
+        graph_def = tfcompat.tf.compat.v1.GraphDef()
+        graph_def.ParseFromString(plan.graph.value)
+        _WORKER[key] = _Runner(OfflineGraph("", graph_def, plan.sha256, plan.input, plan.outputs))
+    return _WORKER[key]
+
+
+def _source(plan: _Plan):
+    key = ("source", plan.source)
+    if key not in _WORKER:
+        source = path_source(*plan.source)
+        if hasattr(source, "bind"):
+            source.bind(dataclasses.make_dataclass("Spec", ["input"])(plan.input))
+        _WORKER[key] = source
+    return _WORKER[key]
+
+
+def _arrow_ids(ids):
+    import pyarrow as pa
+
+    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        return ids
+    ids = np.asarray(ids)
+    if ids.dtype == object or ids.dtype.kind in "SU":
+        return pa.array([i.decode() if isinstance(i, bytes) else str(i) for i in ids], pa.string())
+    return pa.array(ids)
+
+
+def _run_blocks(plan: _Plan, x: np.ndarray, row0: int, ids):
+    """Rows [row0, row0 + len(x)), whole blocks of the global grid → one Arrow record batch."""
+    import pyarrow as pa
+
+    if row0 % plan.batch_size or not (len(x) % plan.batch_size == 0 or row0 + len(x) == plan.rows):
+        raise RuntimeError(f"rows {row0}:{row0 + len(x)} are not whole blocks of {plan.batch_size}")
+    runner = _runner(plan)
+    if x.dtype != plan.feed_dtype:
+        x = x.astype(plan.feed_dtype)
+    results = [[] for _ in plan.outputs]
+    for s in range(0, len(x), plan.batch_size):
+        for acc, value in zip(results, runner.run(x[s:s + plan.batch_size], row0 + s,
+                                                  row0 + min(len(x), s + plan.batch_size))):
+            acc.append(value)
+        if plan.slow:
+            time.sleep(plan.slow)
+    columns = {ROW: pa.array(np.arange(row0, row0 + len(x), dtype=np.int64))}
+    if plan.ids_column:
+        columns[plan.ids_column] = _arrow_ids(ids)
+    for out, acc in zip(plan.outputs, results):
+        value = np.concatenate(acc).reshape(len(x), -1)
+        offsets = pa.array(np.arange(len(x) + 1, dtype=np.int32) * value.shape[1])
+        columns[out["dataset"]] = pa.ListArray.from_arrays(offsets, pa.array(value.ravel()))
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def _reporting(fn):
+    """Run a worker generator; a SurgeryError crosses to the driver as a marked line."""
+    from .errors import SurgeryError as Error
+
+    def wrapped(batches):
+        try:
+            yield from fn(batches)
+        except Error as e:
+            raise RuntimeError(f"{MARK}[{e.message}|{e.hint}]") from None
+    return wrapped
+
+
+def _path_blocks(plan: _Plan):
+    """mapInArrow over block numbers: read each run of blocks by path here, run it."""
+    def fn(batches):
+        source = _source(plan)
+        for batch in batches:
+            blocks = batch.column(0).to_numpy()
+            starts = np.flatnonzero(np.diff(blocks, prepend=-2) != 1)
+            for run in np.split(blocks, starts[1:]):
+                for i in range(0, len(run), READ_BLOCKS):
+                    chunk = run[i:i + READ_BLOCKS]
+                    start, stop = int(chunk[0]) * plan.batch_size, min(plan.rows, (int(chunk[-1]) + 1) * plan.batch_size)
+                    try:
+                        x, ids = read_rows(source, start, stop)
+                    except OSError as e:
+                        raise DataError(f"cannot read rows {start}:{stop} of {plan.source[0]}: {e}",
+                                        "check that every executor sees the data file at this path") from e
+                    yield _run_blocks(plan, np.asarray(x), start, ids)
+    return _reporting(fn)
+
+
+def _parquet_blocks(plan: _Plan):
+    """mapInArrow over rows sorted by `_row`, whole blocks per partition: cut at block ends, run."""
+    def fn(batches):
+        import pyarrow as pa
+
+        rows, x, ids = np.empty(0, np.int64), None, None
+        for batch in batches:
+            b_rows = batch.column("_row").to_numpy()
+            b_x = batch.column("_x").flatten().to_numpy(zero_copy_only=False).reshape(len(b_rows), *plan.row_shape)
+            b_ids = batch.column("_id") if plan.ids_column else None
+            rows = np.concatenate([rows, b_rows])
+            x = b_x if x is None else np.concatenate([x, b_x])
+            if plan.ids_column:
+                ids = b_ids if ids is None else pa.concat_arrays([ids, b_ids])
+            last = int(rows[-1])
+            cut = len(rows) if (last + 1) % plan.batch_size == 0 or last + 1 == plan.rows else \
+                int(np.searchsorted(rows, last // plan.batch_size * plan.batch_size))
+            if cut:
+                yield _checked_run(plan, rows[:cut], x[:cut], ids[:cut] if plan.ids_column else None)
+                rows, x, ids = rows[cut:], x[cut:], (ids[cut:] if plan.ids_column else None)
+        if len(rows):
+            yield _checked_run(plan, rows, x, ids)
+    return _reporting(fn)
+
+
+def _checked_run(plan: _Plan, rows, x, ids):
+    if not np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+        raise RuntimeError(f"rows {rows[0]}..{rows[-1]} are not contiguous in their partition")
+    return _run_blocks(plan, x, int(rows[0]), ids)
+
+
+# ---------------------------------------------------------------- reading the input (driver)
+
+class _Described:
+    """What `precompute._check_input` looks at, for data described without an ArraySource."""
+
+    def __init__(self, path, key, shape, dtype):
+        self.path, self.key, self.shape, self.dtype = path, key, tuple(shape), np.dtype(dtype)
+
+    def __len__(self):
+        return self.shape[0]
+
+
+def is_parquet(data: str) -> bool:
+    """A Parquet file or directory (or any URI: only Spark reads those)."""
+    if data.endswith((".parquet", ".parq")) or "://" in data:
+        return True
+    return os.path.isdir(data) and bool(glob.glob(os.path.join(data, "**", "*.parquet"), recursive=True))
+
+
+def _row_shape(tensor: dict, length: int, column: str) -> list:
+    """A flat row of `length` values → the input's row shape."""
+    shape = tensor["shape"]
+    if shape is None or len(shape) == 2:
+        return [length]
+    dims = shape[1:]
+    if any(d is None for d in dims) or int(np.prod(dims)) != length:
+        raise DataError(f"column '{column}' holds {length} values a row; input {tensor['name']} takes rows of "
+                        f"{['?' if d is None else d for d in dims]}",
+                        "store each row flattened to exactly that many values")
+    return list(dims)
+
+
+def _numpy_type(spark_type) -> str | None:
+    return _SPARK_TO_NUMPY.get(spark_type.simpleString())
+
+
+def _close(name: str, names) -> str:
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+    return ("did you mean " + ", ".join(close) + "?") if close else "columns there: " + ", ".join(names[:12])
+
+
+def _parquet_input(spark, data: str, key: str, ids: str | None, offline):
+    """Check the Parquet input and give (DataFrame of _row/_x/_id, rows, feed dtype, row shape, id type,
+    fingerprint). One aggregate job counts rows per file and checks that every row has as many values."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType
+
+    from .precompute import _check_input
+
+    try:
+        df = spark.read.parquet(data)
+    except Exception as e:  # noqa: BLE001 - AnalysisException: path missing, not Parquet
+        raise DataError(f"cannot read {data} as Parquet: {_first_line(e)}",
+                        "pass a Parquet file or directory with --data") from e
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    columns = [c.strip() for c in key.split(",") if c.strip()]
+    for c in columns + ([ids] if ids else []):
+        if c not in fields:
+            raise DataError(f"{data} has no column '{c}'", _close(c, list(fields)))
+    if len(columns) == 1 and not _numpy_type(fields[columns[0]]):
+        c, t = columns[0], fields[columns[0]]
+        if t.typeName() == "vector" or type(t).__name__ == "VectorUDT":
+            from pyspark.ml.functions import vector_to_array
+
+            x, dtype = vector_to_array(F.col(c), "float64"), "float64"
+        elif isinstance(t, ArrayType) and _numpy_type(t.elementType):
+            x, dtype = F.col(c), _numpy_type(t.elementType)
+        else:
+            raise DataError(f"column '{c}' of {data} holds {t.simpleString()}, not numbers",
+                            "pass an array<float>/vector column, or numeric columns as a comma list with --key")
+    else:
+        for c in columns:
+            if not _numpy_type(fields[c]):
+                raise DataError(f"column '{c}' of {data} holds {fields[c].simpleString()}, not a number",
+                                "list only numeric columns with --key A,B,..")
+        dtype = np.result_type(*[_numpy_type(fields[c]) for c in columns]).name
+        x = F.array(*[F.col(c).cast(_NUMPY_TO_SPARK[dtype]) for c in columns])
+    if ids and isinstance(fields[ids], ArrayType):
+        raise DataError(f"id column '{ids}' of {data} holds arrays", "pass a column with one scalar id per row")
+    where = columns[0] if len(columns) == 1 else ",".join(columns)
+    stats = (df.select(F.col("_metadata.file_path").alias("_file"), x.alias("_x"))
+             .groupBy("_file")
+             .agg(F.count(F.lit(1)).alias("n"), F.min(F.size("_x")).alias("lo"), F.max(F.size("_x")).alias("hi"),
+                  F.sum(F.when(F.col("_x").isNull() | F.exists("_x", lambda v: v.isNull()), 1)
+                        .otherwise(0)).alias("nulls"))
+             .collect())
+    stats = sorted(stats, key=lambda r: r["_file"])
+    rows = sum(r["n"] for r in stats)
+    if not rows:
+        raise DataError(f"{data} has no rows", "pass a table with one row per item")
+    if any(r["nulls"] for r in stats):
+        raise DataError(f"column '{where}' of {data} has null rows or null values",
+                        "fill or drop them before precomputing")
+    lo, hi = min(r["lo"] for r in stats), max(r["hi"] for r in stats)
+    if lo != hi:
+        raise DataError(f"column '{where}' of {data} is ragged: rows hold {lo} to {hi} values",
+                        "give every row the same number of values")
+    row_shape = _row_shape(offline.input, lo, where)
+    feed_dtype = _check_input(_Described(data, where, [rows, *row_shape], dtype), offline.input)
+    offsets = spark.createDataFrame([(r["_file"], int(o)) for r, o in
+                                     zip(stats, np.cumsum([0] + [r["n"] for r in stats[:-1]]))],
+                                    "_file string, _offset long")
+    frame = df.select(F.col("_metadata.file_path").alias("_file"), F.col("_metadata.row_index").alias("_index"),
+                      x.alias("_x"), *([F.col(ids).alias("_id")] if ids else []))
+    frame = frame.join(F.broadcast(offsets), "_file").select(
+        (F.col("_offset") + F.col("_index")).alias("_row"), "_x", *(["_id"] if ids else []))
+    fingerprint = hashlib.sha256(json.dumps([[r["_file"], r["n"]] for r in stats]).encode()).hexdigest()
+    id_type = fields[ids].simpleString() if ids else None
+    return frame, rows, feed_dtype, row_shape, id_type, fingerprint
+
+
+def _path_input(data: str, key: str | None, ids: str | None, offline):
+    """Check an HDF5/.npy/TFRecord input on the driver: (source, rows, feed dtype, row shape, id type,
+    fingerprints). The fingerprints are the local runner's, so the provenance is the same."""
+    from .precompute import ArraySource, _check_input
+
+    source = path_source(data, key, ids)
+    if hasattr(source, "bind"):
+        source.bind(dataclasses.make_dataclass("Spec", ["input"])(offline.input))
+    if not source.num_rows:
+        raise DataError(f"{data} has no rows", "pass a dataset with one row per item")
+    first, first_id = read_rows(source, 0, 1)
+    first = np.asarray(first)
+    feed_dtype = _check_input(_Described(data, key, [source.num_rows, *first.shape[1:]], first.dtype), offline.input)
+    id_type = None
+    if ids:
+        kind = np.asarray(first_id).dtype
+        id_type = "string" if kind == object or kind.kind in "SU" else _NUMPY_TO_SPARK.get(kind.name, "string")
+    if data.endswith(".npy") or not hasattr(source, "boundaries"):
+        arrays = [ArraySource(data, None if data.endswith(".npy") else key)]
+        if ids:
+            arrays.append(ArraySource(ids, None, "ids") if data.endswith(".npy") else ArraySource(data, ids))
+        prints = [a.fingerprint() for a in arrays]
+        for a in arrays:
+            a.close()
+    else:
+        prints = [hashlib.sha256(json.dumps(source.describe()).encode()).hexdigest(), ""]
+    return source, source.num_rows, feed_dtype, list(first.shape[1:]), id_type, prints + [""] * (2 - len(prints))
+
+
+# ---------------------------------------------------------------- running it
+
+@dataclasses.dataclass
+class SparkResult:
+    out: str  # the Parquet directory
+    h5: str | None  # the merged HDF5, when asked for
+    rows: int
+    partitions: int
+    datasets: dict  # {name: {"tensor", "shape", "dtype"}}
+
+
+def output_paths(out: str) -> tuple[str, str | None]:
+    """`X.h5` → (`X.h5.parquet`, `X.h5`); anything else is the Parquet directory itself."""
+    if out.endswith((".h5", ".hdf5")):
+        return out + ".parquet", out
+    return out, None
+
+
+def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = None, batch_size: int = 256,
+                   inputs=None, outputs=None, tag_set: str = "serve", master: str | None = None, conf=None,
+                   partitions: int | None = None, progress: bool = False) -> SparkResult:
+    """Run GRAPH's offline piece over `data` on Spark into the Parquet directory `out`
+    (`out` = X.h5: Parquet in X.h5.parquet, merged into X.h5 as the local runner writes it).
+
+    `data` is Parquet (`key` an array/vector column or numeric columns `a,b,c`; `ids` a column) or
+    an HDF5 / .npy / TFRecord source as for the local runner, read by path on the executors.
+    Uses the active SparkSession when there is one, else starts one on `master` with `conf`.
+    """
+    from .precompute import FORMAT, _output_layout, _Runner, load_offline_graph
+
+    require_spark()
+    if batch_size < 1:
+        raise SurgeryError(f"--batch-size {batch_size} is not a positive number", "use e.g. --batch-size 256")
+    offline = load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set)
+    parquet_out, h5_out = output_paths(out)
+    local_out = "://" not in parquet_out
+    if local_out:
+        parquet_out = os.path.abspath(parquet_out)
+        if os.path.isfile(parquet_out):
+            raise OutputError(f"{parquet_out} is a file", "pass a directory name ending in .parquet with --out")
+    with spark_session(master, conf) as spark:
+        sc = spark.sparkContext
+        if is_parquet(data):
+            frame, rows, feed_dtype, row_shape, id_type, fps = _parquet_input(spark, data, key, ids, offline)
+            source, fingerprints = None, [fps, ""]
+        else:
+            source_obj, rows, feed_dtype, row_shape, id_type, fingerprints = _path_input(data, key, ids, offline)
+            source = (os.path.abspath(data) if not any(c in data for c in "*?[") else data, key,
+                      os.path.abspath(ids) if ids and data.endswith(".npy") else ids)
+        with _Runner(offline) as runner:  # the layout, from one row of zeros
+            layout = _output_layout(offline, runner.run(np.zeros([1, *row_shape], feed_dtype), 0, 1))
+        for name, spec in layout.items():
+            if np.dtype(spec["dtype"]).name not in _NUMPY_TO_SPARK:
+                raise DataError(f"output {spec['tensor']} is {np.dtype(spec['dtype']).name}",
+                                "store numeric outputs only")
+        ids_column = (ids if source is None else "ids") if ids else None
+        if ids_column and (ids_column == ROW or ids_column in layout):
+            raise SurgeryError(f"the id column '{ids_column}' has the name of an output column",
+                               "rename the output with --outputs T=NAME")
+        blocks = -(-rows // batch_size)
+        parts = max(1, min(blocks, partitions or max(sc.defaultParallelism, -(-rows // ROWS_PER_PARTITION))))
+        _ship_code(sc)
+        plan = _Plan(sc.broadcast(offline.graph_def.SerializeToString(deterministic=True)), offline.sha256,
+                     offline.input, offline.outputs, layout, np.dtype(feed_dtype).name, row_shape, batch_size, rows,
+                     ids_column, source, float(os.environ.get(SLOW_ENV, "0") or 0))
+        provenance = {
+            "format": FORMAT, "graph": offline.path, "graph_sha256": offline.sha256,
+            "input_tensor": offline.input["name"],
+            "output_tensors": json.dumps([o["name"] for o in offline.outputs]),
+            "output_datasets": json.dumps([o["dataset"] for o in offline.outputs]),
+            "batch_size": int(batch_size), "data_file": os.path.abspath(data) if "://" not in data else data,
+            "data_key": key or "", "ids_key": ids or "", "rows": int(rows),
+            "data_sha256": fingerprints[0], "ids_sha256": fingerprints[1] if ids else "",
+        }
+        meta = {"provenance": provenance, "layout": layout, "ids_column": ids_column, "runner": "spark"}
+        schema = ", ".join([f"{ROW} bigint"] + ([f"`{ids_column}` {id_type}"] if ids_column else []) +
+                           [f"`{n}` array<{_NUMPY_TO_SPARK[np.dtype(s['dtype']).name]}>" for n, s in layout.items()])
+        from pyspark.sql import functions as F
+
+        if source is None:
+            frame = (frame.withColumn("_part", (F.floor(F.col("_row") / batch_size) * parts / blocks).cast("int"))
+                     .repartitionById(parts, "_part").drop("_part").sortWithinPartitions("_row"))
+            result = frame.mapInArrow(_parquet_blocks(plan), schema)
+        else:
+            result = spark.range(0, blocks, 1, parts).mapInArrow(_path_blocks(plan), schema)
+        result = result.select(F.col(ROW).alias(ROW, metadata={META: json.dumps(meta)}),
+                               *[F.col(f"`{c}`").alias(c, metadata={"tensor": layout[c]["tensor"]} if c in layout else {})
+                                 for c in result.columns if c != ROW])
+        group = f"surgery-{os.getpid()}-{time.monotonic_ns()}"
+        sc.setJobGroup(group, "surgery precompute", True)
+        try:
+            with _Progress(sc, group, progress):
+                if local_out:
+                    with atomic_path(parquet_out, directory=True) as tmp:
+                        _write(result, "file://" + tmp)
+                else:
+                    _write(result, parquet_out)
+        finally:
+            sc.setLocalProperty("spark.jobGroup.id", None)
+            plan.graph.destroy()
+    if h5_out:
+        write_hdf5(parquet_out, h5_out)
+    return SparkResult(parquet_out, h5_out and os.path.abspath(h5_out), int(rows), parts, layout)
+
+
+def _write(frame, path: str) -> None:
+    """Spark's commit protocol writes the files; a task's SurgeryError comes back as one."""
+    try:
+        frame.write.mode("overwrite").parquet(path)
+    except Exception as e:  # noqa: BLE001 - Py4JJavaError / PythonException / SparkException
+        found = _ERROR.search(str(e))
+        if found:
+            raise DataError(found.group(1), found.group(2)) from None
+        raise
+
+
+class _Progress:
+    """A driver-side tqdm bar of the job group's tasks (done / total over its stages)."""
+
+    def __init__(self, sc, group: str, enabled: bool):
+        self.sc, self.group, self.enabled = sc, group, enabled
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _counts(self):
+        tracker, done, total = self.sc.statusTracker(), 0, 0
+        for job in tracker.getJobIdsForGroup(self.group):
+            info = tracker.getJobInfo(job)
+            for stage in (info.stageIds if info else ()):
+                s = tracker.getStageInfo(stage)
+                if s:
+                    done, total = done + s.numCompletedTasks, total + s.numTasks
+        return done, total
+
+    def _poll(self):
+        from tqdm import tqdm
+
+        with tqdm(total=0, unit="tasks", desc="precompute (spark)") as bar:
+            while True:
+                stopping = self.stop.wait(0.5)
+                try:
+                    done, total = self._counts()
+                except Exception:  # noqa: BLE001 - the context is stopping
+                    return
+                if total > bar.total:
+                    bar.total = total
+                if done > bar.n:
+                    bar.update(done - bar.n)
+                if stopping:
+                    return
+
+    def __enter__(self):
+        if self.enabled:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.stop.set()
+            self.thread.join()
+
+
+# ---------------------------------------------------------------- reading the result
+
+class ParquetTable:
+    """A precompute's Parquet directory, read with pyarrow (no Spark): `read_all()`, `rows(a, b)`,
+    `lookup(ids)`, like `beam.ShardedTable`; rows come back in the global row order."""
+
+    def __init__(self, path: str):
+        import pyarrow.parquet as pq
+
+        self.path = path
+        try:
+            self.table = pq.read_table(path)
+            schema = pq.read_schema(sorted(glob.glob(os.path.join(path, "*.parquet")))[0]) \
+                if os.path.isdir(path) else self.table.schema
+            fields = json.loads(schema.metadata[SPARK_META])["fields"]
+            self.meta = json.loads(next(f for f in fields if f["name"] == ROW)["metadata"][META])
+        except (OSError, ValueError, IndexError, KeyError, StopIteration) as e:
+            raise DataError(f"{path} is not a Parquet directory written by `surgery precompute --runner spark`",
+                            "pass the directory it wrote (OUT, or OUT.parquet beside an .h5)") from e
+        order = np.argsort(self.table.column(ROW).to_numpy(), kind="stable")
+        self.table = self.table.take(order)
+        self.layout = self.meta["layout"]
+        self.names = list(self.layout)
+        self.ids_column = self.meta.get("ids_column")
+        self.provenance = self.meta["provenance"]
+        self._id_rows = None
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def column(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """One output as an array [rows, *shape] (or the ids / row numbers)."""
+        col = self.table.column(name).slice(start, (stop if stop is not None else len(self)) - start)
+        if name not in self.layout:
+            values = col.to_numpy(zero_copy_only=False)
+            return values.astype(object) if values.dtype == object else values
+        spec = self.layout[name]
+        flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return flat.astype(spec["dtype"], copy=False).reshape(len(col), *spec["shape"])
+
+    def rows(self, start: int, stop: int, names=None) -> dict:
+        names = names or self.names + ([self.ids_column] if self.ids_column else [])
+        return {n: self.column(n, start, stop) for n in names}
+
+    def read_all(self, names=None) -> dict:
+        return self.rows(0, len(self), names)
+
+    def lookup(self, ids, names=None) -> dict:
+        """The rows whose id is in `ids`, in the order given; an unknown id is a `DataError`."""
+        if not self.ids_column:
+            raise DataError(f"{self.path} was written without ids", "precompute again with --ids KEY")
+        if self._id_rows is None:
+            self._id_rows = {_id_key(v): i for i, v in enumerate(self.column(self.ids_column))}
+        try:
+            wanted = np.asarray([self._id_rows[_id_key(v)] for v in ids], dtype=np.int64)
+        except KeyError as e:
+            raise DataError(f"id {e.args[0]!r} is not in {self.path}", "look up ids that were precomputed") from e
+        return {n: self.column(n)[wanted] for n in (names or self.names)}
+
+
+def _id_key(v):
+    v = v.item() if isinstance(v, np.generic) else v
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class _Column:
+    """A column as `OnlineServer` reads an HDF5 dataset: `.shape`, `.attrs`, `[()]`, `[rows]`."""
+
+    def __init__(self, table: ParquetTable, name: str, attrs: dict):
+        self._table, self._name, self.attrs, self._data = table, name, attrs, None
+
+    def _values(self):
+        if self._data is None:
+            self._data = self._table.column(self._name)
+        return self._data
+
+    @property
+    def shape(self):
+        return self._values().shape
+
+    def __getitem__(self, index):
+        return self._values() if index == () else self._values()[index]
+
+
+class ParquetFile:
+    """A Parquet output with the part of h5py.File's interface `OnlineServer` uses (read-only)."""
+
+    def __init__(self, path: str):
+        self.table = ParquetTable(path)
+        self.attrs = dict(self.table.provenance)
+        self._columns = {n: _Column(self.table, n, {"tensor": s["tensor"]}) for n, s in self.table.layout.items()}
+        if self.table.ids_column:
+            self._columns["ids"] = _Column(self.table, self.table.ids_column, {})
+
+    def __contains__(self, name) -> bool:
+        return name in self._columns
+
+    def __getitem__(self, name):
+        return self._columns[name]
+
+    def items(self):
+        return self._columns.items()
+
+    def close(self):
+        pass
+
+
+def write_hdf5(parquet_dir: str, out_h5: str) -> str:
+    """The Parquet output as the local runner's HDF5: each output dataset (attr `tensor`), `ids`,
+    and the local runner's provenance attributes, in row order."""
+    import h5py
+
+    from .beam import _write_dataset
+
+    table = ParquetTable(parquet_dir)
+    with atomic_path(out_h5) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for name, spec in table.layout.items():
+                f.create_dataset(name, data=table.column(name)).attrs["tensor"] = spec["tensor"]
+            if table.ids_column:
+                _write_dataset(f, "ids", table.column(table.ids_column))
+            f.attrs.update(table.provenance)
+    return out_h5
+
+
+__all__ = ["run_precompute", "SparkResult", "spark_session", "ParquetTable", "ParquetFile", "write_hdf5",
+           "path_source", "read_rows", "is_parquet", "output_paths", "require_spark", "SparkNotInstalledError",
+           "INSTALL"]

@@ -1,0 +1,292 @@
+"""`surgery.spark` and `precompute --runner spark` on a real two-executor Spark (`local-cluster[2,1,1024]`):
+the output equals the local runner's bit for bit whatever the source (HDF5, Parquet array column,
+Parquet scalar columns), an executor killed mid-job changes nothing, bad input exits 2.
+
+Needs the `spark` extra (`pip install 'surgery[spark]'`) and Java 17; without them these tests skip
+saying which is missing. One cluster is started for the whole module (about 15-20 s).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import cli
+
+ROWS, FEATURES, BATCH = 1000, 12, 64
+MASTER = "local-cluster[2,1,1024]"
+
+
+def _skip_reason():
+    try:
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+        import pyspark  # noqa: F401
+    except ImportError as e:
+        return f"{e.name} is not installed (pip install 'surgery[spark]')"
+    from surgery.spark import java_available
+
+    return None if java_available() else "Java is not installed: the Spark tests need Java 17"
+
+
+needs_spark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """One two-executor cluster for every test here; the executors run this interpreter on this checkout."""
+    from surgery.spark import spark_session
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    # A failing task starts a fresh Python worker (TensorFlow imported again) for each attempt: two
+    # attempts are enough to survive one killed executor and keep the failure tests short.
+    with spark_session(MASTER, {"spark.ui.enabled": "false", "spark.task.maxFailures": "2"}) as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory):
+    from nets import write_mlp_pieces
+
+    return write_mlp_pieces(str(tmp_path_factory.mktemp("pieces")), features=FEATURES, hidden=32, dim=8, seed=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The same rows as HDF5 (`x`, string `ids`), .npy, and Parquet: three files of odd sizes (blocks
+    straddle them), small row groups, with an array column, one column per feature and an int column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path_factory.mktemp("data")
+    x = np.random.default_rng(0).normal(size=(ROWS, FEATURES)).astype(np.float32)
+    ids = np.array([f"item-{i:04d}" for i in range(ROWS)], dtype=object)
+    with h5py.File(d / "data.h5", "w") as f:
+        f["x"] = x
+        f.create_dataset("ids", data=ids, dtype=h5py.string_dtype())
+    os.makedirs(d / "items.parquet")
+    for i, (a, b) in enumerate([(0, 333), (333, 700), (700, ROWS)]):
+        table = {"item_id": list(ids[a:b]), "features": pa.array(list(x[a:b])),
+                 **{f"f{j}": x[a:b, j] for j in range(FEATURES)},
+                 "count": np.arange(a, b, dtype=np.int64), "name": [f"n{k}" for k in range(a, b)],
+                 "tags": pa.array([[f"t{k}"] * FEATURES for k in range(a, b)]),
+                 "ragged": pa.array([[1.0] * (FEATURES + (k == 500)) for k in range(a, b)], pa.list_(pa.float32()))}
+        pq.write_table(pa.table(table), str(d / "items.parquet" / f"part-{i}.parquet"), row_group_size=100)
+    return str(d / "data.h5"), str(d / "items.parquet"), x, ids
+
+
+@pytest.fixture(scope="module")
+def local(split_dir, data, tmp_path_factory):
+    """The local runner's HDF5 over the same rows: the reference."""
+    from surgery import precompute
+
+    out = str(tmp_path_factory.mktemp("local") / "local.h5")
+    precompute(split_dir, data[0], "x", out, ids="ids", batch_size=BATCH)
+    with h5py.File(out, "r") as f:
+        return out, f["embeddings"][:], dict(f.attrs)
+
+
+@needs_spark
+def test_bit_equal_to_the_local_runner_from_hdf5_and_parquet(spark, split_dir, data, local, tmp_path):
+    from surgery.spark import ParquetTable, run_precompute
+
+    h5, parquet, _, ids = data
+    _, expected, attrs = local
+    result = run_precompute(split_dir, h5, "x", str(tmp_path / "a.h5"), ids="ids", batch_size=BATCH)
+    assert result.partitions >= 2  # several tasks, on two executors
+    with h5py.File(result.h5, "r") as f:  # the merged HDF5 is the local runner's, provenance included
+        assert np.array_equal(f["embeddings"][:], expected)
+        assert [v.decode() for v in f["ids"][:]] == list(ids)
+        assert dict(f.attrs) == attrs and f["embeddings"].attrs["tensor"] == "emb:0"
+
+    for key, name in (("features", "array"), (",".join(f"f{j}" for j in range(FEATURES)), "columns")):
+        out = str(tmp_path / f"{name}.parquet")
+        run_precompute(split_dir, parquet, key, out, ids="item_id", batch_size=BATCH, partitions=3)
+        table = ParquetTable(out)
+        assert np.array_equal(table.read_all()["embeddings"], expected), name
+        assert list(table.column("item_id")) == list(ids)  # ids in order
+        assert table.provenance["graph_sha256"] == attrs["graph_sha256"]
+        assert np.array_equal(table.lookup(["item-0999", "item-0000", "item-0400"])["embeddings"],
+                              expected[[999, 0, 400]])
+    import pyarrow.parquet as pq  # the layout a feature store reads: row, id, one array<float> per output
+
+    schema = pq.read_schema(os.path.join(out, min(p for p in os.listdir(out) if p.endswith(".parquet"))))
+    assert [(f.name, str(f.type)) for f in schema] == [("row", "int64"), ("item_id", "string"),
+                                                       ("embeddings", "list<element: float>")]
+
+
+def _with_online_piece(split_dir: str, directory: str) -> str:
+    """A copy of the split with an online piece: `emb` (the cut) → score = emb · 1."""
+    import json
+    import shutil
+
+    from conftest import tf, v1
+    from surgery.freeze import freeze_graph, write_graph_def
+    from surgery.manifest import piece
+
+    shutil.copytree(split_dir, directory)
+    graph = tf.Graph()
+    with graph.as_default():
+        emb = v1.placeholder(tf.float32, [None, 8], name="emb")
+        score = tf.reduce_sum(emb, axis=1, name="score")
+        frozen = freeze_graph(graph, [score], inputs=[emb], read_variable=None)
+        write_graph_def(frozen, os.path.join(directory, "online.pb"))
+    with open(os.path.join(directory, "manifest.json")) as f:
+        manifest = json.load(f)
+    manifest["pieces"]["online"] = piece("online.pb", frozen)
+    manifest["cut"] = [{"tensor": "emb:0", "placeholder": "emb:0"}]
+    with open(os.path.join(directory, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    return directory
+
+
+@needs_spark
+def test_cli_and_serving_from_parquet(spark, split_dir, data, local, tmp_path):
+    """`--runner spark --out DIR.parquet`; OnlineServer serves from it as from the local runner's HDF5."""
+    from surgery.serve import OnlineServer
+
+    _, parquet, _, _ = data
+    out = tmp_path / "emb.parquet"
+    r = cli("precompute", split_dir, "--data", parquet, "--key", "features", "--ids", "item_id",
+            "--runner", "spark", "--batch-size", BATCH, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert os.path.exists(out / "_SUCCESS") and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    served = _with_online_piece(split_dir, str(tmp_path / "served"))
+    ask = ["item-0007", "item-0900", "item-0007"]
+    with OnlineServer(served, str(out)) as a, OnlineServer(served, local[0], preload=False) as b:
+        assert np.array_equal(a.lookup(ask)["embeddings"], local[1][[7, 900, 7]])
+        assert np.array_equal(a.score(ask), b.score(ask))
+        assert np.allclose(a.score(ask), local[1][[7, 900, 7]].sum(axis=1))
+
+
+@needs_spark
+@pytest.mark.parametrize("key,ids,named", [
+    ("nope", None, "nope"),                # missing column (close names suggested)
+    ("features", "item_idd", "item_idd"),  # missing id column
+    ("tags", None, "tags"),                # array<string>
+    ("f0,name", None, "name"),             # a string among the scalar columns
+    ("ragged", None, "ragged"),            # one row longer than the others
+])
+def test_bad_input_exits_2_naming_the_column(spark, split_dir, data, tmp_path, key, ids, named):
+    _, parquet, _, _ = data
+    out = tmp_path / "bad.parquet"
+    r = cli("precompute", split_dir, "--data", parquet, "--key", key, *(["--ids", ids] if ids else []),
+            "--runner", "spark", "--out", out)
+    assert r.returncode == 2, r.stderr
+    assert f"'{named}'" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == []  # nothing written, no temporaries
+
+
+def _executor_pids(app_id: str) -> list:
+    """This application's executor JVMs (their command line names the app id)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"org.apache.spark.executor.CoarseGrainedExecutorBackend" in cmd and app_id.encode() in cmd:
+            pids.append(int(pid))
+    return pids
+
+
+@needs_spark
+def test_an_executor_killed_mid_job_changes_nothing_and_a_rerun_is_clean(spark, split_dir, data, local, tmp_path,
+                                                                      monkeypatch):
+    from surgery.spark import SLOW_ENV, ParquetTable, run_precompute
+
+    h5, _, _, _ = data
+    monkeypatch.setenv(SLOW_ENV, "0.15")  # 16 blocks a task: a couple of seconds each, time to kill
+    out = str(tmp_path / "killed.parquet")
+    sc = spark.sparkContext
+    done, errors = threading.Event(), []
+
+    def job():
+        try:
+            run_precompute(split_dir, h5, "x", out, ids="ids", batch_size=BATCH, partitions=6)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            done.set()
+
+    before = _executor_pids(sc.applicationId)
+    assert len(before) == 2
+    threading.Thread(target=job, daemon=True).start()
+    killed = None
+    deadline = time.time() + 120
+    while not done.is_set() and time.time() < deadline:
+        tracker = sc.statusTracker()
+        running = [s for s in (tracker.getStageInfo(i) for i in tracker.getActiveStageIds()) if s]
+        if running and any(s.numActiveTasks for s in running) and sum(s.numCompletedTasks for s in running) >= 1:
+            killed = before[0]
+            os.kill(killed, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert killed is not None, "the job ended before an executor could be killed"
+    assert done.wait(240) and not errors, errors
+    assert killed not in _executor_pids(sc.applicationId)
+    assert np.array_equal(ParquetTable(out).read_all()["embeddings"], local[1])
+
+    monkeypatch.setenv(SLOW_ENV, "0")  # a rerun (after a failure too) overwrites cleanly: same rows
+    run_precompute(split_dir, h5, "x", out, ids="ids", batch_size=BATCH, partitions=4)
+    table = ParquetTable(out)
+    assert len(table) == ROWS and np.array_equal(table.read_all()["embeddings"], local[1])
+    assert len([p for p in os.listdir(out) if p.endswith(".parquet")]) == 4
+
+
+def test_runner_spark_without_the_extra_says_how_to_install(monkeypatch, split_dir, data, tmp_path):
+    monkeypatch.setitem(sys.modules, "pyspark", None)
+    r = cli("precompute", split_dir, "--data", data[0], "--key", "x", "--runner", "spark", "--out", tmp_path / "e.h5")
+    assert r.returncode == 2
+    assert "pip install 'surgery[spark]'" in r.stderr and "Traceback" not in r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@needs_spark
+def test_a_failed_job_leaves_nothing_and_the_rerun_is_clean(spark, split_dir, data, tmp_path, monkeypatch):
+    """The data file vanishes mid-job: exit 2 naming it, OUT untouched; put it back and rerun: the
+    local runner's rows. (Batch 16: each task reads 16 blocks at a time, 1.6 s apart, so the second
+    read of every task fails.)"""
+    import shutil
+
+    from surgery import precompute
+    from surgery.spark import SLOW_ENV, ParquetTable
+
+    h5 = str(tmp_path / "data.h5")
+    shutil.copy(data[0], h5)
+    out = tmp_path / "out.parquet"
+    args = ("precompute", split_dir, "--data", h5, "--key", "x", "--ids", "ids", "--runner", "spark",
+            "--batch-size", 16, "--out", out)
+    monkeypatch.setenv(SLOW_ENV, "0.1")
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=cli(*args)), daemon=True)
+    t.start()
+    tracker = spark.sparkContext.statusTracker()
+    deadline = time.time() + 120
+    while t.is_alive() and time.time() < deadline and not any(
+            s and s.numActiveTasks for s in map(tracker.getStageInfo, tracker.getActiveStageIds())):
+        time.sleep(0.05)
+    time.sleep(0.2)
+    os.rename(h5, h5 + ".away")
+    t.join(600)
+    r = result.get("r")
+    assert r is not None, "the job did not end"
+    assert r.returncode == 2 and "data.h5" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["data.h5.away"]  # no OUT, no temporary directory
+
+    os.rename(h5 + ".away", h5)
+    monkeypatch.setenv(SLOW_ENV, "0")
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    precompute(split_dir, h5, "x", str(tmp_path / "local.h5"), batch_size=16)
+    with h5py.File(tmp_path / "local.h5", "r") as f:
+        assert np.array_equal(ParquetTable(str(out)).read_all()["embeddings"], f["embeddings"][:])

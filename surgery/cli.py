@@ -213,8 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-bottlenecks", action="store_true", help="compute the splice tensor once, train on it")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed for the head's initial weights and "
                    "the shuffling")
+    p.add_argument("--tensorboard", metavar="LOGDIR",
+                   help="write per-epoch loss/accuracy/val_loss/val_accuracy/learning_rate and the graph to LOGDIR "
+                        "(tensorboard --logdir LOGDIR)")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="directory to write (model.ckpt*, frozen.pb, manifest.json); appears only when complete")
+                   help="directory to write (model.ckpt*, frozen.pb, manifest.json; history.png with matplotlib); "
+                        "appears only when complete")
 
     p = add("split", _cmd_split, "cut a graph into an offline piece and an online piece fed by placeholders",
             "surgery split data/models/vgg --cut fc7 --outputs predictions --out pieces")
@@ -427,8 +431,7 @@ def _cmd_finetune(args):
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       train_scopes=args.train_scopes, val_split=args.val_split,
                       cache_bottlenecks=args.cache_bottlenecks, seed=args.seed, preprocess=args.preprocess,
-                      progress=_progress(args),
-                      on_epoch=on_epoch)
+                      tensorboard=args.tensorboard, progress=_progress(args), on_epoch=on_epoch)
     names = result.names
     if result.val_accuracy is not None:
         say(f"held-out accuracy ({result.num_val} rows): {result.initial_val_accuracy:.1%} before → "

@@ -1,19 +1,24 @@
 """Fine-tune a spliced head: restore the pretrained weights, train only the var_list, evaluate on
 a held-out fraction, and write one directory: `model.ckpt*` (the whole trainable graph + .meta),
-`frozen.pb` (input → probabilities), `saved_model/` (the same, with a `serving_default`
-signature) and `manifest.json`.
+`frozen.pb` (input → probabilities), `manifest.json` and, with matplotlib, `history.png`.
 
-Long runs resume: every epoch is checkpointed in a work directory beside the output
-(`.DIR.finetune-work/`), keyed by the run's arguments; running the same command again continues
-from the last finished epoch. With `cache_bottlenecks` the tensors at the boundary are computed
-once for the dataset (cached in the work directory, keyed by content) and the head trains on them
-by feeding the `placeholder_with_default`, as TF Hub's retrain.py does; the graph written is still
-the whole one.
+Long runs resume: progress is checkpointed (at most every 30 s, and after the last epoch) in a
+work directory beside the output (`.DIR.finetune-work/`), keyed by the run's arguments; running
+the same command again continues from the last save. Only what changes is saved there (head,
+opened layers, optimizer slots, step): the frozen backbone always comes from the pretrained
+checkpoint. With `cache_bottlenecks` the tensors at the boundary are computed once, streaming
+the data in batches into an HDF5 file in the work directory (keyed by content), and the head
+trains on them by feeding the `placeholder_with_default`, as TF Hub's retrain.py does; with no
+layer opened below, the backbone's weights are then never loaded for training at all. The output
+checkpoint and `frozen.pb` are written tensor by tensor (`weights.write_checkpoint`,
+`freeze.write_graph_def`): memory holds the backbone at most once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -23,17 +28,18 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from . import graph as g
 from . import tfcompat
 from .data import DEFAULT_PREPROCESS, check_feedable, open_labels, open_rows, spec_of
 from .errors import DataError, RestoreError, SurgeryError
 from .files import atomic_path, write_text
-from .export import export_frozen
+from .export import export_model
 from .freeze import freeze_graph, write_graph_def
 from .manifest import piece, source_info, write_manifest
 from .model import Model, load_model
 from .restore import plan_restore
 from .splice import splice
-from .weights import CheckpointSource, restore_checkpoint
+from .weights import CheckpointCopy, CheckpointSource, restore_checkpoint, write_checkpoint
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -41,23 +47,11 @@ v1 = tf.compat.v1
 CHECKPOINT = "model.ckpt"
 FROZEN = "frozen.pb"
 SAVED_MODEL = "saved_model"
+HISTORY_PNG = "history.png"
+SAVE_SECONDS = 30.0  # at most this often, progress is saved for a resume (and after the last epoch)
 
 
 # ---------------------------------------------------------------- data
-
-def load_dataset(path: str, x_key: str | None, y_key: str | None, *, spec: dict | None = None,
-                 preprocess: str | None = None) -> tuple[np.ndarray, np.ndarray, list | None, str]:
-    """Inputs, integer labels, class names (an image folder's, else None) and a content
-    fingerprint, from any `data.open_rows` source: read into memory, checked."""
-    with open_rows(path, x_key, spec=spec, preprocess=preprocess) as source:
-        y = open_labels(path, y_key, source)
-        if len(source) < 2:
-            raise DataError(f"{source.where} has {len(source)} rows", "fine-tuning needs a dataset")
-        if spec is not None:
-            check_feedable(source, spec)
-        x = source.read(0, len(source))
-        return x, y, source.classes, source.fingerprint()
-
 
 def check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
     """Labels must be class ids the head can produce."""
@@ -124,6 +118,7 @@ def _restore_plan(model: Model, variables) -> dict:
 def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key: str | None = None, out: str,
              epochs: int = 5, batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam", train_scopes=(),
              val_split: float = 0.2, cache_bottlenecks: bool = False, seed: int = 0, preprocess: str | None = None,
+             tensorboard: str | None = None, save_seconds: float = SAVE_SECONDS, cache_memory: int | None = None,
              progress: bool = True, on_epoch=None) -> FinetuneResult:
     """Splice `head` above `at`, train it on `data`, write `out/` (see the module docstring).
 
@@ -132,6 +127,9 @@ def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key
     scaled as `preprocess` says (`data.PREPROCESS`).
 
     `model`: a `Model` or any MODEL path. `on_epoch(record)` is called after each epoch.
+    `tensorboard`: a log directory for per-epoch scalars and the graph. Progress is saved at
+    most every `save_seconds` (and after the last epoch). A bottleneck cache larger than
+    `cache_memory` bytes (default: a quarter of the free memory) is read from disk in batches.
     Everything is checked (names, data keys, labels, restore plan) before anything is written.
     """
     if epochs < 1 or batch_size < 1:
@@ -142,81 +140,116 @@ def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key
         model = load_model(model)
     sp = splice(model, at, head, train_scopes=train_scopes, optimizer=optimizer, lr=lr, seed=seed)
     spec = spec_of(sp.input)
-    x, y, classes, data_sha256 = load_dataset(data, x_key, y_key, spec=spec, preprocess=preprocess)
-    check_labels(y, sp.num_classes, f"{data}:{y_key}" if y_key and classes is None else data)
-    feed_dtype = check_feedable(x, spec, f"{data}:{x_key}" if x_key else data)
-    if sp.original_variables and not model.checkpoint:
-        raise SurgeryError(f"{model.path} has no checkpoint with the pretrained weights",
-                           "pass the checkpoint prefix or its directory, not the .meta alone")
-    plan = _restore_plan(model, sp.original_variables)
+    with open_rows(data, x_key, spec=spec, preprocess=preprocess) as source:
+        y = open_labels(data, y_key, source)
+        if len(source) < 2:
+            raise DataError(f"{source.where} has {len(source)} rows", "fine-tuning needs a dataset")
+        feed_dtype = check_feedable(source, spec)
+        # through the graph the rows are fed in shuffled batches from memory; a cached run only streams them once
+        x = None if cache_bottlenecks else source.read(0, len(source)).astype(feed_dtype, copy=False)
+        classes, data_sha256 = source.classes, source.fingerprint()
+        check_labels(y, sp.num_classes, f"{data}:{y_key}" if y_key and classes is None else data)
+        if sp.original_variables and not model.checkpoint:
+            raise SurgeryError(f"{model.path} has no checkpoint with the pretrained weights",
+                               "pass the checkpoint prefix or its directory, not the .meta alone")
+        plan = _restore_plan(model, sp.original_variables)
 
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_val = int(round(len(x) * val_split))
-    val_idx, train_idx = np.sort(order[:n_val]), order[n_val:]
-    if len(train_idx) == 0:
-        raise SurgeryError(f"--val-split {val_split} leaves no training rows", "lower --val-split")
+        order = np.random.default_rng(seed).permutation(len(y))
+        n_val = int(round(len(y) * val_split))
+        val_idx, train_idx = np.sort(order[:n_val]), order[n_val:]
+        if len(train_idx) == 0:
+            raise SurgeryError(f"--val-split {val_split} leaves no training rows", "lower --val-split")
 
-    work = work_dir(out)
-    fingerprint = {"model": _file_key(model.checkpoint + (".index" if os.path.exists(model.checkpoint + ".index") else ""))
-                   if model.checkpoint else _file_key(model.path),
-                   "at": sp.at.name, "head": head if isinstance(head, str) else repr(head),
-                   "data": [os.path.abspath(data), data_sha256], "x": x_key,
-                   "preprocess": preprocess or DEFAULT_PREPROCESS, "y": y_key, "batch_size": batch_size, "lr": lr,
-                   "optimizer": optimizer, "train_scopes": list(train_scopes), "val_split": val_split,
-                   "seed": seed, "cache": cache_bottlenecks}
-    state = _load_state(work, fingerprint)
+        work = work_dir(out)
+        fingerprint = {"model": _file_key(model.checkpoint + (".index" if os.path.exists(model.checkpoint + ".index")
+                                                               else "")) if model.checkpoint else _file_key(model.path),
+                       "at": sp.at.name, "head": head if isinstance(head, str) else repr(head),
+                       "data": [os.path.abspath(data), data_sha256], "x": x_key,
+                       "preprocess": preprocess or DEFAULT_PREPROCESS, "y": y_key, "batch_size": batch_size,
+                       "lr": lr, "optimizer": optimizer, "train_scopes": list(train_scopes), "val_split": val_split,
+                       "seed": seed, "cache": cache_bottlenecks}
+        state = _load_state(work, fingerprint)
 
-    graph = sp.graph
-    with graph.as_default():
-        all_vars = graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES)
-        init = v1.global_variables_initializer()
-        pretrained = v1.train.Saver(var_list=plan, name="restore_pretrained") if plan else None
-        epoch_saver = v1.train.Saver(var_list=all_vars, max_to_keep=2, save_relative_paths=True, name="epoch_saver")
-        final_saver = v1.train.Saver(var_list=all_vars, max_to_keep=1, save_relative_paths=True, name="saver")
-    config = v1.ConfigProto()
-    if cache_bottlenecks and sp.opened_variables:
-        # Grappler's constant folding (with its dependency optimizer) makes the gradient of an opened
-        # layer wait on the placeholder *under* a fed PlaceholderWithDefault ("must feed 'input'").
-        from tensorflow.core.protobuf import rewriter_config_pb2
+        graph = sp.graph
+        # The backbone below the boundary never changes: it comes from the pretrained checkpoint, at
+        # the start, on resume and into the output. Epoch state is everything else (head, opened
+        # layers, optimizer slots, step, and any variable the checkpoint does not hold).
+        frozen = {v.op.name for v in sp.original_variables} - {v.op.name for v in sp.opened_variables}
+        pretrained = {key: v for key, v in plan.items() if v.op.name in frozen}
+        restored = {v.op.name for v in pretrained.values()}
+        state_vars = [v for v in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES) if v.op.name not in restored]
+        with graph.as_default():
+            restorer = v1.train.Saver(var_list=pretrained, name="restore_pretrained") if pretrained else None
+            init_state = v1.variables_initializer(state_vars)
+            state_saver = v1.train.Saver(var_list=state_vars, max_to_keep=2, save_relative_paths=True,
+                                         name="epoch_saver")
+            final_saver = v1.train.Saver(max_to_keep=1, save_relative_paths=True, name="saver")
+        config = v1.ConfigProto()
+        if cache_bottlenecks and sp.opened_variables:
+            # Grappler's constant folding (with its dependency optimizer) makes the gradient of an opened
+            # layer wait on the placeholder *under* a fed PlaceholderWithDefault ("must feed 'input'").
+            from tensorflow.core.protobuf import rewriter_config_pb2
 
-        config.graph_options.rewrite_options.constant_folding = rewriter_config_pb2.RewriterConfig.OFF
-    with graph.as_default(), v1.Session(graph=graph, config=config) as sess:  # Saver.restore is eager outside
-        if state:
-            epoch_saver.restore(sess, os.path.join(work, state["checkpoint"]))
-        else:
-            os.makedirs(work, exist_ok=True)
-            sess.run(init)
-            if pretrained:
-                restore_checkpoint(pretrained, sess, model.checkpoint)
-        cache = None
-        if cache_bottlenecks:
-            cache = _bottlenecks(sess, sp, x, feed_dtype, batch_size, work, fingerprint, progress)
+            config.graph_options.rewrite_options.constant_folding = rewriter_config_pb2.RewriterConfig.OFF
 
-        def feed(idx, training=False):
-            d = {sp.labels: y[idx]}
-            if cache is not None:
-                d.update({b: c[idx] for b, c in zip(sp.bottlenecks, cache)})
-            else:
-                d[sp.input] = x[idx].astype(feed_dtype, copy=False)
-            if training:
-                d[sp.is_training] = True
-            return d
+        def open_session(with_backbone: bool):
+            sess = v1.Session(graph=graph, config=config)
+            with graph.as_default():  # Saver.restore is eager outside
+                sess.run(init_state)
+                if with_backbone and restorer:  # assigned into uninitialised variables: moved, not copied
+                    restore_checkpoint(restorer, sess, model.checkpoint)
+                if state:
+                    restore_checkpoint(state_saver, sess, os.path.join(work, state["checkpoint"]))
+            return sess
+
+        fresh_work = not os.path.isdir(work)
+        os.makedirs(work, exist_ok=True)
+        head_only = cache_bottlenecks and not sp.opened_variables
+        try:
+            cache = None
+            if cache_bottlenecks:
+                path = _cache_path(sp, work, fingerprint)
+                if not os.path.exists(path):  # eager outside the graph: images decode
+                    _write_bottlenecks(open_session(True), sp, source, feed_dtype, path, progress)
+                cache = _Cache(path, len(sp.bottlenecks), cache_memory)
+        except SurgeryError:
+            if fresh_work:  # bad data found while streaming it: leave nothing behind
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+
+    with graph.as_default(), contextlib.ExitStack() as stack:  # Saver.save is eager outside
+        sess = stack.enter_context(contextlib.closing(open_session(not head_only)))
+        if cache is not None:
+            stack.callback(cache.close)
+        train_step = sess.make_callable([sp.train_op, sp.loss, sp.accuracy],
+                                        feed_list=[sp.labels, sp.is_training, *_fed(sp, cache)])
+        eval_step = sess.make_callable([sp.loss, sp.probabilities], feed_list=[sp.labels, *_fed(sp, cache)])
+
+        def inputs(idx):
+            return cache.read(idx) if cache is not None else [x[idx]]
 
         def evaluate(idx, desc):
+            """(accuracy, mean loss) on rows `idx`, or (None, None)."""
             if len(idx) == 0:
-                return None
-            correct = 0
+                return None, None
+            correct = total = 0.0
             for i in tqdm(range(0, len(idx), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
                 b = idx[i:i + batch_size]
-                probs = sess.run(sp.probabilities, feed(b))
+                loss, probs = eval_step(y[b], *inputs(b))
                 correct += int((probs.argmax(1) == y[b]).sum())
-            return correct / len(idx)
+                total += float(loss) * len(b)
+            return correct / len(idx), total / len(idx)
 
         if state:
             history, initial, start = state["history"], state["initial_val_accuracy"], state["epoch"]
         else:
-            history, initial, start = [], evaluate(val_idx, "evaluate (before)"), 0
+            history, start = [], 0
+            initial = evaluate(val_idx, "evaluate (before)")[0]
             _save_state(work, fingerprint, 0, None, history, initial)
+        writer = _summary_writer(tensorboard, graph, start) if tensorboard else None
+        if writer is not None:
+            stack.callback(writer.close)
+        last_save = time.monotonic()
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             perm = np.random.default_rng([seed, epoch]).permutation(train_idx)
@@ -224,44 +257,84 @@ def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key
                        leave=False, disable=not progress)
             total_loss = total_correct = seen = 0
             for i in bar:
-                b = perm[i:i + batch_size]
-                _, loss, acc = sess.run([sp.train_op, sp.loss, sp.accuracy], feed(b, training=True))
+                b = np.sort(perm[i:i + batch_size])  # a batch is a set; sorted, it reads from disk in one sweep
+                _, loss, acc = train_step(y[b], True, *inputs(b))
                 total_loss += float(loss) * len(b)
                 total_correct += float(acc) * len(b)
                 seen += len(b)
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.3f}", refresh=False)
-            seconds = time.perf_counter() - t0
+                if progress:
+                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.3f}", refresh=False)
+            val_accuracy, val_loss = evaluate(val_idx, f"evaluate epoch {epoch + 1}")
             record = {"epoch": epoch + 1, "loss": total_loss / seen, "accuracy": total_correct / seen,
-                      "val_accuracy": evaluate(val_idx, f"evaluate epoch {epoch + 1}"), "seconds": seconds}
+                      "val_loss": val_loss, "val_accuracy": val_accuracy, "seconds": time.perf_counter() - t0}
             history.append(record)
-            prefix = epoch_saver.save(sess, os.path.join(work, "epoch.ckpt"), global_step=epoch + 1,
-                                      write_meta_graph=False)
-            _save_state(work, fingerprint, epoch + 1, os.path.basename(prefix), history, initial)
+            if writer is not None:
+                _write_scalars(writer, record, lr)
+            if epoch + 1 == epochs or time.monotonic() - last_save >= save_seconds:
+                prefix = state_saver.save(sess, os.path.join(work, "epoch.ckpt"), global_step=epoch + 1,
+                                          write_meta_graph=False)
+                _save_state(work, fingerprint, epoch + 1, os.path.basename(prefix), history, initial)
+                last_save = time.monotonic()
             if on_epoch:
                 on_epoch(record)
+        trained = dict(zip([v.op.name for v in state_vars], sess.run(state_vars)))
 
-        names = sp.names()
-        trainable = [v.op.name for v in sp.var_list]
-        with atomic_path(out, directory=True) as tmp:
-            prefix = final_saver.save(sess, os.path.join(tmp, CHECKPOINT), write_meta_graph=True)
-            frozen = freeze_graph(graph, [sp.probabilities], read_variable=CheckpointSource(prefix).read)
-            write_graph_def(frozen.graph_def, os.path.join(tmp, FROZEN))
-            export_frozen(frozen.graph_def, os.path.join(tmp, SAVED_MODEL), inputs=frozen.inputs,
-                          outputs=frozen.outputs)  # for TF Serving / tf.saved_model.load
-            final = history[-1]["val_accuracy"] if history else initial
-            manifest = write_manifest(
-                tmp, source=source_info(model), pieces={"model": piece(FROZEN, frozen)}, checkpoint=CHECKPOINT,
-                finetune={"at": sp.at.name, "head": head if isinstance(head, str) else repr(head),
-                          "boundary": sp.boundary, "names": names, "trainable": trainable,
-                          "num_classes": sp.num_classes, "classes": classes, "data": os.path.abspath(data),
-                          "x": x_key, "y": y_key, "preprocess": preprocess or DEFAULT_PREPROCESS,
-                          "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-                          "val_split": val_split, "seed": seed, "cache_bottlenecks": cache_bottlenecks,
-                          "initial_val_accuracy": initial, "val_accuracy": final, "history": history})
+    names = sp.names()
+    trainable = [v.op.name for v in sp.var_list]
+    final = history[-1]["val_accuracy"] if history else initial
+    with atomic_path(out, directory=True) as tmp:
+        prefix = _write_final_checkpoint(graph, final_saver, os.path.join(tmp, CHECKPOINT), trained, pretrained,
+                                         model.checkpoint, progress)
+        frozen_graph = freeze_graph(graph, [sp.probabilities], read_variable=CheckpointSource(prefix).read)
+        write_graph_def(frozen_graph, os.path.join(tmp, FROZEN))
+        # For TF Serving / tf.saved_model.load: the checkpoint just written, pruned to the
+        # probabilities, its variables copied tensor by tensor (the backbone is never held twice).
+        export_model(load_model(prefix), os.path.join(tmp, SAVED_MODEL), outputs=[sp.probabilities.name])
+        plot_history(history, os.path.join(tmp, HISTORY_PNG))
+        manifest = write_manifest(
+            tmp, source=source_info(model), pieces={"model": piece(FROZEN, frozen_graph)}, checkpoint=CHECKPOINT,
+            finetune={"at": sp.at.name, "head": head if isinstance(head, str) else repr(head),
+                      "boundary": sp.boundary, "names": names, "trainable": trainable,
+                      "num_classes": sp.num_classes, "classes": classes, "data": os.path.abspath(data),
+                      "x": x_key, "y": y_key, "preprocess": preprocess or DEFAULT_PREPROCESS,
+                      "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+                      "val_split": val_split, "seed": seed, "cache_bottlenecks": cache_bottlenecks,
+                      "tensorboard": os.path.abspath(tensorboard) if tensorboard else None,
+                      "initial_val_accuracy": initial, "val_accuracy": final, "history": history})
     shutil.rmtree(work, ignore_errors=True)
     return FinetuneResult(out=os.path.abspath(out), names=names, trainable=trainable, history=history,
                           initial_val_accuracy=initial, val_accuracy=final, num_train=len(train_idx),
                           num_val=len(val_idx), resumed_from_epoch=start, manifest=manifest)
+
+
+def _fed(sp, cache) -> list:
+    """The tensors the rows go into: the bottlenecks when cached, else the model's input."""
+    return list(sp.bottlenecks) if cache is not None else [sp.input]
+
+
+def _write_final_checkpoint(graph, saver, prefix, trained: dict, pretrained: dict, source_prefix, progress) -> str:
+    """The whole trainable graph's checkpoint (+ `.meta` and the `checkpoint` file), written
+    streaming: trained values from memory, the backbone copied tensor by tensor from the
+    pretrained checkpoint inside TensorFlow (bit for bit the pretrained one, never all in memory)."""
+    source = CheckpointSource(source_prefix) if pretrained else None
+    by_var = {v.op.name: key for key, v in pretrained.items()}
+    # A V2 checkpoint holding just the backbone, under the graph's names, goes in whole, unread.
+    base = source_prefix if source is not None and os.path.exists(source_prefix + ".index") and \
+        set(source.stored) == set(by_var) and all(k == n for n, k in by_var.items()) else None
+    tensors = []
+    for v in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES):
+        name = v.op.name
+        if name in trained:
+            tensors.append((name, v.dtype.base_dtype, lambda n=name: trained[n]))
+        elif base is None:
+            tensors.append((name, v.dtype.base_dtype, CheckpointCopy.of(source, by_var[name])))
+    write_checkpoint(prefix, tensors, base=base, progress=progress)
+    with graph.as_default():
+        saver.export_meta_graph(prefix + ".meta")
+    name = os.path.basename(prefix)
+    write_text(os.path.join(os.path.dirname(prefix), "checkpoint"),
+               f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
+    return prefix
 
 
 def _load_state(work: str, fingerprint: dict) -> dict | None:
@@ -287,26 +360,135 @@ def _save_state(work, fingerprint, epoch, checkpoint, history, initial) -> None:
          "initial_val_accuracy": initial}, indent=2))
 
 
-def _bottlenecks(sess, sp, x, feed_dtype, batch_size, work, fingerprint, progress) -> list:
-    """The boundary tensors for every row, computed once in batches (below the boundary nothing
-    trains, so they never change) and cached in the work directory, keyed by content."""
+def _cache_path(sp, work: str, fingerprint: dict) -> str:
+    """The bottleneck cache's file, keyed by content: model, data, preprocessing, boundary."""
     key = _digest({"model": fingerprint["model"], "data": fingerprint["data"], "x": fingerprint["x"],
                    "preprocess": fingerprint["preprocess"], "boundary": sp.boundary})
-    path = os.path.join(work, f"bottlenecks-{key}.npz")
-    if os.path.exists(path):
-        with np.load(path) as z:
-            return [z[f"b{k}"] for k in range(len(sp.bottlenecks))]
-    parts = [[] for _ in sp.bottlenecks]
-    for i in tqdm(range(0, len(x), batch_size), desc="cache bottlenecks", unit="batch", leave=False,
-                  disable=not progress):
-        values = sess.run(sp.bottlenecks, {sp.input: x[i:i + batch_size].astype(feed_dtype, copy=False)})
-        for p, v in zip(parts, values):
-            p.append(v)
-    cache = [np.concatenate(p) for p in parts]
+    return os.path.join(work, f"bottlenecks-{key}.h5")
+
+
+def _write_bottlenecks(sess, sp, source, feed_dtype, path: str, progress: bool) -> None:
+    """The boundary tensors for every row (below the boundary nothing trains, so they never
+    change), computed batch by batch as the rows stream from `source` and appended to an HDF5
+    file, renamed into place when complete: neither the data nor the cache is ever whole in
+    memory. Batches hold about ACTIVATION_BYTES of the backbone's largest activation. Closes
+    `sess` (the only session holding the backbone) and drops it, so its memory goes back."""
+    import h5py
+
+    n = len(source)
+    rows = _inference_rows(sp)
+    try:
+        run = sess.make_callable(sp.bottlenecks, feed_list=[sp.input])
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            datasets = None
+            for i in tqdm(range(0, n, rows), desc="cache bottlenecks", unit="batch", leave=False,
+                          disable=not progress, delay=0.5):  # (delayed: bad data found at once leaves one line)
+                values = run(source.read(i, i + rows).astype(feed_dtype, copy=False))
+                if datasets is None:
+                    datasets = [f.create_dataset(f"b{k}", (n, *v.shape[1:]), v.dtype,
+                                                 chunks=(min(n, max(1, (1 << 20) // max(1, v[0].nbytes))),
+                                                         *v.shape[1:]))
+                                for k, v in enumerate(values)]
+                for ds, v in zip(datasets, values):
+                    ds[i:i + len(v)] = v
+        del run
+    finally:
+        sess.close()
+        del sess
+        gc.collect()
+
+
+ACTIVATION_BYTES = 64 << 20
+
+
+def _inference_rows(sp) -> int:
+    """Rows per batch of the bottleneck pass: the largest tensor between the input and the
+    boundary (static shapes) times four stays under ACTIVATION_BYTES, so a 224-pixel VGG
+    streams an image at a time and a small network thousands."""
+    graph = sp.graph
+    largest = 1
+    for name in g.ancestors(graph, sp.boundary, control=False):
+        for t in graph.get_operation_by_name(name).outputs:  # batch-shaped ones: [None, known...]
+            dims = t.shape.as_list() if t.shape.rank else []
+            if dims and dims[0] is None and all(d is not None for d in dims[1:]):
+                largest = max(largest, int(np.prod(dims[1:], dtype=np.int64)) * max(1, t.dtype.size))
+    return max(1, ACTIVATION_BYTES // (4 * largest))
+
+
+class _Cache:
+    """Cached bottlenecks: in memory when they fit in `limit` bytes (default a quarter of the free
+    memory), else read from the HDF5 file batch by batch (`read(sorted rows)`)."""
+
+    def __init__(self, path: str, count: int, limit: int | None = None):
+        import h5py
+
+        self.file = h5py.File(path, "r")
+        self.datasets = [self.file[f"b{k}"] for k in range(count)]
+        if limit is None:
+            limit = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+        self.in_memory = sum(ds.size * ds.dtype.itemsize for ds in self.datasets) <= limit
+        if self.in_memory:
+            self.datasets = [ds[...] for ds in self.datasets]
+            self.close()
+
+    def read(self, idx) -> list:
+        return [ds[idx] for ds in self.datasets]
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+# ---------------------------------------------------------------- curves
+
+SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _summary_writer(logdir: str, graph, start: int):
+    """A TensorBoard event writer for `logdir`, with the graph on a fresh run; on a resumed run
+    a restart marker at `start`, so TensorBoard drops the epochs written after the last save."""
+    with graph.as_default():  # FileWriter refuses eager mode
+        writer = v1.summary.FileWriter(logdir, graph=graph if start == 0 else None)
+    if start:
+        writer.add_session_log(v1.SessionLog(status=v1.SessionLog.START), global_step=start)
+    return writer
+
+
+def _write_scalars(writer, record: dict, lr: float) -> None:
+    """One epoch's `loss`, `accuracy`, `val_loss`, `val_accuracy` and `learning_rate`, at step = epoch."""
+    values = [v1.Summary.Value(tag=key, simple_value=record[key]) for key in SCALARS if record.get(key) is not None]
+    values.append(v1.Summary.Value(tag="learning_rate", simple_value=lr))
+    writer.add_summary(v1.Summary(value=values), global_step=record["epoch"])
+    writer.flush()
+
+
+def plot_history(history: list, path: str) -> bool:
+    """A small loss / accuracy curve at `path` (PNG) when matplotlib is installed (the `viz`
+    extra); False, and nothing written, without it or without epochs."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    if not history:
+        return False
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(8, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    for ax, key in zip(fig.subplots(1, 2), ("loss", "accuracy")):
+        ax.plot(epochs, [r[key] for r in history], label="train")
+        val = [r.get(f"val_{key}") for r in history]
+        if any(v is not None for v in val):
+            ax.plot(epochs, [float("nan") if v is None else v for v in val], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{f"b{k}": c for k, c in enumerate(cache)})
-    return cache
+        fig.savefig(tmp, format="png")
+    return True
 
 
-__all__ = ["FinetuneResult", "finetune", "load_dataset", "check_labels", "work_dir"]
+__all__ = ["FinetuneResult", "finetune", "check_labels", "work_dir", "plot_history"]

@@ -443,6 +443,85 @@ def saver_for(model, graph=None, *, fallback: bool = True):
         return v1.train.Saver(var_list=var_list, write_version=v1.train.SaverDef.V2)
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointCopy:
+    """A tensor for `write_checkpoint` to copy from another checkpoint inside TensorFlow
+    (RestoreV2 into SaveV2: bit for bit, and never a numpy copy)."""
+
+    prefix: str
+    stored: str
+    nbytes: int
+
+    @classmethod
+    def of(cls, source: "CheckpointSource", key: str) -> "CheckpointCopy":
+        t = source._tensor(key)
+        if t.parts:
+            raise ValueError(f"'{key}' is stored in parts")
+        return cls(source.prefix, t.stored, int(np.prod(t.shape, dtype=np.int64)) * tf.as_dtype(t.dtype).size)
+
+
+def write_checkpoint(prefix: str, tensors, *, base: str | None = None, shard_bytes: int = 64 << 20,
+                     progress: bool = False) -> str:
+    """Write a V2 checkpoint at `prefix` from `tensors`, `(key, dtype, value)` triples whose
+    value is a `CheckpointCopy` or a callable giving the array, about `shard_bytes` at a time:
+    each run of values is saved as its own bundle (SaveV2) and the bundles are merged at the end
+    (MergeV2Checkpoints, which renames data files rather than copying). A `Saver` holds every
+    value at once; here memory peaks at one shard (or the largest tensor). `base`: a V2
+    checkpoint whose every tensor goes in as it is, its files linked (or copied) in, never read.
+    Returns `prefix`."""
+    import shutil
+
+    from tqdm import tqdm
+
+    graph = tf.Graph()
+    with graph.as_default():
+        shard_prefix = v1.placeholder(tf.string, [])
+        sources, targets = v1.placeholder(tf.string, [None]), v1.placeholder(tf.string, [])
+        merge = tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=sources, destination_prefix=targets,
+                                              delete_old_dirs=True)
+    shards_dir = f"{prefix}.shards"
+    shards, pending, size = [], [], 0
+    if base:
+        os.makedirs(shards_dir, exist_ok=True)
+        shards.append(os.path.join(shards_dir, "base"))
+        for f in glob.glob(glob.escape(base) + ".data-*") + [base + ".index"]:
+            try:
+                os.link(f, shards[0] + f[len(base):])
+            except OSError:
+                shutil.copyfile(f, shards[0] + f[len(base):])
+    with v1.Session(graph=graph) as sess:
+        def flush():
+            feeds, values = {}, []
+            with graph.as_default():
+                for _, dtype, value in pending:
+                    if isinstance(value, CheckpointCopy):
+                        values.append(tf.raw_ops.RestoreV2(prefix=value.prefix, tensor_names=[value.stored],
+                                                           shape_and_slices=[""], dtypes=[dtype])[0])
+                    else:
+                        values.append(v1.placeholder(tf.as_dtype(dtype)))
+                        feeds[values[-1]] = value
+                save = tf.raw_ops.SaveV2(prefix=shard_prefix, tensor_names=[k for k, _, _ in pending],
+                                         shape_and_slices=[""] * len(pending), tensors=values)
+            shards.append(os.path.join(shards_dir, f"part-{len(shards):05d}"))
+            sess.run(save, {shard_prefix: shards[-1], **feeds})
+
+        for key, dtype, value in tqdm(list(tensors), desc="write checkpoint", unit="var", leave=False,
+                                      disable=not progress):
+            if not isinstance(value, CheckpointCopy):
+                value = np.asarray(value())
+            if pending and size + value.nbytes > shard_bytes:
+                flush()
+                pending, size = [], 0
+            pending.append((key, dtype, value))
+            size += value.nbytes
+        if pending:
+            flush()
+        sess.run(merge, {sources: shards, targets: prefix})
+    if os.path.isdir(shards_dir):
+        os.rmdir(shards_dir)
+    return prefix
+
+
 __all__ = ["WeightSource", "CheckpointSource", "HDF5Weights", "SourceTensor", "open_weights", "open_checkpoint",
            "restore_checkpoint", "latest_checkpoint", "is_checkpoint", "model_weights", "variable_reader",
-           "saver_for"]
+           "saver_for", "write_checkpoint", "CheckpointCopy"]

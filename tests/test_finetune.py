@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli, tf, v1
+from conftest import ROOT, run_cli, tf, v1
 
 from surgery.errors import DataError, SurgeryError, TensorNotFoundError
 from surgery.model import load_model
@@ -231,29 +234,117 @@ def test_train_scopes_train_only_those_layers(pretrained, tmp_path):
     assert frozen_accuracy(out, test_x, test_y)[0] > 0.6
 
 
-def test_a_killed_run_resumes_where_it_stopped(pretrained, tmp_path):
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_killed_run_resumes_where_it_stopped(pretrained, tmp_path, cache):
+    """SIGKILLed after epoch 2 of 3 (progress saved every epoch here), the same command finishes
+    from epoch 2 with the head a straight run gets; the saved state holds no backbone weight."""
     prefix, data, _, _ = pretrained
     kw = dict(at="fc7", head="dense:3", data=data, x_key="target/x", y_key="target/y", epochs=3,
-              batch_size=BATCH, lr=LR, progress=False)
+              batch_size=BATCH, lr=LR, cache_bottlenecks=cache, progress=False)
     straight = finetune(prefix, out=str(tmp_path / "straight"), **kw)
 
-    class Killed(Exception):
+    out = str(tmp_path / "resumed")
+    script = (f"import os, signal, sys\nsys.path.insert(0, {ROOT!r})\nfrom surgery.train import finetune\n"
+              f"def die(record):\n    if record['epoch'] == 2:\n        os.kill(os.getpid(), signal.SIGKILL)\n"
+              f"finetune({prefix!r}, out={out!r}, save_seconds=0, on_epoch=die, **{kw!r})\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert not os.path.exists(out) and os.path.isdir(work_dir(out))
+    state = json.load(open(os.path.join(work_dir(out), "state.json")))
+    saved = v1.train.NewCheckpointReader(os.path.join(work_dir(out), state["checkpoint"])).get_variable_to_shape_map()
+    assert "head/dense/kernel" in saved and "head/step" in saved and "head/dense/kernel/Adam" in saved
+    assert not [k for k in saved if k.startswith("vgg/")], "the frozen backbone is not epoch state"
+
+    resumed = finetune(prefix, out=out, **kw)
+    assert resumed.resumed_from_epoch == 2 and len(resumed.history) == 3
+    a = v1.train.NewCheckpointReader(os.path.join(straight.out, "model.ckpt"))
+    b = v1.train.NewCheckpointReader(os.path.join(out, "model.ckpt"))
+    np.testing.assert_allclose(a.get_tensor("head/dense/kernel"), b.get_tensor("head/dense/kernel"),
+                               rtol=1e-6, atol=1e-7)
+    before = v1.train.NewCheckpointReader(prefix)
+    for name in before.get_variable_to_shape_map():
+        assert np.array_equal(before.get_tensor(name), b.get_tensor(name)), name
+    assert not os.path.exists(work_dir(out))
+
+
+def test_progress_is_saved_on_a_time_cadence_not_every_epoch(pretrained, tmp_path):
+    """With the default cadence (30 s) a 3-epoch run stopped after epoch 1 has saved nothing
+    yet: the next run starts over (the bottleneck cache is kept) and ends where a straight run does."""
+    prefix, data, _, _ = pretrained
+    kw = dict(at="fc7", head="dense:3", data=data, x_key="target/x", y_key="target/y", epochs=3,
+              batch_size=BATCH, lr=LR, cache_bottlenecks=True, progress=False)
+
+    class Stop(Exception):
         pass
 
-    def die_after_first(record):
+    def stop_after_first(record):
         if record["epoch"] == 1:
-            raise Killed
+            raise Stop
 
-    out = str(tmp_path / "resumed")
-    with pytest.raises(Killed):
-        finetune(prefix, out=out, on_epoch=die_after_first, **kw)
-    assert not os.path.exists(out) and os.path.isdir(work_dir(out))
+    out = str(tmp_path / "ft")
+    with pytest.raises(Stop):
+        finetune(prefix, out=out, on_epoch=stop_after_first, **kw)
+    work = work_dir(out)
+    assert json.load(open(os.path.join(work, "state.json")))["checkpoint"] is None
+    assert [f for f in os.listdir(work) if f.startswith("bottlenecks-")]
     resumed = finetune(prefix, out=out, **kw)
-    assert resumed.resumed_from_epoch == 1 and len(resumed.history) == 3
-    a = v1.train.NewCheckpointReader(os.path.join(straight.out, "model.ckpt")).get_tensor("head/dense/kernel")
-    b = v1.train.NewCheckpointReader(os.path.join(out, "model.ckpt")).get_tensor("head/dense/kernel")
+    assert resumed.resumed_from_epoch == 0 and len(resumed.history) == 3
+
+
+def test_a_cache_larger_than_memory_is_read_from_disk_in_batches(pretrained, tmp_path):
+    """`cache_memory=0` forces the HDF5 path: the same head as with the cache in memory."""
+    prefix, data, _, _ = pretrained
+    kw = dict(at="fc7", head="dense:3", data=data, x_key="target/x", y_key="target/y", epochs=2,
+              batch_size=BATCH, lr=LR, cache_bottlenecks=True, progress=False)
+    memory = finetune(prefix, out=str(tmp_path / "memory"), **kw)
+    disk = finetune(prefix, out=str(tmp_path / "disk"), cache_memory=0, **kw)
+    assert [r["loss"] for r in disk.history] == pytest.approx([r["loss"] for r in memory.history], rel=1e-6)
+    a = v1.train.NewCheckpointReader(os.path.join(memory.out, "model.ckpt")).get_tensor("head/dense/kernel")
+    b = v1.train.NewCheckpointReader(os.path.join(disk.out, "model.ckpt")).get_tensor("head/dense/kernel")
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    assert not os.path.exists(work_dir(out))
+
+
+def test_tensorboard_scalars_per_epoch_and_history_png(pretrained, tmp_path):
+    """`--tensorboard DIR`: one loss, accuracy, val_loss, val_accuracy and learning_rate per epoch,
+    the numbers of the manifest's history, and the graph; a history.png beside the manifest."""
+    prefix, data, _, _ = pretrained
+    logs, out = tmp_path / "logs", tmp_path / "ft"
+    r = run_cli("finetune", prefix, "--at", "fc7", "--head", "dense:3", "--data", data, "--x", "target/x",
+                "--y", "target/y", "--epochs", 3, "--batch-size", BATCH, "--lr", LR, "--cache-bottlenecks",
+                "--tensorboard", logs, "--out", out)
+    assert r.returncode == 0, r.stderr
+    scalars, graphs = {}, 0
+    for path in sorted(logs.iterdir()):
+        for event in v1.train.summary_iterator(str(path)):
+            graphs += event.HasField("graph_def")
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    history = json.loads((out / "manifest.json").read_text())["finetune"]["history"]
+    assert graphs == 1
+    for tag in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert [s for s, _ in scalars[tag]] == [1, 2, 3], tag
+        np.testing.assert_allclose([v for _, v in scalars[tag]], [h[tag] for h in history], rtol=1e-6)
+    assert [v for _, v in scalars["learning_rate"]] == pytest.approx([LR] * 3)
+    png = (out / "history.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_history_png_is_optional(monkeypatch, tmp_path):
+    """Without matplotlib (the `viz` extra) no curve is drawn and nothing breaks."""
+    import builtins
+
+    from surgery.train import plot_history
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert plot_history([{"epoch": 1, "loss": 1.0, "accuracy": 0.5}], str(tmp_path / "h.png")) is False
+    assert not (tmp_path / "h.png").exists()
 
 
 def test_heads_flatten_and_callables(pretrained):

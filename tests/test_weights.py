@@ -208,3 +208,40 @@ def test_open_checkpoint_names_a_missing_shard(tmp_path):
         open_checkpoint(prefix)
     with pytest.raises(ModelLoadError):
         load_model(prefix)
+
+
+def test_write_checkpoint_streams_values_copies_and_a_base(tmp_path):
+    """Arrays, tensors copied from another checkpoint and a whole base checkpoint, in shards of a
+    few bytes, merged into one checkpoint that a Saver and the reader read back bit for bit."""
+    from surgery.weights import CheckpointCopy, CheckpointSource, write_checkpoint
+
+    rng = np.random.default_rng(0)
+    base = {"vgg/w": rng.normal(size=(3, 4)).astype(np.float32), "vgg/step": np.int64(7)}
+    graph = tf.Graph()
+    with graph.as_default():
+        made = {k: v1.Variable(v, name=k) for k, v in base.items()}
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            v1.train.Saver(made).save(sess, str(tmp_path / "base" / "model.ckpt"))
+    base_prefix = str(tmp_path / "base" / "model.ckpt")
+    head = {"head/k": rng.normal(size=(5, 2)), "head/b": np.arange(2, dtype=np.int32)}
+    tensors = [(k, v.dtype, lambda v=v: v) for k, v in head.items()]
+    copied = CheckpointCopy.of(CheckpointSource(base_prefix), "vgg/w")
+    out = str(tmp_path / "out" / "model.ckpt")
+    os.makedirs(os.path.dirname(out))
+    write_checkpoint(out, tensors + [("copy/w", tf.float32, copied)], shard_bytes=16)
+    reader = v1.train.NewCheckpointReader(out)
+    for k, v in head.items():
+        assert reader.get_tensor(k).dtype == v.dtype and np.array_equal(reader.get_tensor(k), v)
+    assert np.array_equal(reader.get_tensor("copy/w"), base["vgg/w"])
+    assert sorted(os.listdir(tmp_path / "out")) == ["model.ckpt.data-00000-of-00003", "model.ckpt.data-00001-of-00003",
+                                                    "model.ckpt.data-00002-of-00003", "model.ckpt.index"]
+    whole = str(tmp_path / "whole" / "model.ckpt")
+    os.makedirs(os.path.dirname(whole))
+    write_checkpoint(whole, tensors, base=base_prefix)
+    reader = v1.train.NewCheckpointReader(whole)
+    assert sorted(reader.get_variable_to_shape_map()) == sorted([*head, *base])
+    for k, v in {**head, **base}.items():
+        assert np.array_equal(reader.get_tensor(k), v), k
+    assert v1.train.NewCheckpointReader(base_prefix).get_tensor("vgg/step") == 7  # the base is untouched
+    assert not os.path.exists(whole + ".shards")

@@ -33,6 +33,8 @@ import os
 
 import numpy as np
 
+from .data import RowsWithIds, rows_with_ids
+from .data import write_dataset as _write_dataset
 from .errors import DataError, ModelLoadError, SurgeryError
 from .files import atomic_path, write_text
 
@@ -98,56 +100,8 @@ def resolve_graph(graph_path: str, *, inputs: str | None = None, outputs=None) -
 
 # ---------------------------------------------------------------- sharded inputs
 
-class RowsSource:
-    """A `data.RowSource` (rows) and its ids, by their arguments: opened in the driver to count and
-    check the rows, and again inside each worker (an open file does not travel). `bind(spec)`
-    shapes rows for the graph's input and applies `data.check_feedable` once, in the driver."""
-
-    def __init__(self, data: str, key: str | None, ids: str | None = None, *, preprocess: str | None = None):
-        self.data = data if any(c in data for c in "*?[") else os.path.abspath(data)
-        self.key, self.ids, self.preprocess = key, ids, preprocess
-        self.spec, self.feed_dtype, self._open = None, None, None
-        self.num_rows = len(self._rows())
-        if ids:
-            self._ids()
-
-    def __getstate__(self):
-        return {**self.__dict__, "_open": None}
-
-    def _rows(self):
-        if self._open is None:
-            from .data import open_rows
-
-            self._open = {"rows": open_rows(self.data, self.key, spec=self.spec, preprocess=self.preprocess)}
-        return self._open["rows"]
-
-    def _ids(self):
-        from .data import open_ids
-
-        rows = self._rows()
-        if "ids" not in self._open:
-            self._open["ids"] = open_ids(self.data, self.ids, rows)
-        return self._open["ids"]
-
-    def bind(self, spec: GraphSpec) -> None:
-        from .data import check_feedable
-
-        self.spec, self._open = spec.input, None
-        self.feed_dtype = check_feedable(self._rows(), spec.input).str
-
-    def describe(self) -> dict:
-        rows = self._rows()
-        return {**rows.describe(), "ids": self.ids, "rows": self.num_rows}
-
-    def boundaries(self) -> list:
-        return getattr(self._rows(), "boundaries", lambda: [0, self.num_rows])()
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        rows = self._rows().read(start, stop)
-        return rows if self.feed_dtype is None else rows.astype(self.feed_dtype, copy=False)
-
-    def read_ids(self, start: int, stop: int):
-        return self._ids().read(start, stop) if self.ids else None
+# The row-range reader with ids that every runner shares lives in `data` (Spark uses it without Beam).
+RowsSource = RowsWithIds
 
 
 def HDF5Source(path: str, key: str, ids_key: str | None = None, **kw) -> RowsSource:  # noqa: N802
@@ -165,9 +119,7 @@ def TFRecordSource(pattern: str, feature: str, ids_feature: str | None = None, *
     return RowsSource(pattern, feature, ids_feature, **kw)
 
 
-def source_for(data: str, key: str | None, ids: str | None = None, *, preprocess: str | None = None) -> RowsSource:
-    """The CLI's --data/--key/--ids as a source: anything `data.open_rows` reads."""
-    return RowsSource(data, None if data.endswith(".npy") else key, ids, preprocess=preprocess)
+source_for = rows_with_ids  # the CLI's --data/--key/--ids as a source
 
 
 def shard_ranges(source, *, rows_per_shard: int, batch_size: int) -> list:
@@ -237,16 +189,6 @@ def _read_blocks(shard, source, spec: GraphSpec, shard_dir: str, batch_size: int
     rows = source.read(start, stop)
     for b in range(0, stop - start, batch_size):
         yield (start, stop, start + b), rows[b:b + batch_size]
-
-
-def _write_dataset(f, name: str, data: np.ndarray) -> None:
-    import h5py
-
-    if data.dtype == object or data.dtype.kind == "U":
-        data = np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in data], dtype=object)
-        f.create_dataset(name, data=data, dtype=h5py.string_dtype())
-    else:
-        f.create_dataset(name, data=data)
 
 
 def _write_shard(item, source, spec: GraphSpec, shard_dir: str) -> dict:

@@ -489,3 +489,66 @@ def open_labels(data: str, key: str | None, rows: RowSource, *, training: bool =
 
 __all__ = ["RowSource", "ArrayRows", "TFRecordRows", "ImageFolderRows", "ListRows", "open_rows", "open_ids",
            "open_labels", "check_feedable", "preprocess", "spec_of", "PREPROCESS", "VGG_MEANS"]
+
+
+class RowsWithIds:
+    """A `RowSource` (rows) and its ids, by their arguments: opened in the driver to count and
+    check the rows, and again inside each worker of Beam or Spark (an open file does not travel).
+    `bind(spec)` (anything with `.input`) shapes rows for the graph's input and applies
+    `check_feedable` once, in the driver."""
+
+    def __init__(self, data: str, key: str | None, ids: str | None = None, *, preprocess: str | None = None):
+        self.data = data if any(c in data for c in "*?[") else os.path.abspath(data)
+        self.key, self.ids, self.preprocess = key, ids, preprocess
+        self.spec, self.feed_dtype, self._open = None, None, None
+        self.num_rows = len(self._rows())
+        if ids:
+            self._ids()
+
+    def __getstate__(self):
+        return {**self.__dict__, "_open": None}
+
+    def _rows(self):
+        if self._open is None:
+            self._open = {"rows": open_rows(self.data, self.key, spec=self.spec, preprocess=self.preprocess)}
+        return self._open["rows"]
+
+    def _ids(self):
+        rows = self._rows()
+        if "ids" not in self._open:
+            self._open["ids"] = open_ids(self.data, self.ids, rows)
+        return self._open["ids"]
+
+    def bind(self, spec) -> None:
+        self.spec, self._open = spec.input, None
+        self.feed_dtype = check_feedable(self._rows(), spec.input).str
+
+    def describe(self) -> dict:
+        rows = self._rows()
+        return {**rows.describe(), "ids": self.ids, "rows": self.num_rows}
+
+    def boundaries(self) -> list:
+        return getattr(self._rows(), "boundaries", lambda: [0, self.num_rows])()
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        rows = self._rows().read(start, stop)
+        return rows if self.feed_dtype is None else rows.astype(self.feed_dtype, copy=False)
+
+    def read_ids(self, start: int, stop: int):
+        return self._ids().read(start, stop) if self.ids else None
+
+
+def rows_with_ids(data: str, key: str | None, ids: str | None = None, *, preprocess: str | None = None) -> RowsWithIds:
+    """The CLI's --data/--key/--ids as rows with ids: anything `open_rows` reads."""
+    return RowsWithIds(data, None if data.endswith(".npy") else key, ids, preprocess=preprocess)
+
+
+def write_dataset(f, name: str, data: np.ndarray) -> None:
+    """Write `data` as dataset `name` of the open `h5py.File` `f`; strings and bytes as HDF5 strings."""
+    import h5py
+
+    if data.dtype == object or data.dtype.kind == "U":
+        data = np.asarray([x.decode() if isinstance(x, bytes) else str(x) for x in data], dtype=object)
+        f.create_dataset(name, data=data, dtype=h5py.string_dtype())
+    else:
+        f.create_dataset(name, data=data)

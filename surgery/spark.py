@@ -221,9 +221,9 @@ class _Plan:
 
 def path_source(data: str, key: str | None, ids: str | None = None):
     """HDF5 / .npy / TFRecord rows by path: the one place that opens them (driver and executors)."""
-    from .beam import source_for
+    from .data import rows_with_ids
 
-    return source_for(data, key, ids)
+    return rows_with_ids(data, key, ids)
 
 
 def read_rows(source, start: int, stop: int):
@@ -778,7 +778,7 @@ def write_hdf5(parquet_dir: str, out_h5: str) -> str:
     and the local runner's provenance attributes, in row order."""
     import h5py
 
-    from .beam import _write_dataset
+    from .data import write_dataset as _write_dataset
 
     table = ParquetTable(parquet_dir)
     with atomic_path(out_h5) as tmp:

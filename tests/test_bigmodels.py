@@ -133,8 +133,9 @@ def test_every_reader_of_a_split_dir_reads_savedmodel_pieces(rec, tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["format"] == "pieces" and "user_tower/table" in json.dumps(report["pieces"])
-    r = cli("audit", out, "--json")  # each piece read; a SavedModel's only file ops are its Saver's
-    assert r.returncode == 3, r.stdout + r.stderr
+    r = cli("audit", out, "--json")  # each piece read; a SavedModel's only file ops are its Saver's,
+    assert r.returncode == 0, r.stdout + r.stderr  # off the output path: informational, clean
+    assert json.loads(r.stdout)["clean"]
     findings = [f for p in json.loads(r.stdout)["pieces"] for f in p["findings"]]
     assert sorted(f["name"] for f in findings) == ["save/RestoreV2", "save/RestoreV2", "save/SaveV2", "save/SaveV2"]
     assert all(f["checkpoint_machinery"] for f in findings)  # so `--strict` accepts them

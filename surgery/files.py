@@ -129,3 +129,20 @@ def atomic_files(directory: str):
             os.replace(os.path.join(tmp, name), os.path.join(directory, name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def stderr_to(path: str = os.devnull):
+    """Point file descriptor 2 at `path` (appending) while the block runs: C++ libraries and the
+    processes started meanwhile write there, where no Python log level reaches them."""
+    import sys
+
+    sys.stderr.flush()
+    saved, fd = os.dup(2), os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)

@@ -30,6 +30,7 @@ import numpy as np
 from . import tfcompat
 from .graph import graph_from_def
 from .errors import DataError, ModelLoadError, SurgeryError
+from .files import stderr_to
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -65,17 +66,8 @@ def quiet_stderr():
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         yield
         return
-    import sys
-
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    with stderr_to(os.devnull):
         yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 # ---------------------------------------------------------------- a piece and its inputs

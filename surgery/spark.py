@@ -45,7 +45,7 @@ import zipfile
 import numpy as np
 
 from .errors import DataError, OutputError, SurgeryError
-from .files import atomic_path
+from .files import atomic_path, stderr_to
 
 INSTALL = "pip install 'surgery[spark]'"
 DEFAULT_MASTER = "local[*]"
@@ -146,7 +146,7 @@ def spark_session(master: str | None = None, conf=None):
         builder = builder.config(k, v)
     log = os.path.join(scratch, f"driver-{os.getpid()}.log")
     try:
-        with _stderr_to(log):  # the JVM keeps this stderr: its start-up notices and logs go to `log`
+        with stderr_to(log):  # the JVM keeps this stderr: its start-up notices and logs go to `log`
             spark = builder.getOrCreate()
     except Exception as e:  # noqa: BLE001 - py4j/JVM start-up errors have no common type
         raise SurgeryError(f"cannot start Spark on {master}: {_first_line(e)}",
@@ -158,19 +158,6 @@ def spark_session(master: str | None = None, conf=None):
         spark.stop()
 
 
-@contextlib.contextmanager
-def _stderr_to(path: str):
-    """Point file descriptor 2 at `path` (appending) while the block runs; processes started
-    meanwhile keep it."""
-    sys.stderr.flush()
-    saved, fd = os.dup(2), os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.dup2(fd, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(fd)
 
 
 def _first_line(e: BaseException) -> str:
@@ -255,13 +242,12 @@ def _runner(plan: _Plan):
 
 
 def _source(plan: _Plan):
-    key = ("source", plan.source)
-    if key not in _WORKER:
-        source = path_source(*plan.source)
-        if hasattr(source, "bind"):
-            source.bind(dataclasses.make_dataclass("Spec", ["input"])(plan.input))
-        _WORKER[key] = source
-    return _WORKER[key]
+    """The rows by path, opened for each partition: a data file replaced or removed mid-job fails
+    the tasks after it (the job then fails whole) instead of being read through a stale handle."""
+    source = path_source(*plan.source)
+    if hasattr(source, "bind"):
+        source.bind(dataclasses.make_dataclass("Spec", ["input"])(plan.input))
+    return source
 
 
 def _arrow_ids(ids):

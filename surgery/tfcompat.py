@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from .files import stderr_to
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
 
@@ -18,15 +20,8 @@ def _import_tensorflow_quietly():
         import tensorflow
 
         return tensorflow
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    with stderr_to(os.devnull):
         import tensorflow
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
     return tensorflow
 
 

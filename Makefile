@@ -27,7 +27,7 @@ demo: $(STAMP) data models
 	$(PY) scripts/demo.py
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 # hostile GraphDefs, checkpoints and manifests against every command (tests/test_fuzz.py);
 # SURGERY_FUZZ_N cases per kind (3 kinds), SURGERY_FUZZ_RANDOM=1 for a new random draw each run

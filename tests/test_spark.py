@@ -252,6 +252,8 @@ def test_runner_spark_without_the_extra_says_how_to_install(monkeypatch, split_d
 
 
 @needs_spark
+@pytest.mark.skip(reason="racy since rows come through data.RowsWithIds: a task reads all its rows before the "
+                         "file is renamed and the job succeeds; needs a deterministic mid-job failure (issue 18 note)")
 def test_a_failed_job_leaves_nothing_and_the_rerun_is_clean(spark, split_dir, data, tmp_path, monkeypatch):
     """The data file vanishes mid-job: exit 2 naming it, OUT untouched; put it back and rerun: the
     local runner's rows. (Batch 16: each task reads 16 blocks at a time, 1.6 s apart, so the second

@@ -70,10 +70,9 @@ def save_keras(model, directory, name="model.keras"):
 
 
 def save_legacy_h5(model, directory, name="model.h5"):
-    """Keras' legacy HDF5 full-model file (`model.save("x.h5")`), as Keras 2 users hold them."""
-    path = os.path.join(str(directory), name)
-    model.save(path)
-    return path
+    """Keras' legacy HDF5 full-model file (`model.save("x.h5")`), as Keras 2 users hold them:
+    `save_keras` under an `.h5` name (Keras picks the format by the extension)."""
+    return save_keras(model, directory, name)
 
 
 def save_weights_h5(model, directory, name="model.weights.h5"):

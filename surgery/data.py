@@ -233,7 +233,11 @@ class ArrayRows(RowSource):
         self.array = self._file[key]
 
     def _read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.array[start:stop])
+        try:
+            return np.asarray(self.array[start:stop])
+        except OSError as e:  # a damaged chunk (h5py), a truncated .npy under the memory map
+            raise DataError(f"cannot read rows {start}:{stop} of {self.where}: {e}",
+                            "the file is damaged: write it again") from e
 
     def close(self) -> None:
         if self._file is not None:
@@ -520,8 +524,15 @@ class RowsWithIds:
         return self._open["ids"]
 
     def bind(self, spec) -> None:
-        self.spec, self._open = spec.input, None
+        self.close()  # reopened for the input's shape
+        self.spec = spec.input
         self.feed_dtype = check_feedable(self._rows(), spec.input).str
+
+    def close(self) -> None:
+        """Close the files opened so far (they reopen on the next read)."""
+        for opened in (self._open or {}).values():
+            opened.close()
+        self._open = None
 
     def describe(self) -> dict:
         rows = self._rows()

@@ -463,31 +463,31 @@ def _parquet_input(spark, data: str, key: str, ids: str | None, offline):
 
 
 def _path_input(data: str, key: str | None, ids: str | None, offline):
-    """Check an HDF5/.npy/TFRecord input on the driver: (source, rows, feed dtype, row shape, id type,
-    fingerprints). The fingerprints are the local runner's, so the provenance is the same."""
+    """Check an HDF5/.npy/TFRecord input on the driver: (rows, feed dtype, row shape, id type,
+    fingerprints). The fingerprints are the local runner's, so the provenance is the same. Every
+    file opened here is closed again (the executors open their own), on errors too."""
     from .data import check_feedable, open_ids, open_rows
 
-    source = path_source(data, key, ids)
-    if hasattr(source, "bind"):
-        source.bind(dataclasses.make_dataclass("Spec", ["input"])(offline.input))
-    if not source.num_rows:
-        raise DataError(f"{data} has no rows", "pass a dataset with one row per item")
-    first, first_id = read_rows(source, 0, 1)
-    first = np.asarray(first)
-    feed_dtype = check_feedable(_Described(data, key, [source.num_rows, *first.shape[1:]], first.dtype), offline.input,
-                                f"{data}" + (f" '{key}'" if key else ""))
-    id_type = None
-    if ids:
-        kind = np.asarray(first_id).dtype
-        id_type = "string" if kind == object or kind.kind in "SU" else _NUMPY_TO_SPARK.get(kind.name, "string")
-    # The local runner's fingerprints (`precompute`), so both runners record the same provenance.
-    rows_source = open_rows(data, None if data.endswith(".npy") else key, spec=offline.input)
-    id_source = open_ids(data, ids, rows_source) if ids else None
-    prints = [rows_source.fingerprint(), id_source.fingerprint() if id_source else ""]
-    for opened in (rows_source, id_source):
-        if opened is not None and hasattr(opened, "close"):
-            opened.close()
-    return source, source.num_rows, feed_dtype, list(first.shape[1:]), id_type, prints + [""] * (2 - len(prints))
+    with contextlib.ExitStack() as opened:
+        source = path_source(data, key, ids)
+        opened.callback(source.close)
+        if hasattr(source, "bind"):
+            source.bind(dataclasses.make_dataclass("Spec", ["input"])(offline.input))
+        if not source.num_rows:
+            raise DataError(f"{data} has no rows", "pass a dataset with one row per item")
+        first, first_id = read_rows(source, 0, 1)
+        first = np.asarray(first)
+        feed_dtype = check_feedable(_Described(data, key, [source.num_rows, *first.shape[1:]], first.dtype),
+                                    offline.input, f"{data}" + (f" '{key}'" if key else ""))
+        id_type = None
+        if ids:
+            kind = np.asarray(first_id).dtype
+            id_type = "string" if kind == object or kind.kind in "SU" else _NUMPY_TO_SPARK.get(kind.name, "string")
+        # The local runner's fingerprints (`precompute`), so both runners record the same provenance.
+        rows_source = opened.enter_context(open_rows(data, None if data.endswith(".npy") else key, spec=offline.input))
+        id_source = opened.enter_context(open_ids(data, ids, rows_source)) if ids else None
+        prints = [rows_source.fingerprint(), id_source.fingerprint() if id_source else ""]
+        return source.num_rows, feed_dtype, list(first.shape[1:]), id_type, prints + [""] * (2 - len(prints))
 
 
 # ---------------------------------------------------------------- running it
@@ -536,7 +536,7 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
             frame, rows, feed_dtype, row_shape, id_type, fps = _parquet_input(spark, data, key, ids, offline)
             source, fingerprints = None, [fps, ""]
         else:
-            source_obj, rows, feed_dtype, row_shape, id_type, fingerprints = _path_input(data, key, ids, offline)
+            rows, feed_dtype, row_shape, id_type, fingerprints = _path_input(data, key, ids, offline)
             source = (os.path.abspath(data) if not any(c in data for c in "*?[") else data, key,
                       os.path.abspath(ids) if ids and data.endswith(".npy") else ids)
         with _Runner(offline) as runner:  # the layout, from one row of zeros

@@ -87,6 +87,24 @@ def test_hdf5_and_npy_read_in_blocks(tmp_path):
         open_rows(str(tmp_path / "d.h5"), "group/xx")
 
 
+def test_a_damaged_hdf5_chunk_is_a_data_error_naming_the_rows(tmp_path):
+    """A gzip chunk whose bytes were overwritten: the rows around it read, its rows are a DataError."""
+    x = np.arange(400, dtype=np.float32).reshape(100, 4)
+    path = str(tmp_path / "d.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=x, chunks=(10, 4), compression="gzip")
+    with h5py.File(path, "r") as f:
+        info = f["x"].id.get_chunk_info_by_coord((50, 0))
+    with open(path, "r+b") as f:
+        f.seek(info.byte_offset)
+        f.write(b"\xff" * info.size)
+    with open_rows(path, "x") as source:
+        assert source.read(0, 50).tobytes() == x[:50].tobytes()
+        with pytest.raises(DataError, match=r"cannot read rows 45:55 of .*d\.h5:x") as e:
+            source.read(45, 55)
+        assert "damaged" in e.value.hint
+
+
 def test_tfrecord_lists_raw_bytes_and_images(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(7, 8, 8, 3)).astype(np.float32)

@@ -251,42 +251,44 @@ def test_runner_spark_without_the_extra_says_how_to_install(monkeypatch, split_d
     assert os.listdir(tmp_path) == []
 
 
+def _corrupt_chunk(path: str, key: str, row: int) -> None:
+    """Overwrite the stored bytes of the gzip chunk holding `row`: reading it fails, every other chunk reads."""
+    with h5py.File(path, "r") as f:
+        info = f[key].id.get_chunk_info_by_coord((row, 0))
+    with open(path, "r+b") as f:
+        f.seek(info.byte_offset)
+        f.write(b"\xff" * info.size)
+
+
 @needs_spark
-@pytest.mark.skip(reason="racy since rows come through data.RowsWithIds: a task reads all its rows before the "
-                         "file is renamed and the job succeeds; needs a deterministic mid-job failure (issue 18 note)")
-def test_a_failed_job_leaves_nothing_and_the_rerun_is_clean(spark, split_dir, data, tmp_path, monkeypatch):
-    """The data file vanishes mid-job: exit 2 naming it, OUT untouched; put it back and rerun: the
-    local runner's rows. (Batch 16: each task reads 16 blocks at a time, 1.6 s apart, so the second
-    read of every task fails.)"""
-    import shutil
-
+def test_a_failed_job_leaves_nothing_and_the_rerun_is_clean(spark, split_dir, data, tmp_path):
+    """A chunk of the data file is damaged in the middle: the tasks before it run, the one reading it
+    fails (on each attempt), so the job fails: exit 2 naming the file and the rows, OUT untouched,
+    no temporary directory. Mend the file and rerun: the local runner's rows."""
     from surgery import precompute
-    from surgery.spark import SLOW_ENV, ParquetTable
+    from surgery.spark import ParquetTable
 
+    with h5py.File(data[0], "r") as f:
+        x, ids = f["x"][:], f["ids"][:]
     h5 = str(tmp_path / "data.h5")
-    shutil.copy(data[0], h5)
+
+    def write(damaged: bool):
+        with h5py.File(h5, "w") as f:
+            f.create_dataset("x", data=x, chunks=(50, FEATURES), compression="gzip")
+            f.create_dataset("ids", data=ids, dtype=h5py.string_dtype())
+        if damaged:
+            _corrupt_chunk(h5, "x", 400)  # rows 400-449: none of the rows the driver's fingerprint samples
+
+    write(damaged=True)
     out = tmp_path / "out.parquet"
     args = ("precompute", split_dir, "--data", h5, "--key", "x", "--ids", "ids", "--runner", "spark",
             "--batch-size", 16, "--out", out)
-    monkeypatch.setenv(SLOW_ENV, "0.1")
-    result = {}
-    t = threading.Thread(target=lambda: result.update(r=cli(*args)), daemon=True)
-    t.start()
-    tracker = spark.sparkContext.statusTracker()
-    deadline = time.time() + 120
-    while t.is_alive() and time.time() < deadline and not any(
-            s and s.numActiveTasks for s in map(tracker.getStageInfo, tracker.getActiveStageIds())):
-        time.sleep(0.05)
-    time.sleep(0.2)
-    os.rename(h5, h5 + ".away")
-    t.join(600)
-    r = result.get("r")
-    assert r is not None, "the job did not end"
+    r = cli(*args)
     assert r.returncode == 2 and "data.h5" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert sorted(os.listdir(tmp_path)) == ["data.h5.away"]  # no OUT, no temporary directory
+    assert r.stderr.count("surgery: error") == 1 and "rows 256:496" in r.stderr, r.stderr  # the task's rows
+    assert sorted(os.listdir(tmp_path)) == ["data.h5"]  # no OUT, no temporary directory
 
-    os.rename(h5 + ".away", h5)
-    monkeypatch.setenv(SLOW_ENV, "0")
+    write(damaged=False)
     r = cli(*args)
     assert r.returncode == 0, r.stderr
     precompute(split_dir, h5, "x", str(tmp_path / "local.h5"), batch_size=16)

@@ -229,9 +229,12 @@ class _Runner:
     """One session over the frozen graph, called through `tfcompat.fast_callable` (TensorFlow's
     `CallableOptions` path): `Session.run`'s per-call feed/fetch parsing would show at small batches."""
 
-    def __init__(self, offline: OfflineGraph):
+    def __init__(self, offline: OfflineGraph, *, threads: int | None = None):
         self.graph = graph_from_def(offline.graph_def)
-        self.session = tf.compat.v1.Session(graph=self.graph)
+        config = None
+        if threads:  # one of several workers sharing the machine's cores (a Spark task's CPUs)
+            config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1)
+        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         self._call = tfcompat.fast_callable(self.session, [offline.input["name"]],
                                             [o["name"] for o in offline.outputs])
 

@@ -237,7 +237,11 @@ def _runner(plan: _Plan):
 
         graph_def = tfcompat.tf.compat.v1.GraphDef()
         graph_def.ParseFromString(plan.graph.value)
-        _WORKER[key] = _Runner(OfflineGraph("", graph_def, plan.sha256, plan.input, plan.outputs))
+        from pyspark import TaskContext
+
+        task = TaskContext.get()  # TensorFlow's threads: the task's CPUs, not every core of the machine
+        _WORKER[key] = _Runner(OfflineGraph("", graph_def, plan.sha256, plan.input, plan.outputs),
+                               threads=task.cpus() if task is not None else None)
     return _WORKER[key]
 
 

@@ -292,9 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", metavar="T[,..]", help="from a MODEL: cut the graph here into placeholders")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D,..",
                    help="pin an input's shape (? keeps a dimension dynamic), e.g. images=?,224,224,3")
-    p.add_argument("--quantize", choices=["dynamic", "float16", "int8"],
+    p.add_argument("--quantize", choices=["dynamic", "float16", "int8", "int16x8"],
                    help="dynamic: int8 weights; float16: float16 weights; int8: weights and activations, "
-                        "calibrated on --calibration rows")
+                        "calibrated on --calibration rows; int16x8: int8 weights, int16 activations, calibrated "
+                        "(for classifiers whose close classes int8 ties)")
     p.add_argument("--calibration", action="append", default=[], metavar="SRC",
                    help="representative rows, .h5[:KEY] or .npy (repeatable, one per input); e.g. the HDF5 "
                         "`precompute` wrote for an online piece. Verification uses rows held out from them")
@@ -585,7 +586,7 @@ def _cmd_export(args):
 
 def _export_runtime(args):
     """`export --tflite/--onnx`: convert each piece, verify it in its runtime, print sizes and differences."""
-    from .report import _human_bytes
+    from .report import human_bytes
     from .runtimes import export_runtime
 
     say = _sayer(args)
@@ -597,8 +598,8 @@ def _export_runtime(args):
                               trust_code=args.trust_code, progress=_progress(args) and not args.json)
     for name, piece in manifest["pieces"].items():
         where = path if path.endswith("." + fmt) else os.path.join(path, piece["graph"])
-        say(f"exported {where}  ({_human_bytes(piece['bytes'])}, {piece['quantize'] or 'float'}; "
-            f"the frozen graph is {_human_bytes(piece['graph_def_bytes'])})")
+        say(f"exported {where}  ({human_bytes(piece['bytes'])}, {piece['quantize'] or 'float'}; "
+            f"the frozen graph is {human_bytes(piece['graph_def_bytes'])})")
         say("  inputs:  " + (", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in piece["inputs"]) or "(none)"))
         say("  outputs: " + ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in piece["outputs"]))
         v = piece["verification"]

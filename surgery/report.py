@@ -122,7 +122,7 @@ def inspect_model(model, *, tensors: str | None = None) -> dict:
     return report
 
 
-def _human_bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
@@ -155,7 +155,7 @@ def format_report(report: dict, *, description: str = "", max_rows: int = 40) ->
     lines.append(f"  nodes       {report['num_nodes']:,}  ({len(report['ops'])} op types"
                  + (f", {report['num_functions']} functions" if report.get("num_functions") else "") + ")")
     if report["variables"]:
-        lines.append(f"  parameters  {report['num_params']:,} in {len(weights)} variables ({_human_bytes(var_bytes)})"
+        lines.append(f"  parameters  {report['num_params']:,} in {len(weights)} variables ({human_bytes(var_bytes)})"
                      + (f", plus {len(training)} optimizer/bookkeeping variables" if training else ""))
     else:
         lines.append(f"  parameters  {report['num_params']:,} (weight constants)")
@@ -166,7 +166,7 @@ def format_report(report: dict, *, description: str = "", max_rows: int = 40) ->
     lines += ["", "Inputs"] + _table(tensor_rows(report["inputs"]))
     lines += ["", "Outputs"] + _table(tensor_rows(report["outputs"]))
     if weights:
-        rows = [(v["name"], v["dtype"], _shape_str(v["shape"]), _human_bytes(v["bytes"])) for v in weights[:max_rows]]
+        rows = [(v["name"], v["dtype"], _shape_str(v["shape"]), human_bytes(v["bytes"])) for v in weights[:max_rows]]
         lines += ["", f"Variables ({len(weights)})"] + _table(rows)
         if len(weights) > max_rows:
             lines.append(f"  … {len(weights) - max_rows} more (use --json for all)")

@@ -8,8 +8,10 @@ signature keyed by the same names (the converter itself writes none for a GraphD
 dimension stays dynamic; `input_shapes` pins the others.
 
 Quantization: `dynamic` (int8 weights), `float16` (float16 weights), `int8` (weights and
-activations, calibrated on representative rows; inputs and outputs stay float). For ONNX these are
-onnxruntime's `quantize_dynamic`, its float16 converter and `quantize_static` (QDQ).
+activations, calibrated on representative rows; inputs and outputs stay float), `int16x8` (int8
+weights, int16 activations, calibrated: for a classifier whose logits span a wide range, where int8
+activation steps tie close classes). For ONNX these are onnxruntime's `quantize_dynamic`, its
+float16 converter and `quantize_static` (QDQ; int16 activations through its contrib QDQ ops).
 
 Verification is not optional: the converted bytes are run in their own runtime (`ai-edge-litert`'s
 interpreter, `onnxruntime`) on the same inputs as TensorFlow runs the piece, before anything is
@@ -35,7 +37,8 @@ from .files import stderr_to
 tf = tfcompat.tf
 v1 = tf.compat.v1
 
-QUANTIZE_MODES = ("dynamic", "float16", "int8")
+QUANTIZE_MODES = ("dynamic", "float16", "int8", "int16x8")
+CALIBRATED_MODES = ("int8", "int16x8")  # activations too: they need representative rows
 FLOAT_TOLERANCE = 1e-4  # relative to the largest |value| of each reference output
 CALIBRATION_ROWS = 500  # min/max ranges from fewer rows clip the tails (the demo head: 6.5 vs 0.4 max error at 200)
 SIGNATURE = "serving_default"
@@ -256,9 +259,12 @@ def _tflite_convert(piece: Piece, *, quantize, calibration, select_tf_ops: bool)
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":
             conv.target_spec.supported_types = [tf.float16]
-        if quantize == "int8":
+        if quantize in CALIBRATED_MODES:
             conv.representative_dataset = lambda: ([a[i:i + 1] for a in calibration]
                                                    for i in range(len(calibration[0])))
+        if quantize == "int16x8":  # ops without a 16x8 kernel stay float
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+                                              tf.lite.OpsSet.TFLITE_BUILTINS]
         with quiet_stderr():
             return conv.convert()
 
@@ -389,8 +395,10 @@ def _ort_quantize(q, src: str, dst: str, piece: Piece, quantize: str, calibratio
             def get_next(self):
                 return next(self.it, None)
 
+        wide = quantize == "int16x8"
         q.quantize_static(src, dst, Rows(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
+                          activation_type=q.QuantType.QInt16 if wide else q.QuantType.QInt8,
+                          weight_type=q.QuantType.QInt8, extra_options={"UseQDQContribOps": wide})
 
 
 # ---------------------------------------------------------------- running and verifying
@@ -466,15 +474,15 @@ def convert_piece(piece: Piece, fmt: str, *, quantize=None, calibration=(), allo
                   max_error=None, verify: int = 100, filename: str = "") -> Converted:
     """Convert, run in the runtime, compare with TensorFlow; SurgeryError past the tolerance."""
     if quantize not in (None, *QUANTIZE_MODES):
-        raise SurgeryError(f"--quantize {quantize} is not a mode", "use dynamic, float16 or int8")
-    if quantize == "int8" and not calibration:
-        raise SurgeryError("--quantize int8 needs representative rows",
+        raise SurgeryError(f"--quantize {quantize} is not a mode", "use dynamic, float16, int8 or int16x8")
+    if quantize in CALIBRATED_MODES and not calibration:
+        raise SurgeryError(f"--quantize {quantize} needs representative rows",
                            "pass --calibration FILE.h5 (for an online piece, the HDF5 `precompute` wrote)")
     cal_rows = held = None
     data = "random"
     if calibration:
         cal_rows, held = representative_rows(piece, calibration, verify=verify)
-        data = "held-out calibration" if quantize == "int8" else "calibration"
+        data = "held-out calibration" if quantize in CALIBRATED_MODES else "calibration"
     if fmt == "tflite":
         blob, kept = to_tflite(piece, quantize=quantize, calibration=cal_rows, allow_select_tf_ops=allow_select_tf_ops)
     else:

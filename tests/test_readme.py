@@ -8,7 +8,8 @@ Directives in an HTML comment right above a block (invisible on GitHub):
   <!-- pysetup:
   Python run before a sh block (making the files its commands name) -->
   <!-- exits: 2 0 -->            expected exit codes of the block's commands, in order (default 0)
-  <!-- needs: apache_beam -->    skip unless the optional module is installed (an extra)
+  <!-- needs: apache_beam -->    skip unless the optional module is installed (an extra); `java`: a Java runtime
+  <!-- env: K=V ... -->          environment variables for the block's commands (e.g. a test-sized limit)
   <!-- no-test: reason -->       not run; the reason must say why (a cluster, `make` itself)
 """
 
@@ -17,11 +18,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cli
 
 README = os.path.join(ROOT, "README.md")
 ENV = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
@@ -87,12 +89,27 @@ def _commands(code: str) -> list:
 SHELL_PRELUDE = 'surgery() { "$PY" -m surgery "$@"; }; python() { "$PY" "$@"; }; set -o pipefail; '
 
 
-def _run_shell(command: str, cwd) -> subprocess.CompletedProcess:
+def _run_shell(command: str, cwd, env=None) -> subprocess.CompletedProcess:
     """One README command line in bash, `surgery` and `python` being this checkout's."""
-    first = shlex.split(command)[0]
+    first = shlex.split(command, comments=True)[0]
     assert first in ("surgery", "python", "cat"), f"README shell line runs neither surgery nor python: {command}"
-    return subprocess.run(["bash", "-c", SHELL_PRELUDE + command], cwd=cwd, env=dict(ENV, PY=sys.executable),
+    return subprocess.run(["bash", "-c", SHELL_PRELUDE + command], cwd=cwd, env=dict(ENV, PY=sys.executable, **(env or {})),
                           capture_output=True, text=True, timeout=600)
+
+
+SHELL_SYNTAX = re.compile(r"[|<>;&$`*?]|(^|\s)-(\s|$)")  # pipes, redirections, variables, globs, `-` for stdin/stdout
+
+
+def _run_line(command: str, cwd, env, monkeypatch) -> subprocess.CompletedProcess:
+    """A plain `surgery ...` line runs in this process (`conftest.cli`: TensorFlow is imported once,
+    which keeps the README test fast); anything using the shell runs in bash."""
+    words = shlex.split(command, comments=True)
+    if words[0] != "surgery" or SHELL_SYNTAX.search(" ".join(words)):
+        return _run_shell(command, cwd, env)
+    with monkeypatch.context() as m:
+        for k, v in (env or {}).items():
+            m.setenv(k, v)
+        return cli(*words[1:])
 
 
 def _exec(source: str, line: int) -> None:
@@ -113,7 +130,12 @@ def test_readme_block(line, lang, code, directives, workspace, monkeypatch):
     if "no-test" in directives:
         pytest.skip(directives["no-test"])
     for module in directives.get("needs", "").split():
+        if module == "java":
+            if shutil.which("java") is None:
+                pytest.skip(f"README.md:{line} needs Java (Spark)")
+            continue
         pytest.importorskip(module, reason=f"README.md:{line} needs the optional {module}")
+    env = dict(kv.split("=", 1) for kv in directives.get("env", "").split())
     monkeypatch.chdir(workspace)
     if lang == "python":
         _exec(directives.get("setup", "") + "\n" + code, line)
@@ -121,12 +143,12 @@ def test_readme_block(line, lang, code, directives, workspace, monkeypatch):
     if "pysetup" in directives:
         _exec(directives["pysetup"], line)
     for command in _commands(directives.get("setup", "")):
-        r = _run_shell(command, workspace)
+        r = _run_shell(command, workspace, env)
         assert r.returncode == 0, f"README.md:{line} setup `{command}` failed:\n{r.stderr}"
     commands = _commands(code)
     exits = [int(x) for x in directives.get("exits", "").split()] or [0] * len(commands)
     assert len(exits) == len(commands), f"README.md:{line}: `exits` lists {len(exits)} codes for {len(commands)} lines"
     for command, want in zip(commands, exits):
-        r = _run_shell(command, workspace)
+        r = _run_line(command, workspace, env, monkeypatch)
         assert r.returncode == want, f"README.md:{line} `{command}` exited {r.returncode}, not {want}:\n{r.stderr}"
         assert "Traceback" not in r.stderr

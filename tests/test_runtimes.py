@@ -143,7 +143,7 @@ def classifier(tmp_path_factory):
 def test_int8_keeps_top1_at_a_fraction_of_the_size(classifier, tmp_path, fmt):
     pb, rows = classifier
     sizes = {}
-    for mode in ("float", "int8", "float16", "dynamic"):
+    for mode in ("float", "int8", "float16", "dynamic", "int16x8"):
         extra = [] if mode == "float" else ["--quantize", mode, "--calibration", rows]
         r = cli("export", pb, f"--{fmt}", tmp_path / f"{mode}.{fmt}", "--json", "--verify", "300", *extra)
         assert r.returncode == 0, r.stderr
@@ -154,6 +154,7 @@ def test_int8_keeps_top1_at_a_fraction_of_the_size(classifier, tmp_path, fmt):
             assert piece["verification"]["top1_agreement"] >= 0.98, (mode, piece["verification"])
     assert sizes["int8"] <= 0.3 * sizes["float"] and sizes["dynamic"] <= 0.3 * sizes["float"]
     assert sizes["float16"] <= 0.55 * sizes["float"]
+    assert sizes["int16x8"] <= 0.35 * sizes["float"]  # int8 weights; int16 activation parameters
 
 
 def test_max_error_fails_and_writes_nothing(classifier, tmp_path):

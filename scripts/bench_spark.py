@@ -4,6 +4,7 @@ figure includes starting its JVM(s) and Python workers, reading the Parquet inpu
 
     python scripts/bench.py spark            # 200k rows, median of 3 runs
     python scripts/bench.py spark --quick    # 50k rows, one run
+    python scripts/bench_spark.py --rows 1000000 [--repeats 1]   # where start-up stops mattering
 
 Spark masters: `local[2]` (one JVM, two Python workers) and `local-cluster[2,1,1024]` (two executor
 JVMs of one core each, as a small real cluster). The local runner reads the same rows from HDF5.
@@ -63,7 +64,7 @@ def _surgery(*args) -> None:
         raise RuntimeError(f"surgery precompute failed: {r.stderr.strip()[-500:]}")
 
 
-def run(quick: bool = False) -> list:
+def run(quick: bool = False, rows: int | None = None, repeats: int | None = None) -> list:
     try:
         import pyspark  # noqa: F401
 
@@ -74,8 +75,8 @@ def run(quick: bool = False) -> list:
     if not java_available():
         print("  (Java not installed: Spark needs Java 17)")
         return []
-    rows = 50_000 if quick else 200_000
-    repeats = 1 if quick else 3
+    rows = rows or (50_000 if quick else 200_000)
+    repeats = repeats or (1 if quick else 3)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         pieces, data, parquet = _build(tmp, rows)
@@ -94,5 +95,12 @@ def run(quick: bool = False) -> list:
 
 
 if __name__ == "__main__":
-    for r in run(quick="--quick" in sys.argv):
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rows", type=int)
+    ap.add_argument("--repeats", type=int)
+    args = ap.parse_args()
+    for r in run(quick=args.quick, rows=args.rows, repeats=args.repeats):
         print(r)

@@ -307,19 +307,23 @@ def _path_blocks(plan: _Plan):
     """mapInArrow over block numbers: read each run of blocks by path here, run it."""
     def fn(batches):
         source = _source(plan)
-        for batch in batches:
-            blocks = batch.column(0).to_numpy()
-            starts = np.flatnonzero(np.diff(blocks, prepend=-2) != 1)
-            for run in np.split(blocks, starts[1:]):
-                for i in range(0, len(run), READ_BLOCKS):
-                    chunk = run[i:i + READ_BLOCKS]
-                    start, stop = int(chunk[0]) * plan.batch_size, min(plan.rows, (int(chunk[-1]) + 1) * plan.batch_size)
-                    try:
-                        x, ids = read_rows(source, start, stop)
-                    except OSError as e:
-                        raise DataError(f"cannot read rows {start}:{stop} of {plan.source[0]}: {e}",
-                                        "check that every executor sees the data file at this path") from e
-                    yield _run_blocks(plan, np.asarray(x), start, ids)
+        try:
+            for batch in batches:
+                blocks = batch.column(0).to_numpy()
+                starts = np.flatnonzero(np.diff(blocks, prepend=-2) != 1)
+                for run in np.split(blocks, starts[1:]):
+                    for i in range(0, len(run), READ_BLOCKS):
+                        chunk = run[i:i + READ_BLOCKS]
+                        start = int(chunk[0]) * plan.batch_size
+                        stop = min(plan.rows, (int(chunk[-1]) + 1) * plan.batch_size)
+                        try:
+                            x, ids = read_rows(source, start, stop)
+                        except OSError as e:
+                            raise DataError(f"cannot read rows {start}:{stop} of {plan.source[0]}: {e}",
+                                            "check that every executor sees the data file at this path") from e
+                        yield _run_blocks(plan, np.asarray(x), start, ids)
+        finally:
+            source.close()  # the partition's own handle (see _source)
     return _reporting(fn)
 
 

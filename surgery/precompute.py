@@ -211,12 +211,15 @@ def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None =
             try:
                 computed = _run_batches(work, runner, source, feed_dtype, layout, done, batch_size, progress)
                 _finish(work, out)
-            except BaseException:
+            except BaseException as e:
                 try:  # keep the work file to resume from; a failed write may leave HDF5 unable to close it
                     if work.id.valid:
                         work.close()
                 except Exception:  # noqa: BLE001
                     pass
+                if isinstance(e, SurgeryError) and os.path.exists(out + PARTIAL_SUFFIX):  # say what was kept
+                    e.hint = (f"{e.hint}; " if e.hint else "") + \
+                        f"the rows done so far stay in {out}{PARTIAL_SUFFIX}: the same command resumes from them"
                 raise
         return PrecomputeResult(out, len(source), done, computed, layout, "done")
     finally:

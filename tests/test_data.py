@@ -105,6 +105,37 @@ def test_a_damaged_hdf5_chunk_is_a_data_error_naming_the_rows(tmp_path):
         assert "damaged" in e.value.hint
 
 
+def test_precompute_stops_at_a_damaged_chunk_and_resumes_once_mended(tmp_path):
+    """Exit 2 naming the rows; the rows before them stay in OUT.partial (the message says so), and
+    once the file is written again the same command resumes to the file a clean run writes."""
+    from nets import write_mlp_pieces
+
+    pieces = write_mlp_pieces(str(tmp_path / "pieces"), features=4, hidden=8, dim=3)
+    x = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)
+    path = str(tmp_path / "d.h5")
+
+    def write(damaged):
+        with h5py.File(path, "w") as f:
+            f.create_dataset("x", data=x, chunks=(10, 4), compression="gzip")
+        if damaged:
+            with h5py.File(path, "r") as f:
+                info = f["x"].id.get_chunk_info_by_coord((80, 0))  # rows 80-89: none is a row the fingerprint samples
+            with open(path, "r+b") as f:
+                f.seek(info.byte_offset)
+                f.write(b"\xff" * info.size)
+
+    write(damaged=True)
+    out = tmp_path / "e.h5"
+    r = cli("precompute", pieces, "--data", path, "--key", "x", "--batch-size", 10, "--out", out)
+    assert r.returncode == 2 and "cannot read rows 80:90" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "e.h5.partial" in r.stderr and not out.exists()
+    write(damaged=False)
+    assert cli("precompute", pieces, "--data", path, "--key", "x", "--batch-size", 10, "--out", out).returncode == 0
+    r = cli("precompute", pieces, "--data", path, "--key", "x", "--batch-size", 10, "--out", tmp_path / "clean.h5")
+    with h5py.File(out, "r") as a, h5py.File(tmp_path / "clean.h5", "r") as b:
+        assert a["embeddings"][:].tobytes() == b["embeddings"][:].tobytes()
+
+
 def test_tfrecord_lists_raw_bytes_and_images(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(7, 8, 8, 3)).astype(np.float32)

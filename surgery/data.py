@@ -528,6 +528,10 @@ class RowsWithIds:
         self.spec = spec.input
         self.feed_dtype = check_feedable(self._rows(), spec.input).str
 
+    def fingerprints(self) -> tuple[str, str]:
+        """The local runner's provenance fingerprints of the rows and of the ids ("" without ids)."""
+        return self._rows().fingerprint(), (self._ids().fingerprint() if self.ids else "")
+
     def close(self) -> None:
         """Close the files opened so far (they reopen on the next read)."""
         for opened in (self._open or {}).values():

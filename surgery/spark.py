@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import zipfile
 
 import numpy as np
@@ -206,11 +207,18 @@ class _Plan:
     slow: float = 0.0  # testing: seconds to sleep after each block (SLOW_ENV in the driver's environment)
 
 
-def path_source(data: str, key: str | None, ids: str | None = None):
-    """HDF5 / .npy / TFRecord rows by path: the one place that opens them (driver and executors)."""
+def path_source(data: str, key: str | None, ids: str | None, input_spec: dict):
+    """HDF5 / .npy / TFRecord rows by path, shaped and typed for `input_spec` (the piece's input):
+    the one place that opens them (driver and executors)."""
     from .data import rows_with_ids
 
-    return rows_with_ids(data, key, ids)
+    source = rows_with_ids(data, key, ids)
+    try:
+        source.bind(types.SimpleNamespace(input=input_spec))
+    except BaseException:  # rows the input cannot take: nothing stays open
+        source.close()
+        raise
+    return source
 
 
 def read_rows(source, start: int, stop: int):
@@ -248,10 +256,7 @@ def _runner(plan: _Plan):
 def _source(plan: _Plan):
     """The rows by path, opened for each partition: a data file replaced or removed mid-job fails
     the tasks after it (the job then fails whole) instead of being read through a stale handle."""
-    source = path_source(*plan.source)
-    if hasattr(source, "bind"):
-        source.bind(dataclasses.make_dataclass("Spec", ["input"])(plan.input))
-    return source
+    return path_source(*plan.source, plan.input)
 
 
 def _arrow_ids(ids):
@@ -472,30 +477,21 @@ def _parquet_input(spark, data: str, key: str, ids: str | None, offline):
 
 def _path_input(data: str, key: str | None, ids: str | None, offline):
     """Check an HDF5/.npy/TFRecord input on the driver: (rows, feed dtype, row shape, id type,
-    fingerprints). The fingerprints are the local runner's, so the provenance is the same. Every
-    file opened here is closed again (the executors open their own), on errors too."""
-    from .data import check_feedable, open_ids, open_rows
-
-    with contextlib.ExitStack() as opened:
-        source = path_source(data, key, ids)
-        opened.callback(source.close)
-        if hasattr(source, "bind"):
-            source.bind(dataclasses.make_dataclass("Spec", ["input"])(offline.input))
-        if not source.num_rows:
-            raise DataError(f"{data} has no rows", "pass a dataset with one row per item")
+    fingerprints). `path_source` has checked the rows against the input (`check_feedable`: no rows,
+    another shape, an unsafe cast); the fingerprints are the local runner's, so the provenance is
+    the same. The files opened here are closed again (the executors open their own), on errors too."""
+    source = path_source(data, key, ids, offline.input)
+    try:
         first, first_id = read_rows(source, 0, 1)
         first = np.asarray(first)
-        feed_dtype = check_feedable(_Described(data, key, [source.num_rows, *first.shape[1:]], first.dtype),
-                                    offline.input, f"{data}" + (f" '{key}'" if key else ""))
+        feed_dtype = np.dtype(source.feed_dtype)
         id_type = None
         if ids:
             kind = np.asarray(first_id).dtype
             id_type = "string" if kind == object or kind.kind in "SU" else _NUMPY_TO_SPARK.get(kind.name, "string")
-        # The local runner's fingerprints (`precompute`), so both runners record the same provenance.
-        rows_source = opened.enter_context(open_rows(data, None if data.endswith(".npy") else key, spec=offline.input))
-        id_source = opened.enter_context(open_ids(data, ids, rows_source)) if ids else None
-        prints = [rows_source.fingerprint(), id_source.fingerprint() if id_source else ""]
-        return source.num_rows, feed_dtype, list(first.shape[1:]), id_type, prints + [""] * (2 - len(prints))
+        return source.num_rows, feed_dtype, list(first.shape[1:]), id_type, list(source.fingerprints())
+    finally:
+        source.close()
 
 
 # ---------------------------------------------------------------- running it

@@ -140,9 +140,9 @@ def module_without_serving_default(directory):
     return path, module
 
 
-def mobilenet_v2(size=32, alpha=0.35, classes=5):
+def mobilenet_v2(size=32, alpha=0.35, classes=5, seed=2):
     """keras.applications.MobileNetV2 with random weights (nothing downloaded)."""
     import keras
 
-    keras.utils.set_random_seed(2)
+    keras.utils.set_random_seed(seed)
     return keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, weights=None, classes=classes)

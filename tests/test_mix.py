@@ -99,12 +99,10 @@ def test_frozen_pieces_compose_back(small_ckpt, sample_images):
 def mobilenet(tmp_path_factory):
     """Keras 3 MobileNetV2 (alpha 0.35, 96×96, random weights) exported as a TF2 SavedModel:
     (directory, images, the Keras model's own predictions)."""
-    import keras
+    from keras_models import export_saved_model, mobilenet_v2
 
-    keras.utils.set_random_seed(0)
-    net = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, classes=10)
-    directory = str(tmp_path_factory.mktemp("mobilenet") / "exported")
-    net.export(directory, verbose=False)
+    net = mobilenet_v2(size=96, classes=10, seed=0)
+    directory = export_saved_model(net, tmp_path_factory.mktemp("mobilenet"))
     images = np.random.default_rng(0).uniform(-1, 1, size=(3, 96, 96, 3)).astype(np.float32)
     return directory, images, np.asarray(net(images, training=False))
 

@@ -38,12 +38,10 @@ def write_pb(graph, path):
 def mobilenet(tmp_path_factory):
     """A MobileNetV2 (alpha 0.35, 32 px, random weights) exported by Keras as a SavedModel, and
     Keras's own answers on a few images."""
-    import keras
+    from keras_models import export_saved_model, mobilenet_v2
 
-    keras.utils.set_random_seed(0)
-    net = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=6)
-    directory = str(tmp_path_factory.mktemp("mobilenet") / "sm")
-    net.export(directory, verbose=False)
+    net = mobilenet_v2(size=32, classes=6, seed=0)
+    directory = export_saved_model(net, tmp_path_factory.mktemp("mobilenet"), "sm")
     x = np.random.default_rng(0).uniform(-1, 1, size=(5, 32, 32, 3)).astype(np.float32)
     return directory, x, np.asarray(net(x, training=False))
 

@@ -299,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", action="append", default=[], metavar="SRC",
                    help="representative rows, .h5[:KEY] or .npy (repeatable, one per input); e.g. the HDF5 "
                         "`precompute` wrote for an online piece. Verification uses rows held out from them")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="one scale per weight tensor instead of one per output channel: smaller files for small "
+                        "layers, and what older accelerators (Edge TPU, NNAPI) accept")
+    p.add_argument("--float-from", action="append", default=[], metavar="OP[,..]",
+                   help="with --quantize int8: keep OP and every op after it in float, e.g. a classifier's "
+                        "logits layer, so close classes are not tied on an int8 step")
     p.add_argument("--allow-select-tf-ops", action="store_true",
                    help="--tflite: keep ops LiteRT lacks as TensorFlow ops (the app links the Flex delegate)")
     p.add_argument("--max-error", type=float, metavar="F",
@@ -566,8 +572,10 @@ def _cmd_export(args):
     from .errors import SurgeryError
     from .export import export
 
-    if args.quantize or args.calibration or args.input_shape or args.allow_select_tf_ops:
-        raise SurgeryError("--input-shape/--quantize/--calibration/--allow-select-tf-ops go with --tflite or --onnx",
+    if (args.quantize or args.calibration or args.input_shape or args.allow_select_tf_ops or args.per_tensor
+            or args.float_from):
+        raise SurgeryError("--input-shape/--quantize/--calibration/--per-tensor/--float-from/--allow-select-tf-ops "
+                           "go with --tflite or --onnx",
                            "drop them for --saved-model")
     if args.inputs and not args.outputs:
         raise SurgeryError("--inputs needs --outputs", "name the tensors to export with --outputs T[,..]")
@@ -594,11 +602,16 @@ def _export_runtime(args):
     manifest = export_runtime(args.model, path, fmt, outputs=args.outputs, inputs=args.inputs,
                               input_shapes=args.input_shape, quantize=args.quantize, calibration=args.calibration,
                               allow_select_tf_ops=args.allow_select_tf_ops, max_error=args.max_error,
-                              verify=args.verify, tag_set=args.tag_set, signature=args.signature,
+                              verify=args.verify, per_tensor=args.per_tensor, float_from=args.float_from, tag_set=args.tag_set, signature=args.signature,
                               trust_code=args.trust_code, progress=_progress(args) and not args.json)
     for name, piece in manifest["pieces"].items():
         where = path if path.endswith("." + fmt) else os.path.join(path, piece["graph"])
-        say(f"exported {where}  ({human_bytes(piece['bytes'])}, {piece['quantize'] or 'float'}; "
+        mode = piece["quantize"] or "float"
+        if piece.get("weight_scales"):
+            mode += f", weights scaled {piece['weight_scales']}"
+        if piece.get("float_ops"):
+            mode += f", {len(piece['float_ops'])} ops kept in float"
+        say(f"exported {where}  ({human_bytes(piece['bytes'])}, {mode}; "
             f"the frozen graph is {human_bytes(piece['graph_def_bytes'])})")
         say("  inputs:  " + (", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in piece["inputs"]) or "(none)"))
         say("  outputs: " + ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in piece["outputs"]))

@@ -12,6 +12,11 @@ activations, calibrated on representative rows; inputs and outputs stay float), 
 weights, int16 activations, calibrated: for a classifier whose logits span a wide range, where int8
 activation steps tie close classes). For ONNX these are onnxruntime's `quantize_dynamic`, its
 float16 converter and `quantize_static` (QDQ; int16 activations through its contrib QDQ ops).
+Weights get a scale per output channel, or one per tensor with `per_tensor` (smaller files for
+small layers; what older accelerators accept). `float_from` keeps named ops and every op after
+them in float inside an int8 file (TF's selective quantization, as its quantization debugger does
+it: calibrate, then quantize with those ops denylisted; onnxruntime's `nodes_to_exclude`): a
+classifier's logits layer computed in float no longer ties close classes on an int8 step.
 
 Verification is not optional: the converted bytes are run in their own runtime (`ai-edge-litert`'s
 interpreter, `onnxruntime`) on the same inputs as TensorFlow runs the piece, before anything is
@@ -30,15 +35,19 @@ import tempfile
 import numpy as np
 
 from . import tfcompat
-from .graph import graph_from_def
+from .graph import descendants, graph_from_def
 from .errors import DataError, ModelLoadError, SurgeryError
 from .files import stderr_to
+from .names import parse_list, resolve_op, resolve_tensor, suggest
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
 
 QUANTIZE_MODES = ("dynamic", "float16", "int8", "int16x8")
 CALIBRATED_MODES = ("int8", "int16x8")  # activations too: they need representative rows
+SCALED_MODES = ("dynamic", "int8", "int16x8")  # int8 weights, with scales per channel or per tensor
+# ops that LiteRT and tf2onnx fold into the op before them (a bias and activation into its MatMul/Conv)
+FOLDED_INTO_PRODUCER = ("Identity", "StopGradient", "Snapshot", "BiasAdd", "Relu", "Relu6")
 FLOAT_TOLERANCE = 1e-4  # relative to the largest |value| of each reference output
 CALIBRATION_ROWS = 500  # min/max ranges from fewer rows clip the tails (the demo head: 6.5 vs 0.4 max error at 200)
 SIGNATURE = "serving_default"
@@ -104,8 +113,6 @@ def parse_input_shapes(specs) -> dict:
 def pin_shapes(piece: Piece, shapes: dict) -> set:
     """Give the piece's placeholders the `shapes` asked for (by any name `resolve_tensor` takes);
     returns the keys of `shapes` used here."""
-    from .names import resolve_tensor
-
     graph = graph_from_def(piece.graph_def)
     used, pinned = set(), {}
     for key, dims in shapes.items():
@@ -129,6 +136,37 @@ def pin_shapes(piece: Piece, shapes: dict) -> set:
         piece.graph_def = gd
         piece.inputs = [{**i, "shape": pinned.get(i["name"], i["shape"])} for i in piece.inputs]
     return used
+
+
+def float_ops(pieces, names) -> dict:
+    """{piece name: op names that `--float-from NAMES` keeps in float there}. A NAME is an op or a
+    name scope (a Keras layer: `dense_1`); with it go the ops it folds into in every converter (an
+    Identity's or activation's or bias's producer: `logits` brings its MatMul), and every op after.
+    A NAME no piece has is an error with the close names."""
+    found, kept = set(), {}
+    for piece in pieces:
+        graph = graph_from_def(piece.graph_def)
+        roots = set()
+        for name in names:
+            try:
+                ops = [resolve_op(graph, name)]
+            except SurgeryError:
+                ops = [op for op in graph.get_operations() if op.name.startswith(name.rstrip("/") + "/")]
+            found.update([name] if ops else [])
+            for op in ops:
+                roots.add(op.name)
+                while op.type in FOLDED_INTO_PRODUCER and op.inputs:
+                    op = op.inputs[0].op
+                    roots.add(op.name)
+        consts = {n.name for n in piece.graph_def.node if n.op == "Const"}
+        kept[piece.name] = (descendants(piece.graph_def, roots) - consts) if roots else set()
+    missing = [n for n in names if n not in found]
+    if missing:
+        close = suggest(missing[0], [n.name for p in pieces for n in p.graph_def.node])
+        raise SurgeryError(f"--float-from {missing[0]}: no op or name scope of the graph has that name",
+                           ("did you mean " + ", ".join(close) + "?") if close
+                           else "run `surgery inspect GRAPH` to list the ops")
+    return kept
 
 
 def check_shapes(piece: Piece) -> None:
@@ -244,7 +282,8 @@ def _converter_message(e: Exception) -> str:
     return msg[:200]
 
 
-def _tflite_convert(piece: Piece, *, quantize, calibration, select_tf_ops: bool) -> bytes:
+def _tflite_convert(piece: Piece, *, quantize, calibration, select_tf_ops: bool, per_tensor: bool = False,
+                    keep_float=frozenset()) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "piece.pb")
         with open(path, "wb") as f:
@@ -257,6 +296,7 @@ def _tflite_convert(piece: Piece, *, quantize, calibration, select_tf_ops: bool)
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
         if quantize:
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            conv._experimental_disable_per_channel = per_tensor
         if quantize == "float16":
             conv.target_spec.supported_types = [tf.float16]
         if quantize in CALIBRATED_MODES:
@@ -265,8 +305,42 @@ def _tflite_convert(piece: Piece, *, quantize, calibration, select_tf_ops: bool)
         if quantize == "int16x8":  # ops without a 16x8 kernel stay float
             conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
                                               tf.lite.OpsSet.TFLITE_BUILTINS]
+        if not keep_float:
+            with quiet_stderr():
+                return conv.convert()
+        # selective quantization, the way TF's QuantizationDebugger does it: calibrate only, then
+        # quantize with the ops to keep in float denylisted (by their names in the .tflite)
+        from tensorflow.lite.python import convert as lite_convert
+
+        conv._experimental_calibrate_only = True
         with quiet_stderr():
-            return conv.convert()
+            calibrated = conv.convert()
+        denied = _tflite_ops_from(calibrated, keep_float, {n.name for n in piece.graph_def.node})
+        if not denied:
+            raise SurgeryError(f"piece '{piece.name}': --float-from names no op that is left in the .tflite "
+                               "(the converter folded it into another)", "name the op before it")
+        with quiet_stderr():
+            return lite_convert.mlir_quantize(calibrated, disable_per_channel=per_tensor, denylisted_nodes=denied)
+
+
+def _tflite_ops_from(blob: bytes, graph_ops, all_ops) -> list:
+    """Output tensor names of the `.tflite` ops made from any of `graph_ops`. A fused op's name
+    joins the graph ops it came from with ';' ('dense/MatMul;dense/BiasAdd'); a name that clashes
+    with another tensor's gets a counter appended ('MatMul_1' → 'MatMul_11')."""
+    def graph_op(part):
+        while part and part not in all_ops and part[-1].isdigit():
+            part = part[:-1]
+        return part
+
+    graph = tfcompat.tflite_schema().Model.GetRootAsModel(blob, 0).Subgraphs(0)
+    names = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        for j in range(op.OutputsLength()):
+            name = graph.Tensors(op.Outputs(j)).Name().decode()
+            if {graph_op(part) for part in name.split(";")} & graph_ops:
+                names.append(name)
+    return names
 
 
 def _add_signature(blob: bytes, piece: Piece) -> bytes:
@@ -298,11 +372,15 @@ def _add_signature(blob: bytes, piece: Piece) -> bytes:
     return bytes(builder.Output())
 
 
-def to_tflite(piece: Piece, *, quantize=None, calibration=None, allow_select_tf_ops=False) -> tuple:
+def to_tflite(piece: Piece, *, quantize=None, calibration=None, allow_select_tf_ops=False, per_tensor=False,
+              keep_float=frozenset()) -> tuple:
     """(`.tflite` bytes, the Select TF ops it keeps). Ops LiteRT lacks are named in one error."""
     kept = []
+    options = dict(quantize=quantize, calibration=calibration, per_tensor=per_tensor, keep_float=keep_float)
     try:
-        blob = _tflite_convert(piece, quantize=quantize, calibration=calibration, select_tf_ops=False)
+        blob = _tflite_convert(piece, select_tf_ops=False, **options)
+    except SurgeryError:
+        raise
     except Exception as e:
         errors = list(getattr(e, "errors", None) or [])
         flex = [x for x in errors if x.error_code == x.ERROR_NEEDS_FLEX_OPS]
@@ -319,7 +397,7 @@ def to_tflite(piece: Piece, *, quantize=None, calibration=None, allow_select_tf_
                                "run with --verbose for the converter's log; pin shapes with --input-shape") from e
         kept = sorted({x.operator.name.removeprefix("tf.") for x in flex})
         try:
-            blob = _tflite_convert(piece, quantize=quantize, calibration=calibration, select_tf_ops=True)
+            blob = _tflite_convert(piece, select_tf_ops=True, **options)
         except Exception as e2:
             raise SurgeryError(f"piece '{piece.name}' cannot be converted to .tflite: {_converter_message(e2)}",
                                "run with --verbose for the converter's log") from e2
@@ -334,7 +412,7 @@ def _onnx_unsupported(model) -> list:
             if n.domain not in known or not onnx.defs.has(n.op_type, n.domain or "")]
 
 
-def to_onnx(piece: Piece, *, quantize=None, calibration=None) -> bytes:
+def to_onnx(piece: Piece, *, quantize=None, calibration=None, per_tensor=False, keep_float=frozenset()) -> bytes:
     """`.onnx` bytes; ONNX inputs and outputs are the piece's tensor names."""
     import logging
 
@@ -354,10 +432,14 @@ def to_onnx(piece: Piece, *, quantize=None, calibration=None) -> bytes:
                            "cut the graph before it (--inputs/--outputs), or export --tflite --allow-select-tf-ops")
     if quantize is None:
         return model.SerializeToString()
-    return _quantize_onnx(model, piece, quantize, calibration)
+    excluded = [n.name for n in model.graph.node if n.name in keep_float]
+    if keep_float and not excluded:
+        raise SurgeryError(f"piece '{piece.name}': --float-from names no op that is left in the .onnx "
+                           "(tf2onnx folded it into another)", "name the op before it")
+    return _quantize_onnx(model, piece, quantize, calibration, per_tensor=per_tensor, excluded=excluded)
 
 
-def _quantize_onnx(model, piece: Piece, quantize: str, calibration) -> bytes:
+def _quantize_onnx(model, piece: Piece, quantize: str, calibration, *, per_tensor=False, excluded=()) -> bytes:
     import onnx
 
     if quantize == "float16":
@@ -373,18 +455,19 @@ def _quantize_onnx(model, piece: Piece, quantize: str, calibration) -> bytes:
         onnx.save(model, src)
         logging.disable(logging.WARNING)  # onnxruntime's "consider pre-processing" notices, on the root logger
         try:
-            _ort_quantize(q, src, dst, piece, quantize, calibration)
+            _ort_quantize(q, src, dst, piece, quantize, calibration, per_tensor=per_tensor, excluded=excluded)
         finally:
             logging.disable(logging.NOTSET)
         with open(dst, "rb") as f:
             return f.read()
 
 
-def _ort_quantize(q, src: str, dst: str, piece: Piece, quantize: str, calibration) -> None:
-    """onnxruntime's dynamic or static (QDQ, per-channel weights) quantization, `src` → `dst`."""
+def _ort_quantize(q, src: str, dst: str, piece: Piece, quantize: str, calibration, *, per_tensor=False,
+                  excluded=()) -> None:
+    """onnxruntime's dynamic or static (QDQ) quantization, `src` → `dst`; `excluded` nodes stay float."""
     with quiet_stderr():
         if quantize == "dynamic":
-            q.quantize_dynamic(src, dst, weight_type=q.QuantType.QInt8)
+            q.quantize_dynamic(src, dst, weight_type=q.QuantType.QInt8, per_channel=not per_tensor)
             return
         names = [t["name"] for t in piece.inputs]
 
@@ -396,7 +479,8 @@ def _ort_quantize(q, src: str, dst: str, piece: Piece, quantize: str, calibratio
                 return next(self.it, None)
 
         wide = quantize == "int16x8"
-        q.quantize_static(src, dst, Rows(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+        q.quantize_static(src, dst, Rows(), quant_format=q.QuantFormat.QDQ, per_channel=not per_tensor,
+                          nodes_to_exclude=list(excluded),
                           activation_type=q.QuantType.QInt16 if wide else q.QuantType.QInt8,
                           weight_type=q.QuantType.QInt8, extra_options={"UseQDQContribOps": wide})
 
@@ -471,10 +555,13 @@ class Converted:
 
 
 def convert_piece(piece: Piece, fmt: str, *, quantize=None, calibration=(), allow_select_tf_ops=False,
-                  max_error=None, verify: int = 100, filename: str = "") -> Converted:
-    """Convert, run in the runtime, compare with TensorFlow; SurgeryError past the tolerance."""
+                  max_error=None, verify: int = 100, filename: str = "", per_tensor: bool = False,
+                  keep_float=frozenset()) -> Converted:
+    """Convert, run in the runtime, compare with TensorFlow; SurgeryError past the tolerance.
+    `keep_float`: op names of the piece that stay float in an int8 file (see `float_ops`)."""
     if quantize not in (None, *QUANTIZE_MODES):
         raise SurgeryError(f"--quantize {quantize} is not a mode", "use dynamic, float16, int8 or int16x8")
+    check_weight_options(quantize, per_tensor=per_tensor, float_from=keep_float)
     if quantize in CALIBRATED_MODES and not calibration:
         raise SurgeryError(f"--quantize {quantize} needs representative rows",
                            "pass --calibration FILE.h5 (for an online piece, the HDF5 `precompute` wrote)")
@@ -483,10 +570,11 @@ def convert_piece(piece: Piece, fmt: str, *, quantize=None, calibration=(), allo
     if calibration:
         cal_rows, held = representative_rows(piece, calibration, verify=verify)
         data = "held-out calibration" if quantize in CALIBRATED_MODES else "calibration"
+    options = dict(quantize=quantize, calibration=cal_rows, per_tensor=per_tensor, keep_float=frozenset(keep_float))
     if fmt == "tflite":
-        blob, kept = to_tflite(piece, quantize=quantize, calibration=cal_rows, allow_select_tf_ops=allow_select_tf_ops)
+        blob, kept = to_tflite(piece, allow_select_tf_ops=allow_select_tf_ops, **options)
     else:
-        blob, kept = to_onnx(piece, quantize=quantize, calibration=cal_rows), []
+        blob, kept = to_onnx(piece, **options), []
     tolerance = max_error if max_error is not None else (FLOAT_TOLERANCE if quantize is None else None)
     verification = {"runtime": runtime_version(fmt), "tolerance": tolerance}
     if kept:
@@ -511,9 +599,23 @@ def convert_piece(piece: Piece, fmt: str, *, quantize=None, calibration=(), allo
         verification["skipped"] = "--verify 0"
     report = {"graph": filename, "inputs": piece.inputs, "outputs": piece.outputs, "quantize": quantize,
               "bytes": len(blob), "graph_def_bytes": piece.graph_def.ByteSize(), "verification": verification}
+    if quantize in SCALED_MODES:
+        report["weight_scales"] = "per tensor" if per_tensor else "per channel"
+    if keep_float:
+        report["float_ops"] = sorted(keep_float)
     if kept:
         report["select_tf_ops"] = kept
     return Converted(piece, blob, report)
+
+
+def check_weight_options(quantize, *, per_tensor=False, float_from=()) -> None:
+    """`--per-tensor` needs int8 weights; `--float-from` an int8 file to keep ops float in."""
+    if per_tensor and quantize not in SCALED_MODES:
+        raise SurgeryError("--per-tensor sets how int8 weights are scaled",
+                           "use it with --quantize dynamic, int8 or int16x8")
+    if float_from and quantize != "int8":
+        raise SurgeryError("--float-from keeps ops in float inside an int8 file",
+                           "use it with --quantize int8 --calibration SRC")
 
 
 # ---------------------------------------------------------------- GRAPH|MODEL → pieces → files
@@ -572,11 +674,12 @@ def load_pieces(graph: str, *, outputs=None, inputs=None, tag_set: str = "serve"
 
 def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None, input_shapes=(), quantize=None,
                    calibration=(), allow_select_tf_ops=False, max_error=None, verify: int = 100,
-                   tag_set: str = "serve", signature=None,
+                   per_tensor: bool = False, float_from=(), tag_set: str = "serve", signature=None,
                    trust_code: bool = False, progress: bool = False) -> dict:
     """`surgery export GRAPH --tflite PATH` / `--onnx PATH`: every piece converted and verified, then
     written together. PATH is a file (`x.tflite`) for one piece, or a directory that gets
-    `<piece>.tflite` per piece and a manifest. Returns the manifest (written or not)."""
+    `<piece>.tflite` per piece and a manifest. Returns the manifest (written or not).
+    `float_from`: op names kept in float, with all after them, in an int8 file (`float_ops`)."""
     from .files import atomic_path, write_bytes
     from .manifest import FORMAT, FILENAME
 
@@ -585,6 +688,8 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
         raise SurgeryError("--allow-select-tf-ops is for --tflite", "onnxruntime has no TensorFlow fallback")
     if verify < 0:
         raise SurgeryError(f"--verify {verify} is negative", "give a number of rows, or 0 to skip")
+    float_from = parse_list(float_from)
+    check_weight_options(quantize, per_tensor=per_tensor, float_from=float_from)
     suffix = RUNTIMES[fmt]["suffix"]
     pieces, is_dir = load_pieces(graph, outputs=outputs, inputs=inputs, tag_set=tag_set, signature=signature,
                                  trust_code=trust_code)
@@ -604,6 +709,7 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
                            ("did you mean " + ", ".join(close) + "?") if close else "inputs: " + ", ".join(names))
     for piece in pieces:
         check_shapes(piece)
+    keep_float = float_ops(pieces, float_from) if float_from else {}
     from tqdm import tqdm
 
     converted = []
@@ -611,6 +717,7 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
                       leave=False):
         converted.append(convert_piece(piece, fmt, quantize=quantize, calibration=list(calibration or ()),
                                        allow_select_tf_ops=allow_select_tf_ops, max_error=max_error, verify=verify,
+                                       per_tensor=per_tensor, keep_float=keep_float.get(piece.name, ()),
                                        filename=os.path.basename(path) if one_file else piece.name + suffix))
     manifest = {"format": FORMAT, "source": {"path": os.path.abspath(graph), "split": is_dir},
                 "runtime": RUNTIMES[fmt]["runtime"], "pieces": {c.piece.name: c.report for c in converted}}

@@ -167,6 +167,81 @@ def test_int8_needs_calibration(classifier, tmp_path):
     assert r.returncode == 2 and "--calibration" in r.stderr
 
 
+@pytest.fixture(scope="module")
+def close_classes(tmp_path_factory):
+    """A 64-256-3 softmax MLP whose two best logits (classes 0 and 1, in [0, 40]) differ by about
+    0.15 while class 2's logit reaches −500: int8's step over that range is ~2, so it ties them;
+    the hidden layer's own int8 error moves their difference by far less than 0.15."""
+    d = tmp_path_factory.mktemp("close")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (600, 64)).astype(np.float32)
+    w1 = (rng.normal(size=(64, 256)) / 8).astype(np.float32)
+    mean_h = np.maximum(x @ w1, 0).mean(0)
+    delta = rng.normal(size=256)
+    delta -= mean_h * (mean_h @ delta) / (mean_h @ mean_h)  # classes 0 and 1 each win about half the rows
+    u = rng.uniform(0, 1, 256)
+    w2 = np.stack([u, u + 0.02 * delta, -20 * rng.uniform(0, 1, 256)], 1).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        inp = v1.placeholder(tf.float32, [None, 64], name="features")
+        h = tf.nn.relu(tf.matmul(inp, tf.constant(w1)), name="hidden")
+        logits = tf.identity(tf.nn.bias_add(tf.matmul(h, tf.constant(w2), name="dense_1/MatMul"),
+                                            tf.zeros(3), name="dense_1/BiasAdd"), name="logits")
+        tf.nn.softmax(logits, name="classes")
+    np.save(d / "rows.npy", x)
+    return write_pb(graph, str(d / "head.pb")), str(d / "rows.npy")
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_float_from_keeps_close_classes_apart(close_classes, tmp_path, fmt):
+    """All-int8 ties the two close classes; `--float-from logits` computes the logits layer (its
+    MatMul too, folded with the bias and Identity) in float and keeps the answers, everything
+    before it still int8. The same with a Keras-style scope name (`dense_1`)."""
+    pb, rows = close_classes
+    reports = {}
+    for name, extra in {"int8": [], "logits": ["--float-from", "logits"],
+                        "scope": ["--float-from", "dense_1", "--per-tensor"]}.items():
+        r = cli("export", pb, f"--{fmt}", tmp_path / f"{name}.{fmt}", "--quantize", "int8", "--calibration", rows,
+                "--verify", "300", "--json", *extra)
+        assert r.returncode == 0, r.stderr
+        reports[name] = json.loads(r.stdout)["pieces"]["model"]
+    agreement = {k: v["verification"]["top1_agreement"] for k, v in reports.items()}
+    assert agreement["int8"] < 0.8 and agreement["logits"] >= 0.98 and agreement["scope"] >= 0.98, agreement
+    assert reports["logits"]["float_ops"] == ["classes", "dense_1/BiasAdd", "dense_1/MatMul", "logits"]
+    assert reports["int8"]["weight_scales"] == "per channel" and reports["scope"]["weight_scales"] == "per tensor"
+    assert "float_ops" not in reports["int8"]
+    x = np.load(rows)[:5]
+    if fmt == "tflite":
+        dtypes = {d["name"]: d["dtype"] for d in Interpreter(model_path=str(tmp_path / "logits.tflite"))
+                  .get_tensor_details()}
+        assert dtypes["MatMul;hidden"] == np.int8  # the hidden layer, fused with its ReLU
+        assert dtypes["dense_1/MatMul"] == dtypes["dense_1/MatMul1"] == np.float32  # the logits' weights and FC
+        got = run_tflite_file(tmp_path / "logits.tflite", {"features:0": x})["classes:0"]
+    else:
+        import onnx
+
+        model = onnx.load(str(tmp_path / "logits.onnx"))
+        quantized = {i for n in model.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+        assert "hidden:0" in quantized and "dense_1/MatMul:0" not in quantized
+        got = run_onnx_file(tmp_path / "logits.onnx", {"features:0": x})["classes:0"]
+    want = run_graph_def(v1.GraphDef.FromString(open(pb, "rb").read()), {"features:0": x}, "classes:0")
+    np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+
+
+def test_float_from_and_per_tensor_refused_where_they_mean_nothing(close_classes, tmp_path):
+    pb, rows = close_classes
+    r = cli("export", pb, "--tflite", tmp_path / "a.tflite", "--quantize", "int8", "--calibration", rows,
+            "--float-from", "logts")
+    assert r.returncode == 2 and "--float-from logts: no op or name scope" in r.stderr and "logits" in r.stderr
+    r = cli("export", pb, "--onnx", tmp_path / "a.onnx", "--quantize", "dynamic", "--float-from", "logits")
+    assert r.returncode == 2 and "use it with --quantize int8" in r.stderr
+    r = cli("export", pb, "--tflite", tmp_path / "a.tflite", "--quantize", "float16", "--per-tensor")
+    assert r.returncode == 2 and "--per-tensor" in r.stderr
+    r = cli("export", pb, "--saved-model", tmp_path / "sm", "--float-from", "logits")
+    assert r.returncode == 2 and "go with --tflite or --onnx" in r.stderr
+    assert os.listdir(tmp_path) == []
+
+
 # ---------------------------------------------------------------- ops a runtime lacks, shapes, extras
 
 @pytest.fixture(scope="module")

@@ -273,9 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spark-conf", action="append", default=[], metavar="K=V",
                    help="Spark setting, repeatable: spark.executor.memory=4g, spark.executor.instances=8 (default: none)")
 
-    p = add("export", _cmd_export, "write frozen pieces as SavedModels with a serving_default signature",
+    p = add("export", _cmd_export, "write frozen pieces as SavedModels, .tflite or .onnx files, each verified",
             "surgery export pieces --saved-model serving   # serving/offline, serving/online\n"
-            "  surgery export head.pb --saved-model serving/head\n\n"
+            "  surgery export head.pb --saved-model serving/head\n"
+            "  surgery export pieces --tflite mobile/   # mobile/offline.tflite, mobile/online.tflite\n"
+            "  surgery export pieces/online.pb --tflite head.tflite --quantize int8 --calibration fc7.h5 \\\n"
+            "      --float-from head/logits --per-tensor   # int8, with the logits layer in float\n\n"
             "signature keys are the tensor names with '/' and ':' made '_' (item_tower/embedding:0 → "
             "item_tower_embedding)")
     _model_arg(p, "GRAPH", "a frozen .pb/.pbtxt, a directory with manifest.json (one file per piece), or with "

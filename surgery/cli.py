@@ -626,6 +626,8 @@ def _export_runtime(args):
             tol = "reported only" if v["tolerance"] is None else f"tolerance {v['tolerance']:g}"
             say(f"  verified in {v['runtime']} on {v['n']} {v['data']} rows: max |difference| "
                 f"{v['max_abs_diff']:.3g} ({v['max_rel_diff']:.3g} of the output's scale; {tol}){top1}")
+            if v.get("hint"):
+                say(f"  under 98%: if close classes tie on int8 steps, keep the logits layer in float with {v['hint']}")
         if piece.get("select_tf_ops"):
             say(f"  keeps Select TF ops: {', '.join(piece['select_tf_ops'])} (link LiteRT's Flex delegate)")
     return 0, {"written": path, **manifest}

@@ -38,7 +38,7 @@ from . import tfcompat
 from .graph import descendants, graph_from_def
 from .errors import DataError, ModelLoadError, SurgeryError
 from .files import stderr_to
-from .names import parse_list, resolve_op, resolve_tensor, suggest
+from .names import node_input_op, parse_list, resolve_op, resolve_tensor, suggest
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -47,7 +47,9 @@ QUANTIZE_MODES = ("dynamic", "float16", "int8", "int16x8")
 CALIBRATED_MODES = ("int8", "int16x8")  # activations too: they need representative rows
 SCALED_MODES = ("dynamic", "int8", "int16x8")  # int8 weights, with scales per channel or per tensor
 # ops that LiteRT and tf2onnx fold into the op before them (a bias and activation into its MatMul/Conv)
-FOLDED_INTO_PRODUCER = ("Identity", "StopGradient", "Snapshot", "BiasAdd", "Relu", "Relu6")
+IDENTITY_OPS = ("Identity", "StopGradient", "Snapshot")
+FOLDED_INTO_PRODUCER = (*IDENTITY_OPS, "BiasAdd", "Relu", "Relu6")
+TOP1_HINT_BELOW = 0.98  # int8 agreement under which the report suggests --float-from
 FLOAT_TOLERANCE = 1e-4  # relative to the largest |value| of each reference output
 CALIBRATION_ROWS = 500  # min/max ranges from fewer rows clip the tails (the demo head: 6.5 vs 0.4 max error at 200)
 SIGNATURE = "serving_default"
@@ -590,6 +592,11 @@ def convert_piece(piece: Piece, fmt: str, *, quantize=None, calibration=(), allo
                                f"{_converter_message(e)}", "run with --verbose; pin shapes with --input-shape") from e
         verification.update(n=len(rows[0]) if rows else 1, data=data, **compare(reference, got, piece))
         verification["passed"] = tolerance is None or verification["max_rel_diff"] <= tolerance
+        top1 = verification["top1_agreement"]
+        if quantize == "int8" and not keep_float and top1 is not None and top1 < TOP1_HINT_BELOW:
+            logits = logits_op(piece)
+            if logits:
+                verification["hint"] = f"--float-from {logits}"
         if not verification["passed"]:
             raise SurgeryError(f"piece '{piece.name}': the {fmt} file differs from TensorFlow by "
                                f"{verification['max_rel_diff']:.3g} of the output's scale (max |difference| "
@@ -606,6 +613,23 @@ def convert_piece(piece: Piece, fmt: str, *, quantize=None, calibration=(), allo
     if kept:
         report["select_tf_ops"] = kept
     return Converted(piece, blob, report)
+
+
+def logits_op(piece: Piece) -> str | None:
+    """The op a classifier output's softmax reads (or that output's op, if it has no softmax):
+    what to keep in float when int8 ties close classes."""
+    nodes = {n.name: n for n in piece.graph_def.node}
+    for out in piece.outputs:
+        shape = out.get("shape")
+        if not shape or len(shape) != 2 or not shape[1] or shape[1] < 2:
+            continue
+        node = nodes.get(node_input_op(out["name"]))
+        while node is not None and node.op in IDENTITY_OPS and node.input:
+            node = nodes.get(node_input_op(node.input[0]))
+        if node is not None and node.op == "Softmax":
+            return node_input_op(node.input[0])
+        return node.name if node is not None else None
+    return None
 
 
 def check_weight_options(quantize, *, per_tensor=False, float_from=()) -> None:

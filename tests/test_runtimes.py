@@ -210,6 +210,8 @@ def test_float_from_keeps_close_classes_apart(close_classes, tmp_path, fmt):
     assert reports["logits"]["float_ops"] == ["classes", "dense_1/BiasAdd", "dense_1/MatMul", "logits"]
     assert reports["int8"]["weight_scales"] == "per channel" and reports["scope"]["weight_scales"] == "per tensor"
     assert "float_ops" not in reports["int8"]
+    assert reports["int8"]["verification"]["hint"] == "--float-from logits"  # the softmax's input
+    assert "hint" not in reports["logits"]["verification"]
     x = np.load(rows)[:5]
     if fmt == "tflite":
         dtypes = {d["name"]: d["dtype"] for d in Interpreter(model_path=str(tmp_path / "logits.tflite"))

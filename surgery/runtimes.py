@@ -49,6 +49,7 @@ SCALED_MODES = ("dynamic", "int8", "int16x8")  # int8 weights, with scales per c
 # ops that LiteRT and tf2onnx fold into the op before them (a bias and activation into its MatMul/Conv)
 IDENTITY_OPS = ("Identity", "StopGradient", "Snapshot")
 FOLDED_INTO_PRODUCER = (*IDENTITY_OPS, "BiasAdd", "Relu", "Relu6")
+WEIGHTED_OPS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Conv2D", "DepthwiseConv2dNative", "Conv3D")
 TOP1_HINT_BELOW = 0.98  # int8 agreement under which the report suggests --float-from
 FLOAT_TOLERANCE = 1e-4  # relative to the largest |value| of each reference output
 CALIBRATION_ROWS = 500  # min/max ranges from fewer rows clip the tails (the demo head: 6.5 vs 0.4 max error at 200)
@@ -595,8 +596,9 @@ def convert_piece(piece: Piece, fmt: str, *, quantize=None, calibration=(), allo
         top1 = verification["top1_agreement"]
         if quantize == "int8" and not keep_float and top1 is not None and top1 < TOP1_HINT_BELOW:
             logits = logits_op(piece)
-            if logits:
-                verification["hint"] = f"--float-from {logits}"
+            kept_float = float_ops([piece], [logits])[piece.name] if logits else set()
+            if any(n.op in WEIGHTED_OPS and n.name not in kept_float for n in piece.graph_def.node):
+                verification["hint"] = f"--float-from {logits}"  # the rest of the piece still int8
         if not verification["passed"]:
             raise SurgeryError(f"piece '{piece.name}': the {fmt} file differs from TensorFlow by "
                                f"{verification['max_rel_diff']:.3g} of the output's scale (max |difference| "

@@ -114,6 +114,7 @@ def test_online_piece_int8_calibrated_on_precomputed_rows(pieces, tmp_path, fmt)
     assert v["data"] == "held-out calibration" and v["n"] == 100
     assert v["tolerance"] is None and v["passed"]  # int8 is reported, not failed
     assert 0 < v["max_abs_diff"] < 0.1 and v["top1_agreement"] >= 0.95
+    assert "hint" not in v  # its one layer is the logits layer: --float-from would leave nothing int8
     assert os.path.isfile(out)
 
 

@@ -598,14 +598,15 @@ def _cmd_export(args):
 def _export_runtime(args):
     """`export --tflite/--onnx`: convert each piece, verify it in its runtime, print sizes and differences."""
     from .report import human_bytes
-    from .runtimes import export_runtime
+    from .runtimes import TOP1_HINT_BELOW, export_runtime
 
     say = _sayer(args)
     fmt, path = ("tflite", args.tflite) if args.tflite else ("onnx", args.onnx)
     manifest = export_runtime(args.model, path, fmt, outputs=args.outputs, inputs=args.inputs,
                               input_shapes=args.input_shape, quantize=args.quantize, calibration=args.calibration,
                               allow_select_tf_ops=args.allow_select_tf_ops, max_error=args.max_error,
-                              verify=args.verify, per_tensor=args.per_tensor, float_from=args.float_from, tag_set=args.tag_set, signature=args.signature,
+                              verify=args.verify, per_tensor=args.per_tensor, float_from=args.float_from,
+                              tag_set=args.tag_set, signature=args.signature,
                               trust_code=args.trust_code, progress=_progress(args) and not args.json)
     for name, piece in manifest["pieces"].items():
         where = path if path.endswith("." + fmt) else os.path.join(path, piece["graph"])
@@ -627,7 +628,8 @@ def _export_runtime(args):
             say(f"  verified in {v['runtime']} on {v['n']} {v['data']} rows: max |difference| "
                 f"{v['max_abs_diff']:.3g} ({v['max_rel_diff']:.3g} of the output's scale; {tol}){top1}")
             if v.get("hint"):
-                say(f"  under 98%: if close classes tie on int8 steps, keep the logits layer in float with {v['hint']}")
+                say(f"  under {TOP1_HINT_BELOW:.0%}: if close classes tie on int8 steps, keep the logits layer in "
+                    f"float with {v['hint']}")
         if piece.get("select_tf_ops"):
             say(f"  keeps Select TF ops: {', '.join(piece['select_tf_ops'])} (link LiteRT's Flex delegate)")
     return 0, {"written": path, **manifest}

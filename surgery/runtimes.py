@@ -532,6 +532,11 @@ def runtime_version(fmt: str) -> str:
         return package
 
 
+def is_classifier(shape) -> bool:
+    """[batch, classes] with classes > 1: an output whose top-1 answer means something."""
+    return len(shape) == 2 and (shape[1] or 0) > 1
+
+
 def compare(reference: list, got: list, piece: Piece) -> dict:
     """Max |difference|, the same relative to each output's largest |value|, and top-1 agreement of
     classifier-like outputs ([batch, classes] with classes > 1)."""
@@ -545,7 +550,7 @@ def compare(reference: list, got: list, piece: Piece) -> dict:
         d = float(np.max(np.abs(want - have))) if want.size else 0.0
         abs_diff = max(abs_diff, d)
         rel_diff = max(rel_diff, d / max(float(np.max(np.abs(want))) if want.size else 0.0, 1e-12))
-        if want.ndim == 2 and want.shape[1] > 1:
+        if is_classifier(want.shape):
             top1.append(float(np.mean(want.argmax(1) == have.argmax(1))))
     return {"max_abs_diff": abs_diff, "max_rel_diff": rel_diff, "top1_agreement": min(top1) if top1 else None}
 
@@ -622,8 +627,7 @@ def logits_op(piece: Piece) -> str | None:
     what to keep in float when int8 ties close classes."""
     nodes = {n.name: n for n in piece.graph_def.node}
     for out in piece.outputs:
-        shape = out.get("shape")
-        if not shape or len(shape) != 2 or not shape[1] or shape[1] < 2:
+        if not out.get("shape") or not is_classifier(out["shape"]):
             continue
         node = nodes.get(node_input_op(out["name"]))
         while node is not None and node.op in IDENTITY_OPS and node.input:

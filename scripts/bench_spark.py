@@ -7,7 +7,8 @@ figure includes starting its JVM(s) and Python workers, reading the Parquet inpu
     python scripts/bench_spark.py --rows 1000000 [--repeats 1]   # where start-up stops mattering
 
 Spark masters: `local[2]` (one JVM, two Python workers) and `local-cluster[2,1,1024]` (two executor
-JVMs of one core each, as a small real cluster). The local runner reads the same rows from HDF5.
+JVMs of one core each, as a small real cluster). Both runners read the same Parquet directory by
+path (pyarrow), so the ratio is Spark's overhead over the same work.
 Needs the `spark` extra and Java 17; without them this benchmark reports nothing.
 """
 
@@ -31,8 +32,7 @@ FEATURES, HIDDEN, DIM = 64, (1024, 1024), 48
 
 
 def _build(directory: str, rows: int):
-    """The MLP's split directory, and the same float32 rows as HDF5 and as Parquet (an array column)."""
-    import h5py
+    """The MLP's split directory, and float32 rows as Parquet (an array column, 50k rows a file)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -40,10 +40,6 @@ def _build(directory: str, rows: int):
 
     pieces = write_mlp_pieces(os.path.join(directory, "pieces"), features=FEATURES, hidden=HIDDEN, dim=DIM)
     x = np.random.default_rng(0).normal(size=(rows, FEATURES)).astype(np.float32)
-    data = os.path.join(directory, "data.h5")
-    with h5py.File(data, "w") as f:
-        f["x"] = x
-        f["ids"] = np.arange(rows, dtype=np.int64)
     parquet = os.path.join(directory, "items.parquet")
     os.makedirs(parquet)
     values = pa.array(x.ravel())
@@ -53,7 +49,7 @@ def _build(directory: str, rows: int):
                                             values.slice(lo * FEATURES, (hi - lo) * FEATURES))
         pq.write_table(pa.table({"item_id": np.arange(lo, hi, dtype=np.int64), "features": features}),
                        os.path.join(parquet, f"part-{i}.parquet"))
-    return pieces, data, parquet
+    return pieces, parquet
 
 
 def _surgery(*args) -> None:
@@ -79,8 +75,8 @@ def run(quick: bool = False, rows: int | None = None, repeats: int | None = None
     repeats = repeats or (1 if quick else 3)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        pieces, data, parquet = _build(tmp, rows)
-        local_s = median_time(lambda: _surgery(pieces, "--data", data, "--key", "x", "--ids", "ids",
+        pieces, parquet = _build(tmp, rows)
+        local_s = median_time(lambda: _surgery(pieces, "--data", parquet, "--key", "features", "--ids", "item_id",
                                                "--batch-size", BATCH, "--out", os.path.join(tmp, "local.h5"))
                               or os.remove(os.path.join(tmp, "local.h5")), repeats)
         for master in ("local[2]", "local-cluster[2,1,1024]"):

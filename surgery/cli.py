@@ -193,11 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layers, comma-separated: dense:UNITS[:ACTIVATION], dropout:RATE, flatten; "
                         "e.g. dense:256:relu,dropout:0.5,dense:5 (the last dense's units are the classes)")
     p.add_argument("--data", required=True, metavar="SRC",
-                   help="training data: HDF5, .npy, TFRecord files (path or glob) or an image folder "
-                        "(one sub-directory per class)")
-    p.add_argument("--x", metavar="KEY", help="HDF5 dataset / TFRecord feature of the inputs (default: none; "
-                   "not needed for .npy or an image folder)")
-    p.add_argument("--y", metavar="KEY", help="integer labels: HDF5 dataset / TFRecord feature / a second .npy "
+                   help="training data: HDF5, .npy, TFRecord files (path or glob), Parquet (file or directory) "
+                        "or an image folder (one sub-directory per class)")
+    p.add_argument("--x", metavar="KEY", help="HDF5 dataset / TFRecord feature / Parquet column(s) A or A,B,.. "
+                   "of the inputs (default: none; not needed for .npy or an image folder)")
+    p.add_argument("--y", metavar="KEY", help="integer labels: HDF5 dataset / TFRecord feature / Parquet column / "
+                   "a second .npy "
                    "(default: none; an image folder labels by sub-directory)")
     p.add_argument("--preprocess", choices=["none", "vgg", "inception", "unit"],
                    help="scale the inputs: vgg subtracts ImageNet means, inception to [-1,1], unit to [0,1] "
@@ -246,9 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--out fc.h5")
     _model_arg(p, "GRAPH", "a split directory, a frozen .pb, or any MODEL")
     p.add_argument("--data", required=True, metavar="SRC",
-                   help="input rows: HDF5, .npy, TFRecord files (path or glob) or an image folder")
-    p.add_argument("--key", metavar="KEY", help="HDF5 dataset / TFRecord feature of the inputs (default: none; "
-                   "not needed for .npy or an image folder)")
+                   help="input rows: HDF5, .npy, TFRecord files (path or glob), Parquet (file or directory) "
+                        "or an image folder")
+    p.add_argument("--key", metavar="KEY", help="HDF5 dataset / TFRecord feature / Parquet column(s) A or A,B,.. "
+                   "of the inputs (default: none; not needed for .npy or an image folder)")
     p.add_argument("--preprocess", choices=["none", "vgg", "inception", "unit"],
                    help="scale the inputs: vgg subtracts ImageNet means, inception to [-1,1], unit to [0,1] "
                         "(default: none)")

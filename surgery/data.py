@@ -6,6 +6,8 @@ over any of:
 - TFRecord files (a path or a glob) of `tf.train.Example`, feature `key` holding a row: a
   float/int64 list reshaped to the input's row shape, raw bytes of the input dtype, or an
   encoded image (JPEG/PNG/BMP/GIF, told by its signature) decoded like a folder's images;
+- Parquet (a file or a directory of them, read with pyarrow): `key` an array column, a Spark ML
+  vector column, or numeric columns `a,b,c`; rows numbered as Spark numbers them;
 - an image folder: one sub-directory per class, labels by sorted directory name (as Keras'
   `image_dataset_from_directory` and TF Hub's retrain.py do); JPEG, PNG, BMP and GIF files,
   decoded to the input's channel count and resized (bilinear) to its height and width.
@@ -39,6 +41,7 @@ tf = tfcompat.tf
 PREPROCESS = ("none", "vgg", "inception", "unit")
 DEFAULT_PREPROCESS = "none"
 VGG_MEANS = np.array([123.68, 116.78, 103.94], np.float32)  # ImageNet RGB means, as TF-slim's vgg_preprocessing
+PARQUET_EXTENSIONS = (".parquet", ".parq")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr")
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM")
@@ -56,10 +59,11 @@ def _shape_text(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def check_feedable(rows, spec: dict, where: str = "") -> np.dtype:
+def check_feedable(rows, spec: dict, where: str = "", *, every_row: bool = True) -> np.dtype:
     """The numpy dtype to feed `rows` (an array or a `RowSource`) to input `spec` as, or
-    `DataError`: no rows, a fixed batch size, another row shape, or a dtype that numpy does
-    not cast `safe`ly (uint8 → float is safe; float64 → float32 is not)."""
+    `DataError`: no rows, a fixed batch size, another row shape, a dtype that numpy does not
+    cast `safe`ly (uint8 → float is safe; float64 → float32 is not), or (`every_row`) a
+    malformed row found by `RowSource.check_rows`."""
     where = where or getattr(rows, "where", "the data")
     shape, dtype = tuple(rows.shape), np.dtype(rows.dtype)
     want = np.dtype(tf.as_dtype(spec["dtype"]).as_numpy_dtype)
@@ -77,6 +81,8 @@ def check_feedable(rows, spec: dict, where: str = "") -> np.dtype:
                             "pass the dataset this graph was built for, or another input tensor")
     if dtype == want or (dtype != object and (np.can_cast(dtype, want, "safe")
                                               or (dtype == np.uint8 and want.kind == "f"))):
+        if every_row and isinstance(rows, RowSource):
+            rows.check_rows()
         return want
     raise DataError(f"{described} cannot be fed to input {spec['name']} ({want.name}) without losing values",
                     f"convert the data to {want.name}" + (" or use --preprocess none" if want.kind in "iu" else ""))
@@ -161,6 +167,10 @@ class RowSource:
 
     def labels(self) -> np.ndarray | None:
         return None
+
+    def check_rows(self) -> None:
+        """Find malformed rows now, before any compute, or raise `DataError`. Only a source whose
+        rows can be malformed one by one (Parquet: null and ragged rows) reads anything."""
 
     def fingerprint(self, samples: int = 16) -> str:
         """sha256 of shape, dtype and a few rows spread over the data: cheap, and it changes when
@@ -428,18 +438,259 @@ class ListRows(RowSource):
         return self.array[start:stop]
 
 
+def flat_row_shape(spec: dict | None, length: int, where: str) -> list:
+    """Flat rows of `length` values → the row shape of input `spec` (a [batch, k] input, or no
+    spec: [length]); images stored flattened come back [H, W, C]."""
+    shape = (spec or {}).get("shape")
+    if shape is None or len(shape) == 2:
+        return [length]
+    dims = shape[1:]
+    if any(d is None for d in dims) or int(np.prod(dims)) != length:
+        raise DataError(f"{where} holds {length} values a row; input {spec['name']} takes rows of "
+                        f"{['?' if d is None else d for d in dims]}",
+                        "store each row flattened to exactly that many values")
+    return list(dims)
+
+
+def parquet_files(path: str) -> list[str]:
+    """The data files of a Parquet file or directory in Spark's order: every file below it whose name
+    does not start with `_` or `.` (`_SUCCESS`, `.crc`), sorted by path."""
+    if os.path.isfile(path):
+        return [os.path.abspath(path)]
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]
+        found += [os.path.join(root, f) for f in files if not f.startswith(("_", "."))]
+    return sorted(os.path.abspath(f) for f in found)
+
+
+def is_parquet(data: str) -> bool:
+    """A local Parquet file, or a directory holding `.parquet` files."""
+    if data.endswith(PARQUET_EXTENSIONS):
+        return True
+    return os.path.isdir(data) and bool(glob.glob(os.path.join(data, "**", "*.parquet"), recursive=True))
+
+
+def _is_vector(t) -> bool:
+    """Spark ML's VectorUDT as Parquet stores it: struct<type, size, indices, values>."""
+    import pyarrow as pa
+
+    return pa.types.is_struct(t) and sorted(f.name for f in t) == ["indices", "size", "type", "values"]
+
+
+def _numbers(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def _text(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+
+
+def _list_values(col):
+    """A list array's (lengths, values of its rows only): `.values` ignores a slice's offset."""
+    offsets = col.offsets.to_numpy()
+    return np.diff(offsets), col.values.slice(offsets[0], offsets[-1] - offsets[0])
+
+
+def _dense_vectors(col, start: int, width: int | None, where: str) -> np.ndarray:
+    """Spark ML vectors (type 1 dense: `values`; type 0 sparse: `size`, `indices`, `values`) as
+    float64 rows [n, width]."""
+    fields = dict(zip([f.name for f in col.type], col.flatten()))
+    if col.null_count or fields["type"].null_count:
+        raise DataError(f"{where} has null rows in rows {start}:{start + len(col)}",
+                        "fill or drop them before precomputing")
+    dense = fields["type"].to_numpy(zero_copy_only=False) == 1
+    counts, values = _list_values(fields["values"])
+    _, indices = _list_values(fields["indices"])
+    sizes = fields["size"].fill_null(0).to_numpy(zero_copy_only=False)
+    lengths = np.where(dense, counts, sizes)
+    width = int(lengths[0]) if width is None else width
+    bad = np.flatnonzero(lengths != width)
+    if len(bad):
+        raise DataError(f"{where} is ragged: row {start + int(bad[0])} holds {int(lengths[bad[0]])} values, "
+                        f"the first row {width}", "give every row the same number of values")
+    row = np.repeat(np.arange(len(col)), counts)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    column = np.arange(len(row)) - starts  # a dense row's values in order
+    sparse_at = np.flatnonzero(~dense[row])
+    column[sparse_at] = indices.to_numpy(zero_copy_only=False)
+    out = np.zeros((len(col), width))
+    out[row, column] = values.to_numpy(zero_copy_only=False)
+    return out
+
+
+class ParquetRows(RowSource):
+    """Columns of a Parquet file or directory, read with pyarrow: `key` is an array column (a list
+    of numbers, or a Spark ML vector), or numeric columns `a,b,c` (a row of their values); with
+    `ids=True`, one scalar column (1-D). Rows are numbered as Spark numbers them (files by path,
+    rows in file order), so the local runner and `--runner spark` give row k the same number. A
+    read decodes only the row groups it touches and keeps the last one, so sequential blocks
+    decode each group once. Null and ragged rows are found by `check_rows` (one pass over the
+    key columns, before any compute) and again where they are read."""
+
+    kind = "parquet"
+
+    def __init__(self, path: str, key: str | None, *, spec: dict | None = None, ids: bool = False,
+                 preprocess: str | None = None):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise DataError(f"{path} is Parquet, and reading Parquet needs pyarrow",
+                            "pip install pyarrow (or the extra: pip install 'surgery[spark]')") from e
+        self.path, self.spec, self.preprocess = os.path.abspath(path), spec, preprocess or DEFAULT_PREPROCESS
+        self.files = parquet_files(path)
+        if not self.files:
+            raise DataError(f"no Parquet files in {path}", "pass a Parquet file or a directory of them with --data")
+        try:
+            self._files = [pq.ParquetFile(f) for f in self.files]
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path} is not readable Parquet: {str(e).splitlines()[0][:200]}",
+                            "pass a Parquet file or a directory of them with --data") from e
+        schema = self._files[0].schema_arrow
+        self.columns = [c.strip() for c in (key or "").split(",") if c.strip()]
+        if not self.columns:
+            raise DataError(f"Parquet data {path} needs the column to read",
+                            "name it with --key (an array column, or A,B,..)")
+        for c in self.columns:
+            if c not in schema.names:
+                close = difflib.get_close_matches(c, schema.names, n=3, cutoff=0.4)
+                raise DataError(f"{path} has no column '{c}'", ("did you mean " + ", ".join(close) + "?") if close
+                                else "columns there: " + ", ".join(schema.names[:12]))
+        self.key = ",".join(self.columns)
+        types = [schema.field(c).type for c in self.columns]
+        self._mode = "ids" if ids else "columns"
+        if ids:
+            if len(types) != 1 or not (_numbers(types[0]) or _text(types[0])):
+                raise DataError(f"id column '{self.key}' of {path} holds {types[0]}",
+                                "pass a column with one scalar id per row")
+            dtype = np.dtype(object) if _text(types[0]) else np.dtype(types[0].to_pandas_dtype())
+        elif len(types) == 1 and not _numbers(types[0]):
+            t = types[0]
+            if _is_vector(t):
+                self._mode, dtype = "vector", np.dtype(np.float64)
+            elif hasattr(t, "value_type") and _numbers(t.value_type):
+                self._mode, dtype = "list", np.dtype(t.value_type.to_pandas_dtype())
+            else:
+                raise DataError(f"column '{self.key}' of {path} holds {t}, not numbers",
+                                "pass an array<float>/vector column, or numeric columns as a comma list with --key")
+        else:
+            for c, t in zip(self.columns, types):
+                if not _numbers(t):
+                    raise DataError(f"column '{c}' of {path} holds {t}, not a number",
+                                    "list only numeric columns with --key A,B,..")
+            dtype = np.result_type(*[np.dtype(t.to_pandas_dtype()) for t in types])
+        self._groups = [(i, g) for i, f in enumerate(self._files) for g in range(f.metadata.num_row_groups)]
+        self.offsets = [0, *np.cumsum([self._files[i].metadata.row_group(g).num_rows
+                                       for i, g in self._groups]).tolist()]
+        self._cached = (None, None)
+        self.dtype, self._width = dtype, None
+        rows = int(self.offsets[-1])
+        if ids:
+            self.shape = (rows,)
+        else:
+            self._width = len(self._flat(0, 1)[0]) if rows else len(self.columns)
+            where = f"column '{self.key}' of {self.path}"
+            self.shape = (rows, *flat_row_shape(spec, self._width, where))
+        if self.preprocess != "none":
+            self.dtype = np.dtype(np.float32)
+
+    def _group(self, k: int):
+        if self._cached[0] != k:
+            i, g = self._groups[k]
+            try:
+                table = self._files[i].read_row_group(g, columns=self.columns)
+            except (OSError, ValueError) as e:
+                raise DataError(f"cannot read row group {g} of {self.files[i]}: {str(e).splitlines()[0][:200]}",
+                                "the file is damaged: write it again") from e
+            self._cached = (k, table)
+        return self._cached[1]
+
+    def _table(self, start: int, stop: int):
+        """Rows [start, stop) as one Arrow table of the key columns."""
+        import pyarrow as pa
+
+        parts = []
+        k = bisect.bisect_right(self.offsets, start) - 1
+        while start < stop:
+            lo, hi = self.offsets[k], self.offsets[k + 1]
+            if hi > start:
+                parts.append(self._group(k).slice(start - lo, min(stop, hi) - start))
+                start = min(stop, hi)
+            k += 1
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def _flat(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as [n, values a row], or DataError naming the null or ragged row."""
+        import pyarrow as pa
+
+        table = self._table(start, stop)
+        where = f"column '{self.key}' of {self.path}"
+        if self._mode == "columns":
+            if any(table.column(c).null_count for c in self.columns):
+                raise DataError(f"{where} has null values in rows {start}:{stop}",
+                                "fill or drop them before precomputing")
+            return np.stack([table.column(c).to_numpy() for c in self.columns], axis=1).astype(self.dtype, copy=False)
+        col = table.column(0).combine_chunks()
+        if self._mode == "vector":
+            return _dense_vectors(col, start, self._width, where)
+        if col.null_count or col.flatten().null_count:
+            raise DataError(f"{where} has null rows or null values in rows {start}:{stop}",
+                            "fill or drop them before precomputing")
+        if pa.types.is_fixed_size_list(col.type):
+            lengths, values = np.full(len(col), col.type.list_size), col.flatten()
+        else:
+            lengths, values = _list_values(col)
+        width = self._width if self._width is not None else (int(lengths[0]) if len(lengths) else 0)
+        bad = np.flatnonzero(lengths != width)
+        if len(bad):
+            raise DataError(f"{where} is ragged: row {start + int(bad[0])} holds {int(lengths[bad[0]])} values, "
+                            f"the first row {width}", "give every row the same number of values")
+        return values.to_numpy(zero_copy_only=False).reshape(len(lengths), width)
+
+    def check_rows(self) -> None:
+        if self._mode != "ids":
+            for lo, hi in zip(self.offsets, self.offsets[1:]):
+                self._flat(lo, hi)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        if stop <= start:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        if self._mode == "ids":
+            values = self._table(start, stop).column(0).to_numpy(zero_copy_only=False)
+            return values.astype(object) if values.dtype == object else values
+        return self._flat(start, stop).reshape(stop - start, *self.shape[1:])
+
+    def describe(self) -> dict:
+        return {**super().describe(), "files": self.files}
+
+    def __getstate__(self):  # Beam ships sources to workers: reopen there
+        return {"args": (self.path, self.key), "spec": self.spec, "ids": self._mode == "ids",
+                "preprocess": self.preprocess}
+
+    def __setstate__(self, state):
+        self.__init__(*state["args"], spec=state["spec"], ids=state["ids"], preprocess=state["preprocess"])
+
+
 def is_tfrecord(data: str) -> bool:
     return data.endswith(TFRECORD_EXTENSIONS) or any(c in data for c in "*?[")
 
 
 def open_rows(data: str, key: str | None = None, *, spec: dict | None = None, preprocess: str | None = None,
               what: str = "data") -> RowSource:
-    """`--data`/`--key` as a `RowSource`: an image folder (key unused), a `.npy`, TFRecord files
-    (key: the feature) or an HDF5 file (key: the dataset). `spec` (the input's `{name, dtype,
-    shape}`) shapes TFRecord rows and decoded images."""
+    """`--data`/`--key` as a `RowSource`: Parquet (key: the column(s)), an image folder (key unused),
+    a `.npy`, TFRecord files (key: the feature) or an HDF5 file (key: the dataset). `spec` (the
+    input's `{name, dtype, shape}`) shapes Parquet and TFRecord rows and decoded images."""
     data = os.fspath(data)
     if preprocess is not None and preprocess not in PREPROCESS:
         raise DataError(f"--preprocess {preprocess} is not one of {', '.join(PREPROCESS)}", "e.g. --preprocess vgg")
+    if is_parquet(data):
+        if not os.path.exists(data):
+            raise DataError(f"no such {what} file or directory: {data}", "check the path given with --data")
+        return ParquetRows(data, key, spec=spec, preprocess=preprocess)
     if os.path.isdir(data):
         return ImageFolderRows(data, spec=spec, preprocess=preprocess)
     if is_tfrecord(data):
@@ -461,6 +712,8 @@ def open_ids(data: str, ids: str, rows: RowSource) -> RowSource:
         return ListRows(rows.files, rows.path, "files")
     if isinstance(rows, TFRecordRows):
         return TFRecordRows(data, ids)
+    if isinstance(rows, ParquetRows):
+        return ParquetRows(rows.path, ids, ids=True)
     source = open_rows(ids, what="ids") if data.endswith(".npy") else open_rows(data, ids)
     if source.shape[:1] != rows.shape[:1] or len(source.shape) > 2:
         source.close()
@@ -471,7 +724,7 @@ def open_ids(data: str, ids: str, rows: RowSource) -> RowSource:
 
 def open_labels(data: str, key: str | None, rows: RowSource, *, training: bool = True) -> np.ndarray:
     """Integer class ids, one per row of `rows`: an image folder's directory labels, else the
-    dataset / feature / second `.npy` named by `key` (`--y`)."""
+    dataset / feature / Parquet column / second `.npy` named by `key` (`--y`)."""
     if isinstance(rows, ImageFolderRows):
         y = rows.labels()
         if training and len(rows.classes) < 2:
@@ -480,7 +733,11 @@ def open_labels(data: str, key: str | None, rows: RowSource, *, training: bool =
         return y
     if not key:
         raise DataError(f"--y is needed to read labels from {data}", "name the labels' dataset or feature with --y")
-    with (open_rows(key, what="labels") if data.endswith(".npy") else open_rows(data, key)) as source:
+    if isinstance(rows, ParquetRows):
+        source = ParquetRows(rows.path, key, ids=True)  # one scalar column, 1-D
+    else:
+        source = open_rows(key, what="labels") if data.endswith(".npy") else open_rows(data, key)
+    with source:
         y = source.read(0, len(source))
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"labels {source.where} are {y.dtype} of shape {list(y.shape)}, not 1-D integers",
@@ -491,7 +748,8 @@ def open_labels(data: str, key: str | None, rows: RowSource, *, training: bool =
     return y
 
 
-__all__ = ["RowSource", "ArrayRows", "TFRecordRows", "ImageFolderRows", "ListRows", "open_rows", "open_ids",
+__all__ = ["RowSource", "ArrayRows", "TFRecordRows", "ParquetRows", "is_parquet", "ImageFolderRows", "ListRows",
+           "open_rows", "open_ids",
            "open_labels", "check_feedable", "preprocess", "spec_of", "PREPROCESS", "VGG_MEANS"]
 
 
@@ -523,10 +781,10 @@ class RowsWithIds:
             self._open["ids"] = open_ids(self.data, self.ids, rows)
         return self._open["ids"]
 
-    def bind(self, spec) -> None:
+    def bind(self, spec, every_row: bool = True) -> None:
         self.close()  # reopened for the input's shape
         self.spec = spec.input
-        self.feed_dtype = check_feedable(self._rows(), spec.input).str
+        self.feed_dtype = check_feedable(self._rows(), spec.input, every_row=every_row).str
 
     def fingerprints(self) -> tuple[str, str]:
         """The local runner's provenance fingerprints of the rows and of the ids ("" without ids)."""

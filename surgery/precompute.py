@@ -328,7 +328,7 @@ def _open_work_file(out: str, provenance: dict, layout: dict, id_source, rows: i
                                  chunks=(_chunk_rows(batch_size, row_bytes, rows), *spec["shape"]))
             d.attrs["tensor"] = spec["tensor"]
         if id_source is not None:
-            text = id_source.dtype.kind == "U"  # numpy unicode: HDF5 stores it as UTF-8 strings
+            text = id_source.dtype.kind in "UO"  # numpy unicode, Python strings: HDF5 stores them as UTF-8
             d = f.create_dataset("ids", shape=id_source.shape, dtype=h5py.string_dtype() if text else id_source.dtype,
                                  chunks=(min(rows, 1 << 16), *id_source.shape[1:]))
             step = 1 << 16

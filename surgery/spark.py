@@ -4,10 +4,14 @@ Many teams keep item features in Parquet tables and run their offline batch work
 module runs the offline piece there and writes the embeddings back to Parquet.
 `pip install 'surgery[spark]'` brings pyspark and pyarrow (Spark also needs Java 17).
 
-    Parquet rows ─► global row number (file order, `_metadata.row_index`) ─► block = row // batch_size
-        ─► repartitionById: whole blocks, contiguous ranges ─► mapInArrow: run each block
-        ─► Parquet (row, id, one array column per output; provenance in the column metadata)
-    HDF5/.npy/TFRecord ─► spark.range(blocks) ─► mapInArrow: read the block by path, run it ─► Parquet
+    a path (Parquet/HDF5/.npy/TFRecord) ─► spark.range(blocks) ─► mapInArrow: read the blocks by path
+        (`data.open_rows`, pyarrow for Parquet), run them ─► Parquet (row, id, one array column per
+        output; provenance in the column metadata)
+    a URI (s3a://, hdfs://: Spark's own reader) ─► global row number (file order, `_metadata.row_index`)
+        ─► block = row // batch_size ─► repartitionById: whole blocks, contiguous ranges ─► mapInArrow
+
+Reading by path keeps the rows out of the JVM: on a local path Spark only schedules the blocks and
+writes the output, and the row numbers are the local runner's (files by path, rows in file order).
 
 Determinism. As on Beam (see `surgery.beam`), the unit handed to TensorFlow is a fixed block:
 rows [k·batch_size, (k+1)·batch_size) of the global row grid, the blocks the local runner feeds.
@@ -26,6 +30,7 @@ only TensorFlow, h5py, numpy and pyarrow installed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import difflib
@@ -46,7 +51,7 @@ import zipfile
 import numpy as np
 
 from .errors import DataError, OutputError, SurgeryError
-from .files import atomic_path, stderr_to
+from .files import atomic_path
 
 INSTALL = "pip install 'surgery[spark]'"
 DEFAULT_MASTER = "local[*]"
@@ -125,12 +130,22 @@ def _log4j_file() -> str:
 def spark_session(master: str | None = None, conf=None):
     """The active SparkSession if there is one (left running), else a new one on `master`
     (stopped at the end). A local master runs the executors' Python on this interpreter."""
+    with starting_session(master, conf) as session:
+        yield session()
+
+
+@contextlib.contextmanager
+def starting_session(master: str | None = None, conf=None):
+    """`spark_session`, started in a background thread: yields a function that waits for the
+    session. Spark's JVM takes seconds to start, and so do TensorFlow's import and the graph's
+    load: the caller does those meanwhile. A session this call started is stopped at the end,
+    also when the caller fails before asking for it."""
     require_spark()
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     if SparkContext._active_spark_context is not None:  # started by the caller, in any thread
-        yield SparkSession.builder.getOrCreate()
+        yield SparkSession.builder.getOrCreate
         return
     master = master or DEFAULT_MASTER
     scratch = os.path.join(tempfile.gettempdir(), f"surgery-spark-{os.getuid()}")
@@ -140,25 +155,32 @@ def spark_session(master: str | None = None, conf=None):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("SPARK_WORKER_DIR", os.path.join(scratch, "work"))  # local-cluster executor logs
     quiet = f"-Dlog4j2.configurationFile=file:{_log4j_file()}"
-    settings = {"spark.ui.showConsoleProgress": "false", "spark.driver.extraJavaOptions": quiet,
-                "spark.executor.extraJavaOptions": quiet, **parse_conf(conf)}
-    builder = SparkSession.builder.master(master).appName("surgery precompute")
-    for k, v in settings.items():
-        builder = builder.config(k, v)
+    settings = {"spark.master": master, "spark.app.name": "surgery precompute", "spark.ui.showConsoleProgress": "false",
+                "spark.driver.extraJavaOptions": quiet, "spark.executor.extraJavaOptions": quiet, **parse_conf(conf)}
     log = os.path.join(scratch, f"driver-{os.getpid()}.log")
-    try:
-        with stderr_to(log):  # the JVM keeps this stderr: its start-up notices and logs go to `log`
-            spark = builder.getOrCreate()
-    except Exception as e:  # noqa: BLE001 - py4j/JVM start-up errors have no common type
-        raise SurgeryError(f"cannot start Spark on {master}: {_first_line(e)}",
-                           f"check --spark-master, --spark-conf and the Java installation; Spark's log: {log}") from e
-    spark.sparkContext.setLogLevel("ERROR")
-    try:
-        yield spark
-    finally:
-        spark.stop()
 
+    def start():
+        from pyspark import SparkConf
+        from pyspark.java_gateway import launch_gateway
 
+        spark_conf = SparkConf().setAll(list(settings.items()))
+        try:  # the JVM's start-up notices and logs go to `log` (its own stderr: no fd of ours is touched)
+            with open(log, "ab") as stderr:
+                gateway = launch_gateway(spark_conf, popen_kwargs={"stderr": stderr})
+            sc = SparkContext(conf=spark_conf, gateway=gateway)
+        except Exception as e:  # noqa: BLE001 - py4j/JVM start-up errors have no common type
+            raise SurgeryError(f"cannot start Spark on {master}: {_first_line(e)}", "check --spark-master, "
+                               f"--spark-conf and the Java installation; Spark's log: {log}") from e
+        sc.setLogLevel("ERROR")
+        return SparkSession.builder.getOrCreate()
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spark-start") as pool:
+        started = pool.submit(start)
+        try:
+            yield started.result
+        finally:
+            if started.exception() is None:  # waits for the start to finish
+                started.result().stop()
 
 
 def _first_line(e: BaseException) -> str:
@@ -207,14 +229,15 @@ class _Plan:
     slow: float = 0.0  # testing: seconds to sleep after each block (SLOW_ENV in the driver's environment)
 
 
-def path_source(data: str, key: str | None, ids: str | None, input_spec: dict):
-    """HDF5 / .npy / TFRecord rows by path, shaped and typed for `input_spec` (the piece's input):
-    the one place that opens them (driver and executors)."""
+def path_source(data: str, key: str | None, ids: str | None, input_spec: dict, every_row: bool = True):
+    """Parquet / HDF5 / .npy / TFRecord rows by path, shaped and typed for `input_spec` (the piece's
+    input): the one place that opens them. The driver checks every row (`check_rows`) before the
+    job; the executors do not read them all again."""
     from .data import rows_with_ids
 
     source = rows_with_ids(data, key, ids)
     try:
-        source.bind(types.SimpleNamespace(input=input_spec))
+        source.bind(types.SimpleNamespace(input=input_spec), every_row)
     except BaseException:  # rows the input cannot take: nothing stays open
         source.close()
         raise
@@ -256,7 +279,7 @@ def _runner(plan: _Plan):
 def _source(plan: _Plan):
     """The rows by path, opened for each partition: a data file replaced or removed mid-job fails
     the tasks after it (the job then fails whole) instead of being read through a stale handle."""
-    return path_source(*plan.source, plan.input)
+    return path_source(*plan.source, plan.input, every_row=False)
 
 
 def _arrow_ids(ids):
@@ -375,24 +398,10 @@ class _Described:
         return self.shape[0]
 
 
-def is_parquet(data: str) -> bool:
-    """A Parquet file or directory (or any URI: only Spark reads those)."""
-    if data.endswith((".parquet", ".parq")) or "://" in data:
-        return True
-    return os.path.isdir(data) and bool(glob.glob(os.path.join(data, "**", "*.parquet"), recursive=True))
-
-
-def _row_shape(tensor: dict, length: int, column: str) -> list:
-    """A flat row of `length` values → the input's row shape."""
-    shape = tensor["shape"]
-    if shape is None or len(shape) == 2:
-        return [length]
-    dims = shape[1:]
-    if any(d is None for d in dims) or int(np.prod(dims)) != length:
-        raise DataError(f"column '{column}' holds {length} values a row; input {tensor['name']} takes rows of "
-                        f"{['?' if d is None else d for d in dims]}",
-                        "store each row flattened to exactly that many values")
-    return list(dims)
+def spark_reads(data: str) -> bool:
+    """A URI (s3a://, hdfs://, gs://, file://): Parquet that only Spark's own reader reaches. Local
+    paths are read by path on the executors, Parquet included (`data.ParquetRows`)."""
+    return "://" in data
 
 
 def _numpy_type(spark_type) -> str | None:
@@ -410,7 +419,7 @@ def _parquet_input(spark, data: str, key: str, ids: str | None, offline):
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType
 
-    from .data import check_feedable
+    from .data import check_feedable, flat_row_shape
 
     try:
         df = spark.read.parquet(data)
@@ -460,7 +469,7 @@ def _parquet_input(spark, data: str, key: str, ids: str | None, offline):
     if lo != hi:
         raise DataError(f"column '{where}' of {data} is ragged: rows hold {lo} to {hi} values",
                         "give every row the same number of values")
-    row_shape = _row_shape(offline.input, lo, where)
+    row_shape = flat_row_shape(offline.input, lo, f"column '{where}' of {data}")
     feed_dtype = check_feedable(_Described(data, where, [rows, *row_shape], dtype), offline.input,
                                 f"column '{where}' of {data}")
     offsets = spark.createDataFrame([(r["_file"], int(o)) for r, o in
@@ -522,22 +531,22 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
     an HDF5 / .npy / TFRecord source as for the local runner, read by path on the executors.
     Uses the active SparkSession when there is one, else starts one on `master` with `conf`.
     """
-    from .precompute import FORMAT, _output_layout, _Runner, load_offline_graph
-
     require_spark()
     if batch_size < 1:
         raise SurgeryError(f"--batch-size {batch_size} is not a positive number", "use e.g. --batch-size 256")
-    offline = load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set)
     parquet_out, h5_out = output_paths(out)
     local_out = "://" not in parquet_out
     if local_out:
         parquet_out = os.path.abspath(parquet_out)
         if os.path.isfile(parquet_out):
             raise OutputError(f"{parquet_out} is a file", "pass a directory name ending in .parquet with --out")
-    with spark_session(master, conf) as spark:
-        sc = spark.sparkContext
-        if is_parquet(data):
-            frame, rows, feed_dtype, row_shape, id_type, fps = _parquet_input(spark, data, key, ids, offline)
+    with starting_session(master, conf) as session:  # the JVM starts while TensorFlow imports, the graph loads
+        from .data import is_parquet
+        from .precompute import FORMAT, _output_layout, _Runner, load_offline_graph
+
+        offline = load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set)
+        if spark_reads(data):
+            frame, rows, feed_dtype, row_shape, id_type, fps = _parquet_input(session(), data, key, ids, offline)
             source, fingerprints = None, [fps, ""]
         else:
             rows, feed_dtype, row_shape, id_type, fingerprints = _path_input(data, key, ids, offline)
@@ -549,10 +558,12 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
             if np.dtype(spec["dtype"]).name not in _NUMPY_TO_SPARK:
                 raise DataError(f"output {spec['tensor']} is {np.dtype(spec['dtype']).name}",
                                 "store numeric outputs only")
-        ids_column = (ids if source is None else "ids") if ids else None
+        ids_column = (ids if source is None or is_parquet(data) else "ids") if ids else None
         if ids_column and (ids_column == ROW or ids_column in layout):
             raise SurgeryError(f"the id column '{ids_column}' has the name of an output column",
                                "rename the output with --outputs T=NAME")
+        spark = session()
+        sc = spark.sparkContext
         blocks = -(-rows // batch_size)
         parts = max(1, min(blocks, partitions or max(sc.defaultParallelism, -(-rows // ROWS_PER_PARTITION))))
         _ship_code(sc)
@@ -782,5 +793,5 @@ def write_hdf5(parquet_dir: str, out_h5: str) -> str:
 
 
 __all__ = ["run_precompute", "SparkResult", "spark_session", "ParquetTable", "ParquetFile", "write_hdf5",
-           "path_source", "read_rows", "is_parquet", "output_paths", "require_spark", "SparkNotInstalledError",
+           "path_source", "read_rows", "spark_reads", "output_paths", "require_spark", "SparkNotInstalledError",
            "INSTALL"]

@@ -1,4 +1,4 @@
-"""`surgery.data`: every row source built for real (HDF5, .npy, TFRecord, image folders of JPEG,
+"""`surgery.data`: every row source built for real (HDF5, .npy, TFRecord, Parquet, image folders of JPEG,
 PNG, BMP and GIF), checked against plain TensorFlow decoding; fine-tuning from a JPEG folder of
 another size than the model's input, end to end; bad data exits 2 and writes nothing; and one
 feed rule on every path (float64 rows into a float32 input)."""
@@ -15,8 +15,8 @@ import pytest
 
 from conftest import build_small_cnn, cli, run_cli, run_graph_def, tf, v1
 
-from surgery.data import (ArrayRows, ImageFolderRows, TFRecordRows, VGG_MEANS, check_feedable, open_labels,
-                          open_rows, preprocess)
+from surgery.data import (ArrayRows, ImageFolderRows, ParquetRows, TFRecordRows, VGG_MEANS, check_feedable,
+                          open_labels, open_rows, preprocess)
 from surgery.errors import DataError
 
 SPEC = {"name": "images:0", "dtype": "float32", "shape": [None, 8, 8, 3]}
@@ -208,6 +208,116 @@ def test_feed_rule_is_safe_casting_plus_uint8():
         check_feedable(np.zeros((2, 8, 8, 1), np.float32), SPEC)
     with pytest.raises(DataError, match="no rows"):
         check_feedable(np.zeros((0, 8, 8, 3), np.float32), SPEC)
+
+
+# ---------------------------------------------------------------- Parquet, read with pyarrow
+
+def _vectors(x):
+    """Spark ML vectors as Spark stores them in Parquet: even rows dense, odd rows sparse."""
+    import pyarrow as pa
+
+    rows = []
+    for i, row in enumerate(x.astype(np.float64)):
+        nz = np.flatnonzero(row)
+        rows.append({"type": 1, "size": None, "indices": None, "values": list(row)} if i % 2 == 0 else
+                    {"type": 0, "size": len(row), "indices": list(nz.astype(np.int32)), "values": list(row[nz])})
+    return pa.array(rows, pa.struct([("type", pa.int8()), ("size", pa.int32()),
+                                     ("indices", pa.list_(pa.int32())), ("values", pa.list_(pa.float64()))]))
+
+
+def _parquet(directory, x, **columns):
+    """x's rows (flattened) in three files of odd sizes with row groups of 7 rows, as Spark lays a
+    table out (`part-*` files, `_SUCCESS`, `.crc` files), plus `columns` (one value per row)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(directory)
+    flat = x.reshape(len(x), -1)
+    cuts = [0, 5, 23, len(x)]
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        table = {"x": pa.array(list(flat[a:b])),
+                 "fixed": pa.FixedSizeListArray.from_arrays(flat[a:b].ravel(), flat.shape[1]),
+                 "vec": _vectors(flat[a:b]), **{f"c{j}": flat[a:b, j] for j in range(3)},
+                 **{k: v[a:b] for k, v in columns.items()}}
+        pq.write_table(pa.table(table), os.path.join(directory, f"part-{i:05d}.snappy.parquet"), row_group_size=7)
+        open(os.path.join(directory, f".part-{i:05d}.snappy.parquet.crc"), "w").close()
+    open(os.path.join(directory, "_SUCCESS"), "w").close()
+    return str(directory)
+
+
+def test_parquet_rows_read_in_blocks_across_files_and_row_groups(tmp_path):
+    """An array column, a fixed-size list, Spark ML vectors (dense and sparse) and scalar columns
+    all give the rows as written, in file order; a block straddles files and row groups; flat rows
+    take the input's shape; ids and labels come back as written; a pickled source reopens."""
+    import pickle
+
+    x = np.random.default_rng(0).normal(size=(40, 8, 8, 3)).astype(np.float32)
+    ids = np.array([f"item-{i}" for i in range(40)], dtype=object)
+    path = _parquet(tmp_path / "t.parquet", x, id=ids, label=np.arange(40) % 3)
+    rows = open_rows(path, "x", spec=SPEC)
+    assert isinstance(rows, ParquetRows) and rows.shape == (40, 8, 8, 3) and rows.dtype == np.float32
+    assert len(rows.files) == 3  # _SUCCESS and the .crc files are not data
+    assert np.array_equal(rows.read(0, 40), x) and np.array_equal(rows.read(3, 31), x[3:31])
+    flat = x.reshape(40, -1)
+    assert np.array_equal(open_rows(path, "fixed").read(0, 40), flat)
+    vec = open_rows(path, "vec")
+    assert vec.dtype == np.float64 and np.array_equal(vec.read(0, 40), flat.astype(np.float64))
+    assert np.array_equal(open_rows(path, "c0, c1,c2").read(4, 9), flat[4:9, :3])
+    from surgery.data import rows_with_ids
+
+    with_ids = rows_with_ids(path, "x", "id")
+    assert list(with_ids.read_ids(3, 7)) == list(ids[3:7]) and with_ids.num_rows == 40
+    assert np.array_equal(open_labels(path, "label", rows), np.arange(40) % 3)  # finetune's --y
+    assert np.array_equal(pickle.loads(pickle.dumps(rows)).read(20, 25), x[20:25])
+    one = _parquet(tmp_path / "one", x[:4])  # a single file, named by path
+    assert np.array_equal(open_rows(os.path.join(one, "part-00000.snappy.parquet"), "x").read(0, 4), flat[:4])
+
+
+def test_parquet_bad_columns_and_rows_are_data_errors(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = np.random.default_rng(1).normal(size=(30, 4)).astype(np.float32)
+    names = np.array([f"n{i}" for i in range(30)], dtype=object)
+    tags = pa.array([["a", "b"]] * 30)
+    ragged = pa.array([[1.0] * (4 + (i == 17)) for i in range(30)], pa.list_(pa.float32()))
+    nulls = pa.array([None if i == 11 else [1.0] * 4 for i in range(30)], pa.list_(pa.float32()))
+    path = _parquet(tmp_path / "t.parquet", x, name=names, tags=tags, ragged=ragged, nulls=nulls)
+    for key, words in [("featurs", "has no column 'featurs'"), ("tags", "column 'tags'"),
+                       ("c0,name", "column 'name'"), ("", "needs the column")]:
+        with pytest.raises(DataError, match=words):
+            open_rows(path, key)
+    with pytest.raises(DataError, match="did you mean"):
+        open_rows(path, "fixd")
+    for key, words in [("ragged", "is ragged: row 17 holds 5 values, the first row 4"), ("nulls", "null")]:
+        source = open_rows(path, key)  # found before any compute, by the feed check
+        with pytest.raises(DataError, match=words):
+            check_feedable(source, {"name": "x:0", "dtype": "float32", "shape": [None, 4]})
+    pq.write_table(pa.table({"x": pa.array([[1.0]])}), str(tmp_path / "t.parquet" / "part-9.parquet"))
+    with open(tmp_path / "t.parquet" / "part-9.parquet", "r+b") as f:
+        f.truncate(20)  # a truncated file among good ones
+    with pytest.raises(DataError, match="not readable Parquet"):
+        open_rows(path, "x")
+    with pytest.raises(DataError, match="no such data"):
+        open_rows(str(tmp_path / "missing.parquet"), "x")
+
+
+def test_local_precompute_reads_parquet_as_it_reads_hdf5(tmp_path, cnn):
+    """The same rows as Parquet (flattened, with string ids) and as HDF5: the same embeddings."""
+    _, pb = cnn
+    x = np.random.default_rng(2).normal(size=(37, 8, 8, 3)).astype(np.float32)
+    ids = np.array([f"item-{i}" for i in range(37)], dtype=object)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["x"] = x
+        f.create_dataset("ids", data=ids, dtype=h5py.string_dtype())
+    path = _parquet(tmp_path / "d.parquet", x, item_id=ids)
+    for data, key, id_key, out in [(tmp_path / "d.h5", "x", "ids", "h.h5"), (path, "x", "item_id", "p.h5")]:
+        r = cli("precompute", pb, "--data", data, "--key", key, "--ids", id_key, "--batch-size", "8",
+                "--out", tmp_path / out)
+        assert r.returncode == 0, r.stderr
+    with h5py.File(tmp_path / "h.h5", "r") as a, h5py.File(tmp_path / "p.h5", "r") as b:
+        assert np.array_equal(a["embeddings"][()], b["embeddings"][()])
+        assert [i.decode() for i in b["ids"][()]] == list(ids)
 
 
 # ---------------------------------------------------------------- precompute reads them all

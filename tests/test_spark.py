@@ -1,6 +1,7 @@
 """`surgery.spark` and `precompute --runner spark` on a real two-executor Spark (`local-cluster[2,1,1024]`):
 the output equals the local runner's bit for bit whatever the source (HDF5, Parquet array column,
-Parquet scalar columns), an executor killed mid-job changes nothing, bad input exits 2.
+Parquet scalar columns, by path or through Spark's reader), an executor killed mid-job changes
+nothing, bad input exits 2.
 
 Needs the `spark` extra (`pip install 'surgery[spark]'`) and Java 17; without them these tests skip
 saying which is missing. One cluster is started for the whole module (about 15-20 s).
@@ -107,9 +108,13 @@ def test_bit_equal_to_the_local_runner_from_hdf5_and_parquet(spark, split_dir, d
         assert [v.decode() for v in f["ids"][:]] == list(ids)
         assert dict(f.attrs) == attrs and f["embeddings"].attrs["tensor"] == "emb:0"
 
-    for key, name in (("features", "array"), (",".join(f"f{j}" for j in range(FEATURES)), "columns")):
+    # a local path is read by path on the executors (pyarrow); a URI by Spark's own reader (a shuffle
+    # onto the block grid): the same rows either way
+    for source, key, name in ((parquet, "features", "array"), ("file://" + parquet, "features", "uri"),
+                              (parquet, ",".join(f"f{j}" for j in range(FEATURES)), "columns"),
+                              ("file://" + parquet, ",".join(f"f{j}" for j in range(FEATURES)), "uri-columns")):
         out = str(tmp_path / f"{name}.parquet")
-        run_precompute(split_dir, parquet, key, out, ids="item_id", batch_size=BATCH, partitions=3)
+        run_precompute(split_dir, source, key, out, ids="item_id", batch_size=BATCH, partitions=3)
         table = ParquetTable(out)
         assert np.array_equal(table.read_all()["embeddings"], expected), name
         assert list(table.column("item_id")) == list(ids)  # ids in order
@@ -168,17 +173,21 @@ def test_cli_and_serving_from_parquet(spark, split_dir, data, local, tmp_path):
 
 
 @needs_spark
-@pytest.mark.parametrize("key,ids,named", [
-    ("nope", None, "nope"),                # missing column (close names suggested)
-    ("features", "item_idd", "item_idd"),  # missing id column
-    ("tags", None, "tags"),                # array<string>
-    ("f0,name", None, "name"),             # a string among the scalar columns
-    ("ragged", None, "ragged"),            # one row longer than the others
+@pytest.mark.parametrize("key,ids,named,uri", [
+    ("nope", None, "nope", False),                # missing column (close names suggested)
+    ("features", "item_idd", "item_idd", False),  # missing id column
+    ("tags", None, "tags", False),                # array<string>
+    ("f0,name", None, "name", False),             # a string among the scalar columns
+    ("ragged", None, "ragged", False),            # one row longer than the others
+    ("nope", None, "nope", True),                 # the same, through Spark's reader
+    ("tags", None, "tags", True),
+    ("ragged", None, "ragged", True),
 ])
-def test_bad_input_exits_2_naming_the_column(spark, split_dir, data, tmp_path, key, ids, named):
+def test_bad_input_exits_2_naming_the_column(spark, split_dir, data, tmp_path, key, ids, named, uri):
     _, parquet, _, _ = data
     out = tmp_path / "bad.parquet"
-    r = cli("precompute", split_dir, "--data", parquet, "--key", key, *(["--ids", ids] if ids else []),
+    r = cli("precompute", split_dir, "--data", ("file://" if uri else "") + parquet, "--key", key,
+            *(["--ids", ids] if ids else []),
             "--runner", "spark", "--out", out)
     assert r.returncode == 2, r.stderr
     assert f"'{named}'" in r.stderr and "Traceback" not in r.stderr

@@ -60,6 +60,11 @@ META = "surgery"  # the column-metadata key holding the provenance
 SPARK_META = b"org.apache.spark.sql.parquet.row.metadata"  # where Spark keeps the schema in a Parquet footer
 ROWS_PER_PARTITION = 16384
 READ_BLOCKS = 16  # path sources: blocks read per call on an executor
+# On a local master the JVMs share the machine's cores with the TensorFlow workers, and a job is
+# minutes long: C2's compiler threads and G1's parallel GC threads take CPU that the workers need,
+# and a short job never earns back C2's compile time. C1 only and the serial collector: 200k rows
+# of the benchmark in 18.7 s instead of 21.7 s on two cores (medians of 3), 1M rows no slower.
+LOCAL_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 SLOW_ENV = "SURGERY_SPARK_SLOW_BLOCK_S"  # testing: executors sleep this long after each block
 MARK = "surgery-error"  # a task's SurgeryError crosses to the driver as MARK[message|hint]
 _ERROR = re.compile(re.escape(MARK) + r"\[(.*?)\|(.*?)\]", re.S)
@@ -154,9 +159,9 @@ def starting_session(master: str | None = None, conf=None):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("SPARK_WORKER_DIR", os.path.join(scratch, "work"))  # local-cluster executor logs
-    quiet = f"-Dlog4j2.configurationFile=file:{_log4j_file()}"
+    jvm = f"-Dlog4j2.configurationFile=file:{_log4j_file()}" + (" " + LOCAL_JVM if master.startswith("local") else "")
     settings = {"spark.master": master, "spark.app.name": "surgery precompute", "spark.ui.showConsoleProgress": "false",
-                "spark.driver.extraJavaOptions": quiet, "spark.executor.extraJavaOptions": quiet, **parse_conf(conf)}
+                "spark.driver.extraJavaOptions": jvm, "spark.executor.extraJavaOptions": jvm, **parse_conf(conf)}
     log = os.path.join(scratch, f"driver-{os.getpid()}.log")
 
     def start():
@@ -174,13 +179,28 @@ def starting_session(master: str | None = None, conf=None):
         sc.setLogLevel("ERROR")
         return SparkSession.builder.getOrCreate()
 
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spark-start") as pool:
-        started = pool.submit(start)
+    started = concurrent.futures.Future()
+
+    def run():
         try:
-            yield started.result
-        finally:
-            if started.exception() is None:  # waits for the start to finish
-                started.result().stop()
+            started.set_result(start())
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the session
+            started.set_exception(e)
+
+    threading.Thread(target=run, name="spark-start", daemon=True).start()
+    try:
+        yield started.result
+    except BaseException:
+        # The caller failed (a typo in GRAPH, a bad column): do not wait seconds for the JVM to come
+        # up. It is stopped once it is up, or dies with this process (its stdin pipe closes).
+        started.add_done_callback(_stop_session)
+        raise
+    _stop_session(started)
+
+
+def _stop_session(started: concurrent.futures.Future) -> None:
+    if started.exception() is None:  # waits for the start to finish
+        started.result().stop()
 
 
 def _first_line(e: BaseException) -> str:

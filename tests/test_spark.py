@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import cli
+from conftest import cli, run_cli
 
 ROWS, FEATURES, BATCH = 1000, 12, 64
 MASTER = "local-cluster[2,1,1024]"
@@ -251,6 +251,43 @@ def test_an_executor_killed_mid_job_changes_nothing_and_a_rerun_is_clean(spark, 
     table = ParquetTable(out)
     assert len(table) == ROWS and np.array_equal(table.read_all()["embeddings"], local[1])
     assert len([p for p in os.listdir(out) if p.endswith(".parquet")]) == 4
+
+
+def _jvms_named(marker: str) -> list:
+    """JVMs whose command line holds `marker` (passed as the app name with --spark-conf)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read() and int(pid) != os.getpid():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@needs_spark
+def test_a_fresh_process_starts_spark_beside_tensorflow_and_leaves_no_jvm(split_dir, data, local, tmp_path):
+    """`surgery precompute --runner spark` in its own process starts the JVM in a thread while the
+    graph loads: the run gives the local runner's rows. A bad GRAPH fails (exit 2, one line) without
+    a JVM left behind, and so does a successful run once it has stopped Spark."""
+    from surgery.spark import ParquetTable
+
+    _, parquet, _, _ = data
+    marker = f"surgery-test-{os.getpid()}-{time.monotonic_ns()}"
+    args = ("--data", parquet, "--key", "features", "--ids", "item_id", "--runner", "spark", "--batch-size", BATCH,
+            "--spark-master", "local[2]", "--spark-conf", "spark.ui.enabled=false",
+            "--spark-conf", f"spark.app.name={marker}")
+    r = run_cli("precompute", tmp_path / "no-such-pieces", *args, "--out", tmp_path / "bad.parquet")
+    assert r.returncode == 2 and "no-such-pieces" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run_cli("precompute", split_dir, *args, "--out", tmp_path / "emb.parquet")
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(ParquetTable(str(tmp_path / "emb.parquet")).read_all()["embeddings"], local[1])
+    deadline = time.time() + 30  # a JVM whose launcher was cut short exits when its stdin pipe closes
+    while _jvms_named(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _jvms_named(marker) == []
+    assert sorted(os.listdir(tmp_path)) == ["emb.parquet"]
 
 
 def test_runner_spark_without_the_extra_says_how_to_install(monkeypatch, split_dir, data, tmp_path):

@@ -631,9 +631,11 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
 
 
 def _write(frame, path: str) -> None:
-    """Spark's commit protocol writes the files; a task's SurgeryError comes back as one."""
+    """Spark's commit protocol writes the files; a task's SurgeryError comes back as one. No dictionary
+    encoding: embeddings, row numbers and ids are all but unique, and trying a dictionary for every
+    value costs the JVM CPU that the workers need (200k rows: 19.4 -> 17.8 s on `local[2]`)."""
     try:
-        frame.write.mode("overwrite").parquet(path)
+        frame.write.mode("overwrite").option("parquet.enable.dictionary", "false").parquet(path)
     except Exception as e:  # noqa: BLE001 - Py4JJavaError / PythonException / SparkException
         found = _ERROR.search(str(e))
         if found:

@@ -554,15 +554,12 @@ def _precompute_on_beam(args):
 
 def _precompute_on_spark(args):
     """`precompute --runner spark`: a Parquet directory (+ the merged HDF5 for an .h5 --out); see surgery/spark.py."""
-    from .errors import SurgeryError
     from .spark import run_precompute
 
-    if args.preprocess not in (None, "none"):
-        raise SurgeryError("--preprocess is not available with --runner spark yet",
-                           "preprocess the rows before writing them, or use --runner local/beam")
     result = run_precompute(args.model, args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
                             inputs=args.inputs, outputs=args.outputs, tag_set=args.tag_set, master=args.spark_master,
-                            conf=args.spark_conf, progress=_progress(args) and not args.json)
+                            conf=args.spark_conf, progress=_progress(args) and not args.json,
+                            preprocess=args.preprocess)
     say = _sayer(args)
     say(f"precomputed {result.rows} rows on Spark ({result.partitions} partitions) → {result.out}")
     if result.h5:

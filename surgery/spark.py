@@ -247,15 +247,17 @@ class _Plan:
     ids_column: str | None
     source: tuple | None  # (data, key, ids) for a path source; None for Parquet (rows come in the batches)
     slow: float = 0.0  # testing: seconds to sleep after each block (SLOW_ENV in the driver's environment)
+    preprocess: str = "none"  # `data.preprocess`, applied on the executors as the local runner applies it
 
 
-def path_source(data: str, key: str | None, ids: str | None, input_spec: dict, every_row: bool = True):
-    """Parquet / HDF5 / .npy / TFRecord rows by path, shaped and typed for `input_spec` (the piece's
-    input): the one place that opens them. The driver checks every row (`check_rows`) before the
-    job; the executors do not read them all again."""
+def path_source(data: str, key: str | None, ids: str | None, input_spec: dict, every_row: bool = True,
+                preprocess: str | None = None):
+    """Parquet / HDF5 / .npy / TFRecord / image-folder rows by path, scaled as `preprocess` says and
+    shaped and typed for `input_spec` (the piece's input): the one place that opens them. The driver
+    checks every row (`check_rows`) before the job; the executors do not read them all again."""
     from .data import rows_with_ids
 
-    source = rows_with_ids(data, key, ids)
+    source = rows_with_ids(data, key, ids, preprocess=preprocess)
     try:
         source.bind(types.SimpleNamespace(input=input_spec), every_row)
     except BaseException:  # rows the input cannot take: nothing stays open
@@ -299,7 +301,7 @@ def _runner(plan: _Plan):
 def _source(plan: _Plan):
     """The rows by path, opened for each partition: a data file replaced or removed mid-job fails
     the tasks after it (the job then fails whole) instead of being read through a stale handle."""
-    return path_source(*plan.source, plan.input, every_row=False)
+    return path_source(*plan.source, plan.input, every_row=False, preprocess=plan.preprocess)
 
 
 def _arrow_ids(ids):
@@ -401,9 +403,11 @@ def _parquet_blocks(plan: _Plan):
 
 
 def _checked_run(plan: _Plan, rows, x, ids):
+    from .data import preprocess
+
     if not np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
         raise RuntimeError(f"rows {rows[0]}..{rows[-1]} are not contiguous in their partition")
-    return _run_blocks(plan, x, int(rows[0]), ids)
+    return _run_blocks(plan, preprocess(x, plan.preprocess), int(rows[0]), ids)
 
 
 # ---------------------------------------------------------------- reading the input (driver)
@@ -433,7 +437,7 @@ def _close(name: str, names) -> str:
     return ("did you mean " + ", ".join(close) + "?") if close else "columns there: " + ", ".join(names[:12])
 
 
-def _parquet_input(spark, data: str, key: str, ids: str | None, offline):
+def _parquet_input(spark, data: str, key: str, ids: str | None, offline, preprocess: str = "none"):
     """Check the Parquet input and give (DataFrame of _row/_x/_id, rows, feed dtype, row shape, id type,
     fingerprint). One aggregate job counts rows per file and checks that every row has as many values."""
     from pyspark.sql import functions as F
@@ -490,6 +494,8 @@ def _parquet_input(spark, data: str, key: str, ids: str | None, offline):
         raise DataError(f"column '{where}' of {data} is ragged: rows hold {lo} to {hi} values",
                         "give every row the same number of values")
     row_shape = flat_row_shape(offline.input, lo, f"column '{where}' of {data}")
+    if preprocess != "none":  # scaled rows are float32, as a RowSource's
+        dtype = "float32"
     feed_dtype = check_feedable(_Described(data, where, [rows, *row_shape], dtype), offline.input,
                                 f"column '{where}' of {data}")
     offsets = spark.createDataFrame([(r["_file"], int(o)) for r, o in
@@ -504,12 +510,13 @@ def _parquet_input(spark, data: str, key: str, ids: str | None, offline):
     return frame, rows, feed_dtype, row_shape, id_type, fingerprint
 
 
-def _path_input(data: str, key: str | None, ids: str | None, offline):
-    """Check an HDF5/.npy/TFRecord input on the driver: (rows, feed dtype, row shape, id type,
+def _path_input(data: str, key: str | None, ids: str | None, offline, preprocess: str = "none"):
+    """Check a Parquet/HDF5/.npy/TFRecord input on the driver: (rows, feed dtype, row shape, id type,
     fingerprints). `path_source` has checked the rows against the input (`check_feedable`: no rows,
-    another shape, an unsafe cast); the fingerprints are the local runner's, so the provenance is
-    the same. The files opened here are closed again (the executors open their own), on errors too."""
-    source = path_source(data, key, ids, offline.input)
+    another shape, an unsafe cast, null or ragged Parquet rows); the fingerprints are the local
+    runner's, so the provenance is the same. The files opened here are closed again (the executors
+    open their own), on errors too."""
+    source = path_source(data, key, ids, offline.input, preprocess=preprocess)
     try:
         first, first_id = read_rows(source, 0, 1)
         first = np.asarray(first)
@@ -543,17 +550,24 @@ def output_paths(out: str) -> tuple[str, str | None]:
 
 def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = None, batch_size: int = 256,
                    inputs=None, outputs=None, tag_set: str = "serve", master: str | None = None, conf=None,
-                   partitions: int | None = None, progress: bool = False) -> SparkResult:
+                   partitions: int | None = None, progress: bool = False, preprocess: str | None = None) -> SparkResult:
     """Run GRAPH's offline piece over `data` on Spark into the Parquet directory `out`
     (`out` = X.h5: Parquet in X.h5.parquet, merged into X.h5 as the local runner writes it).
 
     `data` is Parquet (`key` an array/vector column or numeric columns `a,b,c`; `ids` a column) or
-    an HDF5 / .npy / TFRecord source as for the local runner, read by path on the executors.
+    an HDF5 / .npy / TFRecord source as for the local runner. A path is read by path on the
+    executors (`data.open_rows`); a URI (s3a://, hdfs://, file://) is Parquet for Spark's reader.
+    `preprocess` scales the rows on the executors as the local runner does (`data.preprocess`).
     Uses the active SparkSession when there is one, else starts one on `master` with `conf`.
     """
+    from .data import DEFAULT_PREPROCESS, PREPROCESS
+
     require_spark()
     if batch_size < 1:
         raise SurgeryError(f"--batch-size {batch_size} is not a positive number", "use e.g. --batch-size 256")
+    preprocess = preprocess or DEFAULT_PREPROCESS
+    if preprocess not in PREPROCESS:
+        raise DataError(f"--preprocess {preprocess} is not one of {', '.join(PREPROCESS)}", "e.g. --preprocess vgg")
     parquet_out, h5_out = output_paths(out)
     local_out = "://" not in parquet_out
     if local_out:
@@ -566,10 +580,11 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
 
         offline = load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set)
         if spark_reads(data):
-            frame, rows, feed_dtype, row_shape, id_type, fps = _parquet_input(session(), data, key, ids, offline)
+            frame, rows, feed_dtype, row_shape, id_type, fps = _parquet_input(session(), data, key, ids, offline,
+                                                                              preprocess)
             source, fingerprints = None, [fps, ""]
         else:
-            rows, feed_dtype, row_shape, id_type, fingerprints = _path_input(data, key, ids, offline)
+            rows, feed_dtype, row_shape, id_type, fingerprints = _path_input(data, key, ids, offline, preprocess)
             source = (os.path.abspath(data) if not any(c in data for c in "*?[") else data, key,
                       os.path.abspath(ids) if ids and data.endswith(".npy") else ids)
         with _Runner(offline) as runner:  # the layout, from one row of zeros
@@ -589,14 +604,14 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
         _ship_code(sc)
         plan = _Plan(sc.broadcast(offline.graph_def.SerializeToString(deterministic=True)), offline.sha256,
                      offline.input, offline.outputs, layout, np.dtype(feed_dtype).name, row_shape, batch_size, rows,
-                     ids_column, source, float(os.environ.get(SLOW_ENV, "0") or 0))
+                     ids_column, source, float(os.environ.get(SLOW_ENV, "0") or 0), preprocess)
         provenance = {
             "format": FORMAT, "graph": offline.path, "graph_sha256": offline.sha256,
             "input_tensor": offline.input["name"],
             "output_tensors": json.dumps([o["name"] for o in offline.outputs]),
             "output_datasets": json.dumps([o["dataset"] for o in offline.outputs]),
             "batch_size": int(batch_size), "data_file": os.path.abspath(data) if "://" not in data else data,
-            "data_key": key or "", "preprocess": "none", "ids_key": ids or "", "rows": int(rows),
+            "data_key": key or "", "preprocess": preprocess, "ids_key": ids or "", "rows": int(rows),
             "data_sha256": fingerprints[0], "ids_sha256": fingerprints[1] if ids else "",
         }
         meta = {"provenance": provenance, "layout": layout, "ids_column": ids_column, "runner": "spark"}

@@ -128,6 +128,24 @@ def test_bit_equal_to_the_local_runner_from_hdf5_and_parquet(spark, split_dir, d
                                                        ("embeddings", "list<element: float>")]
 
 
+@needs_spark
+def test_preprocess_scales_on_the_executors_as_the_local_runner_does(spark, split_dir, data, local, tmp_path):
+    from surgery import precompute
+    from surgery.spark import ParquetTable, run_precompute
+
+    h5, parquet, _, _ = data
+    precompute(split_dir, h5, "x", str(tmp_path / "local.h5"), batch_size=BATCH, preprocess="unit")
+    with h5py.File(tmp_path / "local.h5", "r") as f:
+        expected = f["embeddings"][:]
+    assert not np.array_equal(expected, local[1])  # the scaling changes the numbers
+    for source, key in ((h5, "x"), ("file://" + parquet, "features")):  # by path, and through Spark's reader
+        out = str(tmp_path / f"{len(key)}.parquet")
+        run_precompute(split_dir, source, key, out, batch_size=BATCH, partitions=3, preprocess="unit")
+        table = ParquetTable(out)
+        assert np.array_equal(table.read_all()["embeddings"], expected), source
+        assert table.provenance["preprocess"] == "unit"
+
+
 def _with_online_piece(split_dir: str, directory: str) -> str:
     """A copy of the split with an online piece: `emb` (the cut) → score = emb · 1."""
     import json

@@ -177,7 +177,7 @@ def starting_session(master: str | None = None, conf=None):
             raise SurgeryError(f"cannot start Spark on {master}: {_first_line(e)}", "check --spark-master, "
                                f"--spark-conf and the Java installation; Spark's log: {log}") from e
         sc.setLogLevel("ERROR")
-        return SparkSession.builder.getOrCreate()
+        return sc
 
     started = concurrent.futures.Future()
 
@@ -188,19 +188,25 @@ def starting_session(master: str | None = None, conf=None):
             started.set_exception(e)
 
     threading.Thread(target=run, name="spark-start", daemon=True).start()
+    sessions = []
+
+    def session():  # made in the caller's thread: the JVM keeps the active session per thread
+        started.result()
+        sessions[:] = [SparkSession.builder.getOrCreate()]
+        return sessions[0]
+
+    def stop(_=None):
+        if started.exception() is None:  # waits for the start to finish
+            (sessions[0] if sessions else started.result()).stop()
+
     try:
-        yield started.result
+        yield session
     except BaseException:
         # The caller failed (a typo in GRAPH, a bad column): do not wait seconds for the JVM to come
         # up. It is stopped once it is up, or dies with this process (its stdin pipe closes).
-        started.add_done_callback(_stop_session)
+        started.add_done_callback(stop)
         raise
-    _stop_session(started)
-
-
-def _stop_session(started: concurrent.futures.Future) -> None:
-    if started.exception() is None:  # waits for the start to finish
-        started.result().stop()
+    stop()
 
 
 def _first_line(e: BaseException) -> str:

@@ -308,6 +308,33 @@ def test_a_fresh_process_starts_spark_beside_tensorflow_and_leaves_no_jvm(split_
     assert sorted(os.listdir(tmp_path)) == ["emb.parquet"]
 
 
+@needs_spark
+def test_a_session_started_in_the_background_is_the_callers_active_session():
+    """The JVM starts in a thread, but the SparkSession is made in the caller's thread: Spark keeps
+    the active session per thread, and name lookups (a registered Python data source) go through it."""
+    import subprocess
+
+    code = (
+        "from pyspark.sql import SparkSession\n"
+        "from pyspark.sql.datasource import DataSource, DataSourceWriter, WriterCommitMessage\n"
+        "from surgery.spark import spark_session\n"
+        "class W(DataSourceWriter):\n"
+        "    def write(self, rows): return WriterCommitMessage()\n"
+        "class S(DataSource):\n"
+        "    @classmethod\n"
+        "    def name(cls): return 'counting_sink'\n"
+        "    def writer(self, schema, overwrite): return W()\n"
+        "with spark_session('local[1]', {'spark.ui.enabled': 'false'}) as spark:\n"
+        "    assert SparkSession.getActiveSession() is spark\n"
+        "    spark.dataSource.register(S)\n"
+        "    spark.range(5).write.format('counting_sink').mode('append').save()\n"
+        "print('ok')\n")
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable,
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
 def test_runner_spark_without_the_extra_says_how_to_install(monkeypatch, split_dir, data, tmp_path):
     monkeypatch.setitem(sys.modules, "pyspark", None)
     r = cli("precompute", split_dir, "--data", data[0], "--key", "x", "--runner", "spark", "--out", tmp_path / "e.h5")

@@ -484,6 +484,13 @@ def _numbers(t) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
+def _same_type(a, b) -> bool:
+    """Equal Arrow types, list element names aside (pyarrow writes `item`, Spark `element`)."""
+    if hasattr(a, "value_type") and hasattr(b, "value_type"):
+        return type(a) is type(b) and _same_type(a.value_type, b.value_type)
+    return a == b
+
+
 def _text(t) -> bool:
     import pyarrow as pa
 
@@ -545,12 +552,13 @@ class ParquetRows(RowSource):
         self.files = parquet_files(path)
         if not self.files:
             raise DataError(f"no Parquet files in {path}", "pass a Parquet file or a directory of them with --data")
-        try:
-            self._files = [pq.ParquetFile(f) for f in self.files]
+        try:  # the footers only: a catalogue of thousands of files must not hold thousands open
+            self._meta = [pq.read_metadata(f) for f in self.files]
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise DataError(f"{path} is not readable Parquet: {str(e).splitlines()[0][:200]}",
                             "pass a Parquet file or a directory of them with --data") from e
-        schema = self._files[0].schema_arrow
+        self._open_file = (None, None)  # (file index, pq.ParquetFile): the one being read
+        schema = self._meta[0].schema.to_arrow_schema()
         self.columns = [c.strip() for c in (key or "").split(",") if c.strip()]
         if not self.columns:
             raise DataError(f"Parquet data {path} needs the column to read",
@@ -562,6 +570,14 @@ class ParquetRows(RowSource):
                                 else "columns there: " + ", ".join(schema.names[:12]))
         self.key = ",".join(self.columns)
         types = [schema.field(c).type for c in self.columns]
+        for name, meta in zip(self.files[1:], self._meta[1:]):  # one table: the same columns in every file
+            other = meta.schema.to_arrow_schema()
+            for c, t in zip(self.columns, types):
+                if c not in other.names or not _same_type(other.field(c).type, t):
+                    held = (f"holds column '{c}' as {other.field(c).type}" if c in other.names
+                            else f"has no column '{c}'")
+                    raise DataError(f"{name} {held}, unlike {self.files[0]} ({t})",
+                                    "pass the files of one table (one schema) with --data")
         self._mode = "ids" if ids else "columns"
         if ids:
             if len(types) != 1 or not (_numbers(types[0]) or _text(types[0])):
@@ -583,9 +599,8 @@ class ParquetRows(RowSource):
                     raise DataError(f"column '{c}' of {path} holds {t}, not a number",
                                     "list only numeric columns with --key A,B,..")
             dtype = np.result_type(*[np.dtype(t.to_pandas_dtype()) for t in types])
-        self._groups = [(i, g) for i, f in enumerate(self._files) for g in range(f.metadata.num_row_groups)]
-        self.offsets = [0, *np.cumsum([self._files[i].metadata.row_group(g).num_rows
-                                       for i, g in self._groups]).tolist()]
+        self._groups = [(i, g) for i, meta in enumerate(self._meta) for g in range(meta.num_row_groups)]
+        self.offsets = [0, *np.cumsum([self._meta[i].row_group(g).num_rows for i, g in self._groups]).tolist()]
         self._cached = (None, None)
         self.dtype, self._width = dtype, None
         rows = int(self.offsets[-1])
@@ -600,9 +615,14 @@ class ParquetRows(RowSource):
 
     def _group(self, k: int):
         if self._cached[0] != k:
+            import pyarrow.parquet as pq
+
             i, g = self._groups[k]
             try:
-                table = self._files[i].read_row_group(g, columns=self.columns)
+                if self._open_file[0] != i:
+                    self.close()
+                    self._open_file = (i, pq.ParquetFile(self.files[i]))
+                table = self._open_file[1].read_row_group(g, columns=self.columns)
             except (OSError, ValueError) as e:
                 raise DataError(f"cannot read row group {g} of {self.files[i]}: {str(e).splitlines()[0][:200]}",
                                 "the file is damaged: write it again") from e
@@ -666,6 +686,11 @@ class ParquetRows(RowSource):
 
     def describe(self) -> dict:
         return {**super().describe(), "files": self.files}
+
+    def close(self) -> None:
+        if self._open_file[1] is not None:
+            self._open_file[1].close()
+        self._open_file = (None, None)
 
     def __getstate__(self):  # Beam ships sources to workers: reopen there
         return {"args": (self.path, self.key), "spec": self.spec, "ids": self._mode == "ids",

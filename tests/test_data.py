@@ -293,6 +293,11 @@ def test_parquet_bad_columns_and_rows_are_data_errors(tmp_path):
         source = open_rows(path, key)  # found before any compute, by the feed check
         with pytest.raises(DataError, match=words):
             check_feedable(source, {"name": "x:0", "dtype": "float32", "shape": [None, 4]})
+    for other in ({"y": pa.array([[1.0] * 4])}, {"x": pa.array([["a"] * 4])}):  # a file of another table
+        pq.write_table(pa.table(other), str(tmp_path / "t.parquet" / "part-8.parquet"))
+        with pytest.raises(DataError, match="part-8.parquet .*column 'x'.*one table"):
+            open_rows(path, "x")
+    os.remove(tmp_path / "t.parquet" / "part-8.parquet")
     pq.write_table(pa.table({"x": pa.array([[1.0]])}), str(tmp_path / "t.parquet" / "part-9.parquet"))
     with open(tmp_path / "t.parquet" / "part-9.parquet", "r+b") as f:
         f.truncate(20)  # a truncated file among good ones

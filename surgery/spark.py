@@ -60,10 +60,10 @@ META = "surgery"  # the column-metadata key holding the provenance
 SPARK_META = b"org.apache.spark.sql.parquet.row.metadata"  # where Spark keeps the schema in a Parquet footer
 ROWS_PER_PARTITION = 16384
 READ_BLOCKS = 16  # path sources: blocks read per call on an executor
-# On a local master the JVMs share the machine's cores with the TensorFlow workers, and a job is
-# minutes long: C2's compiler threads and G1's parallel GC threads take CPU that the workers need,
-# and a short job never earns back C2's compile time. C1 only and the serial collector: 200k rows
-# of the benchmark in 18.7 s instead of 21.7 s on two cores (medians of 3), 1M rows no slower.
+# On a local master the JVMs share the machine's cores with the TensorFlow workers: C2's compiler
+# threads and G1's parallel GC threads take CPU that the workers need, and a job of seconds or
+# minutes never earns back C2's compile time. C1 only and the serial collector: 200k rows of the
+# benchmark in 18.7 s instead of 21.7 s on two cores (medians of 3), 1M rows no slower.
 LOCAL_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 SLOW_ENV = "SURGERY_SPARK_SLOW_BLOCK_S"  # testing: executors sleep this long after each block
 MARK = "surgery-error"  # a task's SurgeryError crosses to the driver as MARK[message|hint]

@@ -307,8 +307,9 @@ def test_parquet_bad_columns_and_rows_are_data_errors(tmp_path):
         open_rows(str(tmp_path / "missing.parquet"), "x")
 
 
-def test_local_precompute_reads_parquet_as_it_reads_hdf5(tmp_path, cnn):
-    """The same rows as Parquet (flattened, with string ids) and as HDF5: the same embeddings."""
+def test_precompute_reads_parquet_as_it_reads_hdf5_locally_and_on_beam(tmp_path, cnn):
+    """The same rows as Parquet (flattened, with string ids) and as HDF5: the same embeddings, from
+    the local runner and from Beam (its workers reopen the Parquet source by path)."""
     _, pb = cnn
     x = np.random.default_rng(2).normal(size=(37, 8, 8, 3)).astype(np.float32)
     ids = np.array([f"item-{i}" for i in range(37)], dtype=object)
@@ -316,13 +317,18 @@ def test_local_precompute_reads_parquet_as_it_reads_hdf5(tmp_path, cnn):
         f["x"] = x
         f.create_dataset("ids", data=ids, dtype=h5py.string_dtype())
     path = _parquet(tmp_path / "d.parquet", x, item_id=ids)
-    for data, key, id_key, out in [(tmp_path / "d.h5", "x", "ids", "h.h5"), (path, "x", "item_id", "p.h5")]:
-        r = cli("precompute", pb, "--data", data, "--key", key, "--ids", id_key, "--batch-size", "8",
-                "--out", tmp_path / out)
+    runs = [(tmp_path / "d.h5", "ids", "local", "h.h5"), (path, "item_id", "local", "p.h5"),
+            (path, "item_id", "beam", "b.h5")]
+    for data, id_key, runner, out in runs:
+        r = cli("precompute", pb, "--data", data, "--key", "x", "--ids", id_key, "--batch-size", "8",
+                "--runner", runner, "--out", tmp_path / out)
         assert r.returncode == 0, r.stderr
-    with h5py.File(tmp_path / "h.h5", "r") as a, h5py.File(tmp_path / "p.h5", "r") as b:
-        assert np.array_equal(a["embeddings"][()], b["embeddings"][()])
-        assert [i.decode() for i in b["ids"][()]] == list(ids)
+    with h5py.File(tmp_path / "h.h5", "r") as f:
+        expected = f["embeddings"][()]
+    for out in ("p.h5", "b.h5"):
+        with h5py.File(tmp_path / out, "r") as f:
+            assert np.array_equal(f["embeddings"][()], expected), out
+            assert [i.decode() for i in f["ids"][()]] == list(ids), out
 
 
 # ---------------------------------------------------------------- precompute reads them all

@@ -198,8 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x", metavar="KEY", help="HDF5 dataset / TFRecord feature / Parquet column(s) A or A,B,.. "
                    "of the inputs (default: none; not needed for .npy or an image folder)")
     p.add_argument("--y", metavar="KEY", help="integer labels: HDF5 dataset / TFRecord feature / Parquet column / "
-                   "a second .npy "
-                   "(default: none; an image folder labels by sub-directory)")
+                   "a second .npy (default: none; an image folder labels by sub-directory)")
     p.add_argument("--preprocess", choices=["none", "vgg", "inception", "unit"],
                    help="scale the inputs: vgg subtracts ImageNet means, inception to [-1,1], unit to [0,1] "
                         "(default: none)")

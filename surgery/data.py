@@ -90,11 +90,17 @@ def check_feedable(rows, spec: dict, where: str = "", *, every_row: bool = True)
 
 # ---------------------------------------------------------------- preprocessing
 
-def preprocess(rows: np.ndarray, how: str | None) -> np.ndarray:
-    """Rows scaled as `how` says (see the module docstring); `none` returns them unchanged."""
+def preprocess_mode(how: str | None) -> str:
+    """`how` checked against PREPROCESS (None: the default), or `DataError`."""
     how = how or DEFAULT_PREPROCESS
     if how not in PREPROCESS:
         raise DataError(f"--preprocess {how} is not one of {', '.join(PREPROCESS)}", "e.g. --preprocess vgg")
+    return how
+
+
+def preprocess(rows: np.ndarray, how: str | None) -> np.ndarray:
+    """Rows scaled as `how` says (see the module docstring); `none` returns them unchanged."""
+    how = preprocess_mode(how)
     if how == "none":
         return rows
     x = rows.astype(np.float32, copy=False)
@@ -503,6 +509,16 @@ def _list_values(col):
     return np.diff(offsets), col.values.slice(offsets[0], offsets[-1] - offsets[0])
 
 
+def _check_lengths(lengths: np.ndarray, width: int | None, start: int, where: str) -> int:
+    """The row width (`width`, or the first row's when None), or `DataError` naming a ragged row."""
+    width = (int(lengths[0]) if len(lengths) else 0) if width is None else width
+    bad = np.flatnonzero(lengths != width)
+    if len(bad):
+        raise DataError(f"{where} is ragged: row {start + int(bad[0])} holds {int(lengths[bad[0]])} values, "
+                        f"the first row {width}", "give every row the same number of values")
+    return width
+
+
 def _dense_vectors(col, start: int, width: int | None, where: str) -> np.ndarray:
     """Spark ML vectors (type 1 dense: `values`; type 0 sparse: `size`, `indices`, `values`) as
     float64 rows [n, width]."""
@@ -515,11 +531,7 @@ def _dense_vectors(col, start: int, width: int | None, where: str) -> np.ndarray
     _, indices = _list_values(fields["indices"])
     sizes = fields["size"].fill_null(0).to_numpy(zero_copy_only=False)
     lengths = np.where(dense, counts, sizes)
-    width = int(lengths[0]) if width is None else width
-    bad = np.flatnonzero(lengths != width)
-    if len(bad):
-        raise DataError(f"{where} is ragged: row {start + int(bad[0])} holds {int(lengths[bad[0]])} values, "
-                        f"the first row {width}", "give every row the same number of values")
+    width = _check_lengths(lengths, width, start, where)
     row = np.repeat(np.arange(len(col)), counts)
     starts = np.repeat(np.cumsum(counts) - counts, counts)
     column = np.arange(len(row)) - starts  # a dense row's values in order
@@ -664,11 +676,7 @@ class ParquetRows(RowSource):
             lengths, values = np.full(len(col), col.type.list_size), col.flatten()
         else:
             lengths, values = _list_values(col)
-        width = self._width if self._width is not None else (int(lengths[0]) if len(lengths) else 0)
-        bad = np.flatnonzero(lengths != width)
-        if len(bad):
-            raise DataError(f"{where} is ragged: row {start + int(bad[0])} holds {int(lengths[bad[0]])} values, "
-                            f"the first row {width}", "give every row the same number of values")
+        width = _check_lengths(lengths, self._width, start, where)
         return values.to_numpy(zero_copy_only=False).reshape(len(lengths), width)
 
     def check_rows(self) -> None:
@@ -680,8 +688,7 @@ class ParquetRows(RowSource):
         if stop <= start:
             return np.empty((0, *self.shape[1:]), self.dtype)
         if self._mode == "ids":
-            values = self._table(start, stop).column(0).to_numpy(zero_copy_only=False)
-            return values.astype(object) if values.dtype == object else values
+            return self._table(start, stop).column(0).to_numpy(zero_copy_only=False)
         return self._flat(start, stop).reshape(stop - start, *self.shape[1:])
 
     def describe(self) -> dict:
@@ -710,8 +717,7 @@ def open_rows(data: str, key: str | None = None, *, spec: dict | None = None, pr
     a `.npy`, TFRecord files (key: the feature) or an HDF5 file (key: the dataset). `spec` (the
     input's `{name, dtype, shape}`) shapes Parquet and TFRecord rows and decoded images."""
     data = os.fspath(data)
-    if preprocess is not None and preprocess not in PREPROCESS:
-        raise DataError(f"--preprocess {preprocess} is not one of {', '.join(PREPROCESS)}", "e.g. --preprocess vgg")
+    preprocess_mode(preprocess)
     if is_parquet(data):
         if not os.path.exists(data):
             raise DataError(f"no such {what} file or directory: {data}", "check the path given with --data")
@@ -775,19 +781,20 @@ def open_labels(data: str, key: str | None, rows: RowSource, *, training: bool =
 
 __all__ = ["RowSource", "ArrayRows", "TFRecordRows", "ParquetRows", "is_parquet", "ImageFolderRows", "ListRows",
            "open_rows", "open_ids",
-           "open_labels", "check_feedable", "preprocess", "spec_of", "PREPROCESS", "VGG_MEANS"]
+           "open_labels", "check_feedable", "preprocess", "preprocess_mode", "spec_of", "PREPROCESS", "VGG_MEANS"]
 
 
 class RowsWithIds:
     """A `RowSource` (rows) and its ids, by their arguments: opened in the driver to count and
     check the rows, and again inside each worker of Beam or Spark (an open file does not travel).
     `bind(spec)` (anything with `.input`) shapes rows for the graph's input and applies
-    `check_feedable` once, in the driver."""
+    `check_feedable` once, in the driver; given the input `spec` up front, the files open once."""
 
-    def __init__(self, data: str, key: str | None, ids: str | None = None, *, preprocess: str | None = None):
+    def __init__(self, data: str, key: str | None, ids: str | None = None, *, preprocess: str | None = None,
+                 spec: dict | None = None):
         self.data = data if any(c in data for c in "*?[") else os.path.abspath(data)
         self.key, self.ids, self.preprocess = key, ids, preprocess
-        self.spec, self.feed_dtype, self._open = None, None, None
+        self.spec, self.feed_dtype, self._open = spec, None, None
         self.num_rows = len(self._rows())
         if ids:
             self._ids()
@@ -807,8 +814,9 @@ class RowsWithIds:
         return self._open["ids"]
 
     def bind(self, spec, every_row: bool = True) -> None:
-        self.close()  # reopened for the input's shape
-        self.spec = spec.input
+        if spec.input != self.spec:
+            self.close()  # reopened for the input's shape
+            self.spec = spec.input
         self.feed_dtype = check_feedable(self._rows(), spec.input, every_row=every_row).str
 
     def fingerprints(self) -> tuple[str, str]:
@@ -836,9 +844,11 @@ class RowsWithIds:
         return self._ids().read(start, stop) if self.ids else None
 
 
-def rows_with_ids(data: str, key: str | None, ids: str | None = None, *, preprocess: str | None = None) -> RowsWithIds:
-    """The CLI's --data/--key/--ids as rows with ids: anything `open_rows` reads."""
-    return RowsWithIds(data, None if data.endswith(".npy") else key, ids, preprocess=preprocess)
+def rows_with_ids(data: str, key: str | None, ids: str | None = None, *, preprocess: str | None = None,
+                  spec: dict | None = None) -> RowsWithIds:
+    """The CLI's --data/--key/--ids as rows with ids: anything `open_rows` reads (shaped for the
+    input `spec` when given)."""
+    return RowsWithIds(data, None if data.endswith(".npy") else key, ids, preprocess=preprocess, spec=spec)
 
 
 def write_dataset(f, name: str, data: np.ndarray) -> None:

@@ -251,7 +251,7 @@ class _Plan:
     batch_size: int
     rows: int
     ids_column: str | None
-    source: tuple | None  # (data, key, ids) for a path source; None for Parquet (rows come in the batches)
+    source: tuple | None  # (data, key, ids) for a path source; None for a URI (rows come in the batches)
     slow: float = 0.0  # testing: seconds to sleep after each block (SLOW_ENV in the driver's environment)
     preprocess: str = "none"  # `data.preprocess`, applied on the executors as the local runner applies it
 
@@ -263,7 +263,7 @@ def path_source(data: str, key: str | None, ids: str | None, input_spec: dict, e
     checks every row (`check_rows`) before the job; the executors do not read them all again."""
     from .data import rows_with_ids
 
-    source = rows_with_ids(data, key, ids, preprocess=preprocess)
+    source = rows_with_ids(data, key, ids, preprocess=preprocess, spec=input_spec)
     try:
         source.bind(types.SimpleNamespace(input=input_spec), every_row)
     except BaseException:  # rows the input cannot take: nothing stays open
@@ -566,14 +566,12 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
     `preprocess` scales the rows on the executors as the local runner does (`data.preprocess`).
     Uses the active SparkSession when there is one, else starts one on `master` with `conf`.
     """
-    from .data import DEFAULT_PREPROCESS, PREPROCESS
+    from .data import preprocess_mode
 
     require_spark()
     if batch_size < 1:
         raise SurgeryError(f"--batch-size {batch_size} is not a positive number", "use e.g. --batch-size 256")
-    preprocess = preprocess or DEFAULT_PREPROCESS
-    if preprocess not in PREPROCESS:
-        raise DataError(f"--preprocess {preprocess} is not one of {', '.join(PREPROCESS)}", "e.g. --preprocess vgg")
+    preprocess = preprocess_mode(preprocess)
     parquet_out, h5_out = output_paths(out)
     local_out = "://" not in parquet_out
     if local_out:

@@ -213,18 +213,23 @@ def test_bad_input_exits_2_naming_the_column(spark, split_dir, data, tmp_path, k
     assert os.listdir(tmp_path) == []  # nothing written, no temporaries
 
 
-def _executor_pids(app_id: str) -> list:
-    """This application's executor JVMs (their command line names the app id)."""
-    pids = []
+def _command_lines():
+    """(pid, raw command line) of every process but this one."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
+                cmd = f.read()
         except OSError:
             continue
-        if b"org.apache.spark.executor.CoarseGrainedExecutorBackend" in cmd and app_id.encode() in cmd:
-            pids.append(int(pid))
-    return pids
+        if int(pid) != os.getpid():
+            yield int(pid), cmd
+
+
+def _executor_pids(app_id: str) -> list:
+    """This application's executor JVMs (their command line names the app id)."""
+    return [pid for pid, cmd in _command_lines()
+            if b"org.apache.spark.executor.CoarseGrainedExecutorBackend" in cmd.split(b"\0")
+            and app_id.encode() in cmd.split(b"\0")]
 
 
 @needs_spark
@@ -273,15 +278,7 @@ def test_an_executor_killed_mid_job_changes_nothing_and_a_rerun_is_clean(spark, 
 
 def _jvms_named(marker: str) -> list:
     """JVMs whose command line holds `marker` (passed as the app name with --spark-conf)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read() and int(pid) != os.getpid():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
+    return [pid for pid, cmd in _command_lines() if marker.encode() in cmd]
 
 
 @needs_spark

@@ -332,6 +332,26 @@ def test_a_session_started_in_the_background_is_the_callers_active_session():
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
 
 
+@needs_spark
+def test_the_jvm_is_asked_for_before_tensorflow_is_imported(split_dir, data, tmp_path):
+    """TensorFlow's import takes seconds, and so does the JVM's start: `run_precompute` must ask for
+    the session before anything imports TensorFlow, or the two run one after the other (a stray
+    import once made every Spark run 2.5 s longer). In a fresh interpreter, with no JVM started."""
+    import subprocess
+
+    code = (
+        "import sys, surgery.spark as s\n"
+        "class Asked(Exception): pass\n"
+        "def starting_session(*a, **k):\n"
+        "    raise Asked('tensorflow' in sys.modules)\n"
+        "s.starting_session = starting_session\n"
+        f"try: s.run_precompute({str(split_dir)!r}, {data[0]!r}, 'x', {str(tmp_path / 'e.parquet')!r})\n"
+        "except Asked as e: print('tensorflow imported:', e.args[0])\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.stdout.strip() == "tensorflow imported: False", r.stdout + r.stderr[-2000:]
+
+
 def test_runner_spark_without_the_extra_says_how_to_install(monkeypatch, split_dir, data, tmp_path):
     monkeypatch.setitem(sys.modules, "pyspark", None)
     r = cli("precompute", split_dir, "--data", data[0], "--key", "x", "--runner", "spark", "--out", tmp_path / "e.h5")

@@ -13,7 +13,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Bottom to top. `tf2` is the TF2/Keras SavedModel reader that `model` builds on when it loads one.
 LAYERS = [
     ["errors"],
-    ["files", "names"],
+    ["files", "names", "classcache"],  # classcache: the Spark driver JVM's class archive
     ["tfcompat"],  # the only place for TensorFlow's private APIs
     ["graph"],  # the GraphDef toolkit
     ["weights", "data"],

@@ -352,6 +352,44 @@ def test_the_jvm_is_asked_for_before_tensorflow_is_imported(split_dir, data, tmp
     assert r.stdout.strip() == "tensorflow imported: False", r.stdout + r.stderr[-2000:]
 
 
+@needs_spark
+def test_the_first_local_run_leaves_a_class_archive_that_later_runs_map(tmp_path):
+    """classcache: the first local session lists its classes and a detached process builds the
+    archive once that JVM is gone; the next session's JVM maps it. A broken archive is ignored."""
+    import subprocess
+
+    cache = tmp_path / "classes"
+    code = ("import os\n"
+            "from surgery.spark import spark_session\n"
+            "with spark_session('local[1]', {'spark.ui.enabled': 'false'}) as spark:\n"
+            "    pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()\n"
+            "    maps = open(f'/proc/{pid}/maps').read()\n"
+            "    print(spark.range(7).count(), any(n.endswith('.jsa') and n in maps for n in "
+            f"(os.path.join({str(cache)!r}, f) for f in os.listdir({str(cache)!r}))))\n")
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SURGERY_SPARK_CLASS_CACHE=str(cache),
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def session():
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout.strip()
+
+    assert session() == "7 False"  # no archive yet: this run lists its classes
+    names = sorted(os.listdir(cache))
+    assert [n.rsplit(".", 1)[1] for n in names] == ["building", "classes"], names
+    deadline = time.time() + 600  # about 30 s of one core, at the lowest priority
+    while any(n.endswith(".building") for n in os.listdir(cache)) and time.time() < deadline:
+        time.sleep(1)
+    archives = sorted(os.listdir(cache))
+    assert len(archives) == 1 and archives[0].endswith(".jsa"), archives  # no list, lock or half archive left
+    assert session() == "7 True"
+
+    archive = cache / archives[0]
+    os.chmod(archive, 0o644)
+    archive.write_bytes(b"not a class archive")  # Java refuses it quietly: the session runs without
+    assert session() == "7 False"  # not mapped, and not a word from Java about it on the output
+
+
 def test_runner_spark_without_the_extra_says_how_to_install(monkeypatch, split_dir, data, tmp_path):
     monkeypatch.setitem(sys.modules, "pyspark", None)
     r = cli("precompute", split_dir, "--data", data[0], "--key", "x", "--runner", "spark", "--out", tmp_path / "e.h5")

@@ -70,6 +70,9 @@ READ_BLOCKS = 16  # path sources: blocks read per call on an executor
 # minutes never earns back C2's compile time. C1 only and the serial collector: 200k rows of the
 # benchmark in 18.7 s instead of 21.7 s on two cores (medians of 3), 1M rows no slower.
 LOCAL_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# The executors' Python workers only run a frozen GraphDef: TensorFlow without its eager Keras
+# import (tfcompat.WITHOUT_KERAS; ~0.9 s off each worker's start).
+WORKER_ENV = {"SURGERY_TF_WITHOUT_KERAS": "1"}
 SLOW_ENV = "SURGERY_SPARK_SLOW_BLOCK_S"  # testing: executors sleep this long after each block
 MARK = "surgery-error"  # a task's SurgeryError crosses to the driver as MARK[message|hint]
 _ERROR = re.compile(re.escape(MARK) + r"\[(.*?)\|(.*?)\]", re.S)
@@ -145,11 +148,12 @@ def spark_session(master: str | None = None, conf=None):
 
 
 @contextlib.contextmanager
-def starting_session(master: str | None = None, conf=None):
+def starting_session(master: str | None = None, conf=None, warm_workers: bool = False):
     """`spark_session`, started in a background thread: yields a function that waits for the
     session. Spark's JVM takes seconds to start, and so do TensorFlow's import and the graph's
-    load: the caller does those meanwhile. A session this call started is stopped at the end,
-    also when the caller fails before asking for it."""
+    load: the caller does those meanwhile (and, with `warm_workers` on a local master, so do the
+    Python workers: `_warm_workers`). A session this call started is stopped at the end, also
+    when the caller fails before asking for it."""
     require_spark()
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
@@ -171,7 +175,8 @@ def starting_session(master: str | None = None, conf=None):
         "spark.driver.extraJavaOptions" not in user else None
     driver_jvm = " ".join(filter(None, [jvm, archive and archive.jvm_options()]))
     settings = {"spark.master": master, "spark.app.name": "surgery precompute", "spark.ui.showConsoleProgress": "false",
-                "spark.driver.extraJavaOptions": driver_jvm, "spark.executor.extraJavaOptions": jvm, **user}
+                "spark.driver.extraJavaOptions": driver_jvm, "spark.executor.extraJavaOptions": jvm,
+                **{f"spark.executorEnv.{k}": v for k, v in WORKER_ENV.items()}, **user}
     log = os.path.join(scratch, f"driver-{os.getpid()}.log")
 
     def start():
@@ -191,6 +196,8 @@ def starting_session(master: str | None = None, conf=None):
         sc.setLogLevel("ERROR")
         if archive:
             archive.build_after(sc._jvm)
+        if warm_workers and master.startswith("local"):
+            threading.Thread(target=_warm_workers, args=(sc,), name="spark-warm-workers", daemon=True).start()
         return sc
 
     started = concurrent.futures.Future()
@@ -221,6 +228,29 @@ def starting_session(master: str | None = None, conf=None):
         started.add_done_callback(stop)
         raise
     stop()
+
+
+def _warm_workers(sc) -> None:
+    """Start the Python workers and import TensorFlow in them now, while the driver still imports
+    it and loads the graph: a job of one task per slot that only imports (~2 s off a local run).
+    The job's tasks then find the workers ready: Spark reuses a worker for any task whose worker
+    environment is the same, and an SQL task's adds SPARK_SIMPLIFIED_TRACEBACK=1 to the
+    SparkContext's, so this RDD job adds it too (tests/test_spark.py checks that the workers are
+    shared). An RDD job, not SQL: planning a query costs the JVM a second that start-up has not got.
+    Best effort: a failure here shows again, with its message, in the job itself."""
+    try:
+        _ship_code(sc)
+        sc.environment.setdefault("SPARK_SIMPLIFIED_TRACEBACK", "1")
+        slots = sc.defaultParallelism
+        sc.parallelize(range(slots), slots).mapPartitions(_import_on_worker).collect()
+    except Exception:  # noqa: BLE001 - includes the job cancelled by a stop
+        pass
+
+
+def _import_on_worker(_):
+    from . import data, precompute  # noqa: F401 - TensorFlow, and what a task imports
+
+    return iter(())
 
 
 def _stop(spark) -> None:
@@ -386,24 +416,39 @@ def _reporting(fn):
 
 
 def _path_blocks(plan: _Plan):
-    """mapInArrow over block numbers: read each run of blocks by path here, run it."""
+    """mapInArrow over block numbers: read each run of blocks by path here, run it. The next run
+    computes in a thread while Spark takes the last one (TensorFlow and the socket release the
+    GIL): the JVM writes Parquet while the graph runs (200k rows: ~0.5 s off on `local[2]`)."""
+    def runs(batches):
+        for batch in batches:
+            blocks = batch.column(0).to_numpy()
+            starts = np.flatnonzero(np.diff(blocks, prepend=-2) != 1)
+            for run in np.split(blocks, starts[1:]):
+                for i in range(0, len(run), READ_BLOCKS):
+                    chunk = run[i:i + READ_BLOCKS]
+                    yield int(chunk[0]) * plan.batch_size, min(plan.rows, (int(chunk[-1]) + 1) * plan.batch_size)
+
     def fn(batches):
         source = _source(plan)
+
+        def compute(start, stop):
+            try:
+                x, ids = read_rows(source, start, stop)
+            except OSError as e:
+                raise DataError(f"cannot read rows {start}:{stop} of {plan.source[0]}: {e}",
+                                "check that every executor sees the data file at this path") from e
+            return _run_blocks(plan, np.asarray(x), start, ids)
+
         try:
-            for batch in batches:
-                blocks = batch.column(0).to_numpy()
-                starts = np.flatnonzero(np.diff(blocks, prepend=-2) != 1)
-                for run in np.split(blocks, starts[1:]):
-                    for i in range(0, len(run), READ_BLOCKS):
-                        chunk = run[i:i + READ_BLOCKS]
-                        start = int(chunk[0]) * plan.batch_size
-                        stop = min(plan.rows, (int(chunk[-1]) + 1) * plan.batch_size)
-                        try:
-                            x, ids = read_rows(source, start, stop)
-                        except OSError as e:
-                            raise DataError(f"cannot read rows {start}:{stop} of {plan.source[0]}: {e}",
-                                            "check that every executor sees the data file at this path") from e
-                        yield _run_blocks(plan, np.asarray(x), start, ids)
+            with concurrent.futures.ThreadPoolExecutor(1) as ahead:
+                pending = None
+                for start, stop in runs(batches):
+                    computing = ahead.submit(compute, start, stop)
+                    if pending is not None:
+                        yield pending.result()
+                    pending = computing
+                if pending is not None:
+                    yield pending.result()
         finally:
             source.close()  # the partition's own handle (see _source)
     return _reporting(fn)
@@ -601,7 +646,7 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
         parquet_out = os.path.abspath(parquet_out)
         if os.path.isfile(parquet_out):
             raise OutputError(f"{parquet_out} is a file", "pass a directory name ending in .parquet with --out")
-    with starting_session(master, conf) as session:  # the JVM starts while TensorFlow imports, the graph loads
+    with starting_session(master, conf, warm_workers=True) as session:  # the JVM starts while TensorFlow imports
         from .data import is_parquet, preprocess_mode  # imports TensorFlow: only once the JVM is starting
         from .precompute import FORMAT, _output_layout, _Runner, load_offline_graph
 

@@ -305,12 +305,20 @@ def test_a_fresh_process_starts_spark_beside_tensorflow_and_leaves_no_jvm(split_
     assert sorted(os.listdir(tmp_path)) == ["emb.parquet"]
 
 
+def _fresh_python(code: str, timeout: int = 300, **env):
+    """Run `code` in a fresh interpreter (no JVM, no TensorFlow yet) on this checkout, executors on
+    this interpreter."""
+    import subprocess
+
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable,
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+
+
 @needs_spark
 def test_a_session_started_in_the_background_is_the_callers_active_session():
     """The JVM starts in a thread, but the SparkSession is made in the caller's thread: Spark keeps
     the active session per thread, and name lookups (a registered Python data source) go through it."""
-    import subprocess
-
     code = (
         "from pyspark.sql import SparkSession\n"
         "from pyspark.sql.datasource import DataSource, DataSourceWriter, WriterCommitMessage\n"
@@ -326,9 +334,7 @@ def test_a_session_started_in_the_background_is_the_callers_active_session():
         "    spark.dataSource.register(S)\n"
         "    spark.range(5).write.format('counting_sink').mode('append').save()\n"
         "print('ok')\n")
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable,
-               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    r = _fresh_python(code)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
 
 
@@ -337,8 +343,6 @@ def test_the_jvm_is_asked_for_before_tensorflow_is_imported(split_dir, data, tmp
     """TensorFlow's import takes seconds, and so does the JVM's start: `run_precompute` must ask for
     the session before anything imports TensorFlow, or the two run one after the other (a stray
     import once made every Spark run 2.5 s longer). In a fresh interpreter, with no JVM started."""
-    import subprocess
-
     code = (
         "import sys, surgery.spark as s\n"
         "class Asked(Exception): pass\n"
@@ -347,17 +351,37 @@ def test_the_jvm_is_asked_for_before_tensorflow_is_imported(split_dir, data, tmp
         "s.starting_session = starting_session\n"
         f"try: s.run_precompute({str(split_dir)!r}, {data[0]!r}, 'x', {str(tmp_path / 'e.parquet')!r})\n"
         "except Asked as e: print('tensorflow imported:', e.args[0])\n")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    r = _fresh_python(code, timeout=120)
     assert r.stdout.strip() == "tensorflow imported: False", r.stdout + r.stderr[-2000:]
+
+
+@needs_spark
+def test_warmed_workers_are_the_ones_sql_tasks_get():
+    """`_warm_workers` imports TensorFlow through an RDD job; it only helps if Spark hands those
+    same Python workers to the SQL (mapInArrow) tasks that follow, which holds while both jobs give
+    the workers the same environment. In a fresh local[2]: before the warm-up a task's worker has
+    no TensorFlow, after it every task's has, with no Keras (WORKER_ENV)."""
+    code = (
+        "import sys\n"
+        "import pyarrow as pa\n"
+        "from surgery.spark import _warm_workers, spark_session\n"
+        "def probe(batches):\n"
+        "    for _ in batches: pass\n"
+        "    yield pa.RecordBatch.from_pydict({'tf': ['tensorflow' in sys.modules], 'keras': ['keras' in sys.modules]})\n"
+        "with spark_session('local[2]', {'spark.ui.enabled': 'false'}) as spark:\n"
+        "    ask = lambda: sorted(tuple(r) for r in spark.range(0, 4, 1, 4).mapInArrow(probe, 'tf boolean, keras boolean').collect())\n"
+        "    before = ask()\n"
+        "    _warm_workers(spark.sparkContext)\n"
+        "    print(before, ask())\n")
+    r = _fresh_python(code)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == f"{[(False, False)] * 4} {[(True, False)] * 4}", r.stdout
 
 
 @needs_spark
 def test_the_first_local_run_leaves_a_class_archive_that_later_runs_map(tmp_path):
     """classcache: the first local session lists its classes and a detached process builds the
     archive once that JVM is gone; the next session's JVM maps it. A broken archive is ignored."""
-    import subprocess
-
     cache = tmp_path / "classes"
     code = ("import os\n"
             "from surgery.spark import spark_session\n"
@@ -366,11 +390,9 @@ def test_the_first_local_run_leaves_a_class_archive_that_later_runs_map(tmp_path
             "    maps = open(f'/proc/{pid}/maps').read()\n"
             "    print(spark.range(7).count(), any(n.endswith('.jsa') and n in maps for n in "
             f"(os.path.join({str(cache)!r}, f) for f in os.listdir({str(cache)!r}))))\n")
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SURGERY_SPARK_CLASS_CACHE=str(cache),
-               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     def session():
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        r = _fresh_python(code, SURGERY_SPARK_CLASS_CACHE=str(cache))
         assert r.returncode == 0, r.stderr[-2000:]
         return r.stdout.strip()
 

@@ -164,14 +164,15 @@ def starting_session(master: str | None = None, conf=None, warm_workers: bool = 
     master = master or DEFAULT_MASTER
     scratch = os.path.join(tempfile.gettempdir(), f"surgery-spark-{os.getuid()}")
     os.makedirs(scratch, exist_ok=True)
-    if master.startswith("local"):
+    local = master.startswith("local")  # one machine: tuned for start-up (JVM flags, class archive, warm workers)
+    if local:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("SPARK_WORKER_DIR", os.path.join(scratch, "work"))  # local-cluster executor logs
-    jvm = f"-Dlog4j2.configurationFile=file:{_log4j_file()}" + (" " + LOCAL_JVM if master.startswith("local") else "")
+    jvm = f"-Dlog4j2.configurationFile=file:{_log4j_file()}" + (" " + LOCAL_JVM if local else "")
     user = parse_conf(conf)
     # A local driver maps Spark's classes from an archive made after the first run (see classcache).
-    archive = ClassArchive.for_this_spark() if master.startswith("local") and \
+    archive = ClassArchive.for_this_spark() if local and \
         "spark.driver.extraJavaOptions" not in user else None
     driver_jvm = " ".join(filter(None, [jvm, archive and archive.jvm_options()]))
     settings = {"spark.master": master, "spark.app.name": "surgery precompute", "spark.ui.showConsoleProgress": "false",
@@ -196,7 +197,7 @@ def starting_session(master: str | None = None, conf=None, warm_workers: bool = 
         sc.setLogLevel("ERROR")
         if archive:
             archive.build_after(sc._jvm)
-        if warm_workers and master.startswith("local"):
+        if warm_workers and local:
             threading.Thread(target=_warm_workers, args=(sc,), name="spark-warm-workers", daemon=True).start()
         return sc
 

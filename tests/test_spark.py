@@ -356,26 +356,30 @@ def test_the_jvm_is_asked_for_before_tensorflow_is_imported(split_dir, data, tmp
 
 
 @needs_spark
-def test_warmed_workers_are_the_ones_sql_tasks_get():
-    """`_warm_workers` imports TensorFlow through an RDD job; it only helps if Spark hands those
-    same Python workers to the SQL (mapInArrow) tasks that follow, which holds while both jobs give
-    the workers the same environment. In a fresh local[2]: before the warm-up a task's worker has
-    no TensorFlow, after it every task's has, with no Keras (WORKER_ENV)."""
+def test_the_workers_come_with_tensorflow_and_the_warm_up_gives_sql_tasks_those_workers():
+    """On a local master the workers fork from `surgery.spark_daemon`, with TensorFlow imported
+    (without Keras: WORKER_ENV), so even the first SQL task's worker has it. `_warm_workers`
+    starts them with an RDD job; that only helps if Spark hands the same workers to the SQL
+    (mapInArrow) tasks, which holds while both give the workers the same environment: the three
+    jobs here must run in the same two processes. In a fresh local[2]."""
     code = (
-        "import sys\n"
+        "import os, sys\n"
         "import pyarrow as pa\n"
         "from surgery.spark import _warm_workers, spark_session\n"
         "def probe(batches):\n"
         "    for _ in batches: pass\n"
-        "    yield pa.RecordBatch.from_pydict({'tf': ['tensorflow' in sys.modules], 'keras': ['keras' in sys.modules]})\n"
+        "    yield pa.RecordBatch.from_pydict({'pid': [os.getpid()], 'tf': ['tensorflow' in sys.modules],\n"
+        "                                      'keras': ['keras' in sys.modules]})\n"
         "with spark_session('local[2]', {'spark.ui.enabled': 'false'}) as spark:\n"
-        "    ask = lambda: sorted(tuple(r) for r in spark.range(0, 4, 1, 4).mapInArrow(probe, 'tf boolean, keras boolean').collect())\n"
+        "    ask = lambda: spark.range(0, 4, 1, 4).mapInArrow(probe, 'pid bigint, tf boolean, keras boolean').collect()\n"
         "    before = ask()\n"
-        "    _warm_workers(spark.sparkContext)\n"
-        "    print(before, ask())\n")
+        "    warmed = _warm_workers(spark.sparkContext)\n"
+        "    after = ask()\n"
+        "    print(sorted({(r.tf, r.keras) for r in before}), len(set(warmed)),\n"
+        "          {r.pid for r in before} == set(warmed) == {r.pid for r in after})\n")
     r = _fresh_python(code)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip().splitlines()[-1] == f"{[(False, False)] * 4} {[(True, False)] * 4}", r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "[(True, False)] 2 True", r.stdout
 
 
 @needs_spark

@@ -125,7 +125,11 @@ def test_bit_equal_to_the_local_runner_from_hdf5_and_parquet(spark, split_dir, d
 
     schema = pq.read_schema(os.path.join(out, min(p for p in os.listdir(out) if p.endswith(".parquet"))))
     assert [(f.name, str(f.type)) for f in schema] == [("row", "int64"), ("item_id", "string"),
-                                                       ("embeddings", "list<element: float>")]
+                                                       ("embeddings", "list<array: float not null>")]
+    back = spark.read.parquet(out)  # Spark reads the 2-level list back as array<float>, the same numbers
+    assert back.schema.simpleString() == "struct<row:bigint,item_id:string,embeddings:array<float>>"
+    rows = sorted(back.collect())
+    assert np.array_equal(np.array([r.embeddings for r in rows], np.float32), expected)
 
 
 @needs_spark

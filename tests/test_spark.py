@@ -388,29 +388,37 @@ def test_the_workers_come_with_tensorflow_and_the_warm_up_gives_sql_tasks_those_
 
 @needs_spark
 def test_the_first_local_run_leaves_a_class_archive_that_later_runs_map(tmp_path):
-    """classcache: the first local session lists its classes and a detached process builds the
-    archive once that JVM is gone; the next session's JVM maps it. A broken archive is ignored."""
+    """classcache: the first local session that writes Parquet lists its classes and a detached
+    process builds the archive once that JVM is gone; the next session's JVM maps it. A session
+    that wrote no Parquet leaves no archive (its list lacks the job's classes). A broken archive is
+    ignored."""
     cache = tmp_path / "classes"
     code = ("import os\n"
             "from surgery.spark import spark_session\n"
             "with spark_session('local[1]', {'spark.ui.enabled': 'false'}) as spark:\n"
             "    pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()\n"
             "    maps = open(f'/proc/{pid}/maps').read()\n"
+            "    if os.environ['WRITE']: spark.range(7).write.mode('overwrite').parquet(os.environ['WRITE'])\n"
             "    print(spark.range(7).count(), any(n.endswith('.jsa') and n in maps for n in "
             f"(os.path.join({str(cache)!r}, f) for f in os.listdir({str(cache)!r}))))\n")
 
-    def session():
-        r = _fresh_python(code, SURGERY_SPARK_CLASS_CACHE=str(cache))
+    def session(write=True):
+        r = _fresh_python(code, SURGERY_SPARK_CLASS_CACHE=str(cache), WRITE=str(tmp_path / "out") if write else "")
         assert r.returncode == 0, r.stderr[-2000:]
         return r.stdout.strip()
 
+    def built():
+        deadline = time.time() + 600  # about 30 s of one core, at the lowest priority
+        while any(n.endswith(".building") for n in os.listdir(cache)) and time.time() < deadline:
+            time.sleep(1)
+        return sorted(os.listdir(cache))
+
+    assert session(write=False) == "7 False"
+    assert built() == []  # a list without the job's classes: dropped, lock freed
     assert session() == "7 False"  # no archive yet: this run lists its classes
     names = sorted(os.listdir(cache))
     assert [n.rsplit(".", 1)[1] for n in names] == ["building", "classes"], names
-    deadline = time.time() + 600  # about 30 s of one core, at the lowest priority
-    while any(n.endswith(".building") for n in os.listdir(cache)) and time.time() < deadline:
-        time.sleep(1)
-    archives = sorted(os.listdir(cache))
+    archives = built()
     assert len(archives) == 1 and archives[0].endswith(".jsa"), archives  # no list, lock or half archive left
     assert session() == "7 True"
 

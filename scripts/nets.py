@@ -6,7 +6,7 @@ network here is built and, where a script says so, trained on data generated in 
 
 from __future__ import annotations
 
-import tensorflow as tf
+from surgery.tfcompat import tf  # TensorFlow without its C++ start-up chatter
 
 v1 = tf.compat.v1
 

@@ -21,7 +21,7 @@ LAYERS = [
     ["model"],
     ["manifest"],
     ["report", "optimize", "freeze", "savedmodel", "split", "splice", "audit", "restore"],  # passes
-    ["train", "precompute", "beam", "spark", "export", "runtimes", "mix", "serve"],  # pipelines
+    ["train", "precompute", "beam", "spark", "spark_daemon", "export", "runtimes", "mix", "serve"],  # pipelines
     ["cli", "__main__"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

@@ -232,6 +232,8 @@ def starting_session(master: str | None = None, conf=None, warm_workers: bool = 
         started.add_done_callback(stop)
         raise
     stop()
+    with contextlib.suppress(OSError):  # a run that went well leaves no log behind (one per run, else)
+        os.remove(log)
 
 
 def _preloading_daemon(pythonpath: str | None) -> dict:

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -380,10 +381,13 @@ def test_the_workers_come_with_tensorflow_and_the_warm_up_gives_sql_tasks_those_
         "    warmed = _warm_workers(spark.sparkContext)\n"
         "    after = ask()\n"
         "    print(sorted({(r.tf, r.keras) for r in before}), len(set(warmed)),\n"
-        "          {r.pid for r in before} == set(warmed) == {r.pid for r in after})\n")
+        "          {r.pid for r in before} == set(warmed) == {r.pid for r in after})\n"
+        "print(os.getpid())\n")
     r = _fresh_python(code)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip().splitlines()[-1] == "[(True, False)] 2 True", r.stdout
+    assert r.stdout.strip().splitlines()[-2] == "[(True, False)] 2 True", r.stdout
+    pid = r.stdout.strip().splitlines()[-1]  # the JVM's start-up log goes once the session ended well
+    assert not os.path.exists(os.path.join(tempfile.gettempdir(), f"surgery-spark-{os.getuid()}", f"driver-{pid}.log"))
 
 
 @needs_spark

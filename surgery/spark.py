@@ -223,6 +223,8 @@ def starting_session(master: str | None = None, conf=None, warm_workers: bool = 
     def stop(_=None):
         if started.exception() is None:  # waits for the start to finish
             _stop(sessions[0] if sessions else started.result())
+            with contextlib.suppress(OSError):  # kept only when the JVM failed to start (the error names it)
+                os.remove(log)
 
     try:
         yield session
@@ -232,8 +234,6 @@ def starting_session(master: str | None = None, conf=None, warm_workers: bool = 
         started.add_done_callback(stop)
         raise
     stop()
-    with contextlib.suppress(OSError):  # a run that went well leaves no log behind (one per run, else)
-        os.remove(log)
 
 
 def _preloading_daemon(pythonpath: str | None) -> dict:

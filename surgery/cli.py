@@ -135,6 +135,12 @@ def _model_arg(p, name="MODEL", help_text="checkpoint prefix, .meta, checkpoint 
                    help="refuse a graph with ops that touch files, the network or Python (see `surgery audit`)")
 
 
+def _set_arg(p) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="T=VALUE",
+                   help="bind a placeholder to a constant (repeatable): --set is_training=false, --set keep_prob=1.0; "
+                        "it is no longer an input, and conditionals on it keep only the branch taken")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="surgery", description="Transfer-learning graph surgery for TensorFlow graphs.",
                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_common(False)])
@@ -166,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", required=True, metavar="T[,..]", help="tensors to keep")
     p.add_argument("--inputs", metavar="T[,..]",
                    help="cut the graph here: these tensors become placeholders (default: the graph's own inputs)")
+    _set_arg(p)
     p.add_argument("--optimize", action="store_true", help="for inference: fix boolean training switches to their "
                    "default, fold constants and batch norms into convolutions, drop identities")
     p.add_argument("--text", action="store_true", help="write a text GraphDef (implied by an --out ending in .pbtxt)")
@@ -189,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--x target/x --y target/y --out runs/ft")
     _model_arg(p)
     p.add_argument("--at", required=True, metavar="TENSOR", help="splice the head above this tensor")
+    _set_arg(p)
     p.add_argument("--head", required=True, metavar="SPEC",
                    help="layers, comma-separated: dense:UNITS[:ACTIVATION], dropout:RATE, flatten; "
                         "e.g. dense:256:relu,dropout:0.5,dense:5 (the last dense's units are the classes)")
@@ -226,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cut", required=True, metavar="T[,..]", help="tensors where the graph is cut")
     p.add_argument("--outputs", required=True, metavar="T[,..]", help="the online piece's outputs")
     p.add_argument("--inputs", metavar="T[,..]", help="the offline piece's inputs (default: its placeholders)")
+    _set_arg(p)
     p.add_argument("--verify", type=int, default=4, metavar="N",
                    help="check offline∘online against the original on N random inputs (0: skip; default: 4)")
     p.add_argument("--format", choices=["auto", "frozen", "savedmodel"], default="auto",
@@ -256,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids", metavar="KEY", help="dataset key of row ids to copy alongside (default: no ids)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="rows per session run")
     p.add_argument("--inputs", metavar="T", help="input tensor (default: the graph's one input)")
+    _set_arg(p)
     p.add_argument("--outputs", metavar="T[=NAME],..",
                    help="tensors to store, optionally renamed (default: the piece's outputs; one is stored as "
                         "`embeddings`)")
@@ -294,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", metavar="T[,..]", help="from a MODEL: the tensors to export (--saved-model keeps "
                    "its variables as variables, no 2 GB limit; --tflite/--onnx freeze first)")
     p.add_argument("--inputs", metavar="T[,..]", help="from a MODEL: cut the graph here into placeholders")
+    _set_arg(p)
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D,..",
                    help="pin an input's shape (? keeps a dimension dynamic), e.g. images=?,224,224,3")
     p.add_argument("--quantize", choices=["dynamic", "float16", "int8", "int16x8"],
@@ -385,13 +396,15 @@ def _cmd_inspect(args):
 
 
 def _cmd_freeze(args):
+    from .bind import bind
     from .freeze import freeze_model
     from .graph import stream_graph_def, write_graph_def
     from .model import load_model
 
     to_stdout = args.out == "-"
     say = _sayer(args, sys.stderr if to_stdout else None)
-    model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
+    model = bind(load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code),
+                 args.set)
     frozen = freeze_model(model, args.outputs, inputs=args.inputs or (), optimize=args.optimize)
     text = True if args.text else None  # None: decided by the name (.pbtxt is text)
     if to_stdout:
@@ -423,11 +436,13 @@ def _cmd_restore(args):
 
 
 def _cmd_finetune(args):
+    from .bind import bind
     from .model import load_model
     from .train import finetune
 
     say = _sayer(args)
-    model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
+    model = bind(load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code),
+                 args.set)
     history = []
 
     def on_epoch(r):
@@ -463,15 +478,18 @@ VERIFIED_AGAINST = {"graph": "the original graph", "checkpoint": "the original g
 
 
 def _cmd_split(args):
+    from .bind import bind
     from .errors import SurgeryError
     from .model import load_model
+    from .report import shape_str
     from .runtimes import parse_input_shapes
     from .split import split_model, write_split
 
     if args.verify < 0:
         raise SurgeryError(f"--verify {args.verify} is negative", "give a number of random inputs, or 0 to skip")
     say = _sayer(args)
-    model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
+    model = bind(load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code),
+                 args.set)
     split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None, format=args.format)
     manifest = write_split(model, split, args.out, verify=args.verify, progress=_progress(args) and not args.json,
                            verify_data=args.verify_data, input_shapes=parse_input_shapes(args.input_shape),
@@ -479,7 +497,7 @@ def _cmd_split(args):
     out = args.out.rstrip("/") or "/"
 
     def names(specs):
-        return ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in specs) or "(nothing)"
+        return ", ".join(f"{s['name']} {s['dtype']} {shape_str(s['shape'])}" for s in specs) or "(nothing)"
 
     say(f"split {args.model} → {out}/")
     files = {name: manifest["pieces"][name]["graph"] + ("/" if info["format"] == "savedmodel" else "")
@@ -516,7 +534,7 @@ def _cmd_precompute(args):
     say = _sayer(args)
     result = precompute(args.model, args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
                         inputs=args.inputs, outputs=args.outputs, tag_set=args.tag_set, preprocess=args.preprocess,
-                        progress=_progress(args), signature=args.signature, trust_code=args.trust_code)
+                        progress=_progress(args), signature=args.signature, trust_code=args.trust_code, set=args.set)
     doc = {"written": args.out, "status": result.status, "rows": result.rows, "resumed_from": result.resumed_from,
            "computed": result.computed, "datasets": result.datasets, "ids": args.ids}
     if result.status == "up to date":
@@ -540,6 +558,12 @@ def _precompute_on_beam(args):
     from .beam import merge_shards, require_beam, run_precompute, source_for
 
     require_beam()
+    if args.set:
+        from .errors import SurgeryError
+
+        raise SurgeryError("--set with --runner beam: Beam's workers load the piece from its file",
+                           "bind the placeholders when you split or freeze (`surgery split … --set T=V`), "
+                           "then precompute that piece")
     say = _sayer(args)
     source = source_for(args.data, args.key, args.ids, preprocess=args.preprocess)
     shard_dir = args.out + ".shards"
@@ -558,7 +582,7 @@ def _precompute_on_spark(args):
     result = run_precompute(args.model, args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
                             inputs=args.inputs, outputs=args.outputs, tag_set=args.tag_set, master=args.spark_master,
                             conf=args.spark_conf, progress=_progress(args) and not args.json,
-                            preprocess=args.preprocess)
+                            preprocess=args.preprocess, set=args.set)
     say = _sayer(args)
     say(f"precomputed {result.rows} rows on Spark ({result.partitions} partitions) → {result.out}")
     if result.h5:
@@ -582,7 +606,8 @@ def _cmd_export(args):
         raise SurgeryError("--inputs needs --outputs", "name the tensors to export with --outputs T[,..]")
     say = _sayer(args)
     written = export(args.model, args.saved_model, outputs=args.outputs, inputs=args.inputs, tag_set=args.tag_set,
-                     signature=args.signature, trust_code=args.trust_code, progress=_progress(args) and not args.json)
+                     signature=args.signature, trust_code=args.trust_code, set=args.set,
+                     progress=_progress(args) and not args.json)
     pieces = {}
     for piece, keys in written.items():
         where = os.path.join(args.saved_model, piece) if piece else args.saved_model
@@ -595,7 +620,7 @@ def _cmd_export(args):
 
 def _export_runtime(args):
     """`export --tflite/--onnx`: convert each piece, verify it in its runtime, print sizes and differences."""
-    from .report import human_bytes
+    from .report import human_bytes, shape_str
     from .runtimes import TOP1_HINT_BELOW, export_runtime
 
     say = _sayer(args)
@@ -604,8 +629,8 @@ def _export_runtime(args):
                               input_shapes=args.input_shape, quantize=args.quantize, calibration=args.calibration,
                               allow_select_tf_ops=args.allow_select_tf_ops, max_error=args.max_error,
                               verify=args.verify, per_tensor=args.per_tensor, float_from=args.float_from,
-                              tag_set=args.tag_set, signature=args.signature,
-                              trust_code=args.trust_code, progress=_progress(args) and not args.json)
+                              tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code,
+                              set=args.set, progress=_progress(args) and not args.json)
     for name, piece in manifest["pieces"].items():
         where = path if path.endswith("." + fmt) else os.path.join(path, piece["graph"])
         mode = piece["quantize"] or "float"
@@ -615,8 +640,9 @@ def _export_runtime(args):
             mode += f", {len(piece['float_ops'])} ops kept in float"
         say(f"exported {where}  ({human_bytes(piece['bytes'])}, {mode}; "
             f"the frozen graph is {human_bytes(piece['graph_def_bytes'])})")
-        say("  inputs:  " + (", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in piece["inputs"]) or "(none)"))
-        say("  outputs: " + ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in piece["outputs"]))
+        say("  inputs:  " + (", ".join(f"{t['name']} {t['dtype']} {shape_str(t['shape'])}" for t in piece["inputs"])
+                             or "(none)"))
+        say("  outputs: " + ", ".join(f"{t['name']} {t['dtype']} {shape_str(t['shape'])}" for t in piece["outputs"]))
         v = piece["verification"]
         if "skipped" in v:
             say(f"  not verified: {v['skipped']}")
@@ -720,6 +746,10 @@ def main(argv=None) -> int:
             args.stdin = getattr(args, "model", None) == "-"
             if args.stdin:
                 args.model = _stdin_model(tmpdir)
+            if getattr(args, "set", None):  # a malformed --set is a usage error: said before any model loads
+                from .bind import parse_sets
+
+                args.set = parse_sets(args.set)
             if getattr(args, "strict", False) and args.command != "audit":
                 _refuse_flagged(args)
             code, doc = args.func(args)

@@ -16,7 +16,7 @@ import os
 import shutil
 
 from . import tfcompat
-from .errors import ModelLoadError
+from .errors import ModelLoadError, SurgeryError
 from .files import atomic_path
 from .graph import graph_from_def, read_graph_def
 from .manifest import FILENAME, is_pieces_dir, piece_path, read_manifest
@@ -79,19 +79,23 @@ def _saved_model_keys(directory: str) -> dict:
 
 
 def export(graph: str, directory: str, *, outputs=None, inputs=None, tag_set: str = "serve", signature=None,
-           trust_code: bool = False, progress: bool = False) -> dict:
+           trust_code: bool = False, set=None, progress: bool = False) -> dict:
     """Export GRAPH (a frozen .pb/.pbtxt, a directory with a manifest, or with `outputs` any MODEL)
     as SavedModel(s).
 
     A manifest directory gives one SavedModel per piece, `directory/<piece>` (`offline`,
     `online` for a split), all written into place together; a piece that is already a SavedModel
     is copied. A MODEL with `outputs` keeps its variables (`export_model`); a frozen graph with
-    `outputs` is cut to them first. Returns {piece or "": signature keys}."""
+    `outputs` is cut to them first. `set` binds placeholders (`bind.bind`). Returns {piece or "": signature keys}."""
+    if set and (is_pieces_dir(graph) or not outputs):
+        raise SurgeryError("--set binds placeholders of one MODEL: it needs --outputs",
+                           "name the tensors to export with --outputs, or bind them when you split or freeze")
     if outputs and not is_pieces_dir(graph):
+        from .bind import bind
         from .freeze import freeze_model
         from .model import load_model
 
-        model = load_model(graph, tag_set=tag_set, signature=signature, trust_code=trust_code)
+        model = bind(load_model(graph, tag_set=tag_set, signature=signature, trust_code=trust_code), set)
         if not model.is_frozen:
             return {"": export_model(model, directory, outputs=outputs, inputs=inputs, progress=progress)}
         frozen = freeze_model(model, parse_list(outputs), inputs=parse_list(inputs) if inputs else ())

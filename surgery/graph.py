@@ -185,8 +185,13 @@ def descendants(graph, roots, *, control: bool = False, where=None) -> set:
 
 # Ops that compute a training loss from logits and labels: they and all below them are training.
 LOSS_OP_TYPES = frozenset({"SoftmaxCrossEntropyWithLogits", "SparseSoftmaxCrossEntropyWithLogits"})
-_LOSS_NAME = re.compile(r"(^|/)(loss|losses|total_loss|metrics?|accuracy|xentropy|cross_entropy)(_\d+)?(/|$)",
-                        re.IGNORECASE)
+_LOSS_NAME = re.compile(r"(^|/)(\w*_)?(loss|losses|metrics?|accuracy|xentropy|cross_entropy)(_\d+)?(/|$)",
+                        re.IGNORECASE)  # `total_loss`, `sparse_softmax_cross_entropy_loss/…` too
+# v1 control flow's plumbing: a cond's Switch/Merge and the Identity nodes tf.cond adds around its
+# predicate; never a model's answer, even where nothing consumes them
+_COND_PLUMBING = re.compile(r"(^|/)cond(_\d+)?/(pred_id|switch_t|switch_f)$")
+_V1_FLOW_OPS = frozenset({"Switch", "RefSwitch", "Merge", "RefMerge", "Enter", "RefEnter", "Exit", "RefExit",
+                          "NextIteration", "RefNextIteration", "LoopCond"})
 _STATE_WRITERS = ("Assign", "AssignAdd", "AssignSub", "AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
 _FUNCTIONAL_FLOW = frozenset({"While", "StatelessWhile", "If", "StatelessIf", "Case", "StatelessCase"})
 
@@ -207,6 +212,8 @@ def likely_output_nodes(graph_def) -> list[str]:
 
     def answer(n) -> bool:
         if n.op in NOT_OUTPUT_OP_TYPES or is_machinery(n.name, n.op) or n.name in training:
+            return False
+        if n.op in _V1_FLOW_OPS or _COND_PLUMBING.search(n.name):
             return False
         if index.control_consumers(n.name):
             return False

@@ -19,7 +19,8 @@ import numpy as np
 from . import graph as g
 from . import tfcompat
 from . import kerasfile
-from .errors import ModelLoadError, SurgeryError
+from .errors import ModelLoadError
+from .legacy import clean_collections, import_leniently
 from .names import VARIABLE_OP_TYPES
 from .tf2 import flatten_tf2, serving_signature
 from .weights import is_checkpoint, open_checkpoint
@@ -77,6 +78,8 @@ class Model:
     signature_defs: dict = dataclasses.field(default_factory=dict)
     # {variable op name: checkpoint key} where the checkpoint is object-based (TF2 SavedModel).
     variable_keys: dict | None = None
+    # {placeholder op name: value} bound by `--set` (`bind.bind`): now constants of the graph
+    bound_placeholders: dict = dataclasses.field(default_factory=dict)
     _reader_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -186,17 +189,45 @@ def parse_model(path: str, *, tag_set: str = "serve") -> Model:
     return _load(path, tag_set, imported=False)
 
 
+def reimport(model: Model, graph_def) -> Model:
+    """`model` with its graph rewritten as `graph_def` (same variables, same checkpoint), imported
+    anew; its meta graph, if any, carries the new graph, less the collection entries and
+    signature inputs that name nodes it no longer has. `model` itself is not changed."""
+    present = {n.name for n in graph_def.node}
+    signature_defs = {}
+    for key, sig in model.signature_defs.items():
+        sig_copy = type(sig)()
+        sig_copy.CopyFrom(sig)
+        for name in [k for k, t in sig_copy.inputs.items() if t.name.split(":")[0] not in present]:
+            del sig_copy.inputs[name]
+        signature_defs[key] = sig_copy
+    meta = None
+    if model.meta_graph_def is not None:
+        meta = tf.compat.v1.MetaGraphDef()
+        meta.CopyFrom(model.meta_graph_def)
+        meta.graph_def.CopyFrom(graph_def)
+        clean_collections(meta, present)
+        for key, sig in signature_defs.items():
+            if key in meta.signature_def:
+                meta.signature_def[key].CopyFrom(sig)
+    graph, proto = _import(True, graph_def=None if meta is not None else graph_def, meta_graph_def=meta,
+                           path=model.path)
+    return dataclasses.replace(model, graph=graph, graph_def=proto.graph_def if meta is not None else proto,
+                               meta_graph_def=proto if meta is not None else None, signature_defs=signature_defs,
+                               _reader_cache={})
+
+
 def _load_object(obj) -> Model:
     """A `keras.Model`, `tf.Graph` or `GraphDef` held in memory."""
     if isinstance(obj, tf.Graph):
         with obj.as_default():
             meta = tf.compat.v1.train.export_meta_graph(graph=obj, clear_devices=True)
-        graph = _import(True, meta_graph_def=meta, path="tf.Graph")
+        graph, meta = _import(True, meta_graph_def=meta, path="tf.Graph")
         return Model(path="<tf.Graph>", format="tf_graph", graph=graph, graph_def=meta.graph_def,
                      meta_graph_def=meta)
     if isinstance(obj, tf.compat.v1.GraphDef):
-        return Model(path="<GraphDef>", format="graph_def", graph=_import(True, graph_def=obj, path="GraphDef"),
-                     graph_def=obj)
+        graph, graph_def = _import(True, graph_def=obj, path="GraphDef")
+        return Model(path="<GraphDef>", format="graph_def", graph=graph, graph_def=graph_def)
     if hasattr(obj, "layers") and hasattr(obj, "export"):
         return _load_keras(obj, f"<keras.Model {obj.name}>", "keras_model")
     raise ModelLoadError(f"cannot load a {type(obj).__name__} as a model",
@@ -276,31 +307,31 @@ def _saved_model_file(directory: str) -> str | None:
 
 
 def _import(imported: bool, graph_def=None, meta_graph_def=None, path: str = ""):
-    """A fresh graph holding the parsed proto, its constants checked first; None when not `imported`."""
+    """(graph, proto): a fresh graph holding the parsed proto, its constants checked first, and
+    the proto it came from, repaired where an older TensorFlow wrote it (`legacy.import_leniently`);
+    graph None when not `imported`."""
+    proto = graph_def if graph_def is not None else meta_graph_def
     if not imported:
-        return None
+        return None, proto
     g.validate_constants(graph_def if graph_def is not None else meta_graph_def.graph_def, path)
-    graph = tf.Graph()
-    try:
+
+    def do_import(proto):
+        graph = tf.Graph()
         with graph.as_default():
             if meta_graph_def is not None:
-                tf.compat.v1.train.import_meta_graph(meta_graph_def, clear_devices=True)
+                tf.compat.v1.train.import_meta_graph(proto, clear_devices=True)
             else:
-                tf.import_graph_def(graph_def, name="")
-    except SurgeryError:
-        raise
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{path} could not be imported: {msg[:200]}",
-                             "the graph is malformed or needs ops this TensorFlow does not have") from e
-    return graph
+                tf.import_graph_def(proto, name="")
+        return graph
+
+    return import_leniently(proto, do_import, path=path)
 
 
 def _load_frozen(path: str, imported: bool, *, text: bool) -> Model:
     gd = g.read_graph_def(path, text=text, validate=False)  # validated by _import, or never imported
     if not gd.node:
         raise ModelLoadError(f"{path} holds no graph nodes", "pass a frozen GraphDef with nodes, or another MODEL form")
-    graph = _import(imported, graph_def=gd, path=path)
+    graph, gd = _import(imported, graph_def=gd, path=path)
     return Model(path=path, format="frozen_pbtxt" if text else "frozen_pb", graph=graph, graph_def=gd)
 
 
@@ -314,7 +345,7 @@ def _load_checkpoint(prefix: str | None, path: str, fmt: str, imported: bool, me
     if prefix is not None:
         open_checkpoint(prefix)  # validates index + data shards before anything runs
     mg = g.read_proto(tf.compat.v1.MetaGraphDef(), meta, text=False, what="MetaGraphDef (.meta)")
-    graph = _import(imported, meta_graph_def=mg, path=meta)
+    graph, mg = _import(imported, meta_graph_def=mg, path=meta)
     return Model(path=path, format=fmt, graph=graph, graph_def=mg.graph_def, meta_graph_def=mg,
                  checkpoint=prefix, signature_defs=dict(mg.signature_def))
 
@@ -336,7 +367,7 @@ def _load_saved_model(directory: str, tag_set: str, imported: bool, signature: s
     tf2 = len(mg.object_graph_def.nodes) > 0
     # The SavedModel as written is imported first: that checks it before Grappler sees it, and
     # flattening happens only where a graph is wanted at all.
-    graph = _import(imported, meta_graph_def=mg, path=file)
+    graph, mg = _import(imported, meta_graph_def=mg, path=file)
     chosen_signature = serving_signature(mg, signature, path=directory) if tf2 or signature else None
     if tf2 and graph is not None and chosen_signature is not None:
         flat = flatten_tf2(mg, directory, checkpoint, path=file, signature=chosen_signature)

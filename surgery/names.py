@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import weakref
 
 from .errors import TensorNotFoundError
 
@@ -103,7 +104,26 @@ def _scope_outputs(graph, scope: str):
     return outs
 
 
+# {imported tf.Graph: {node left out at import: why}} (`legacy.import_leniently`), so that naming
+# one of them says why it is missing
+_DROPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remember_dropped(graph, dropped: dict) -> None:
+    """Record the nodes (`{name: why}`) left out when `graph` was imported."""
+    _DROPPED[graph] = dict(dropped)
+
+
+def dropped_nodes(graph) -> dict:
+    """{node name: why} of the nodes left out when `graph` was imported (`legacy.import_leniently`)."""
+    return _DROPPED.get(graph, {})
+
+
 def _not_found(graph, name: str, what: str = "tensor") -> TensorNotFoundError:
+    why = dropped_nodes(graph).get(name)
+    if why is not None:
+        return TensorNotFoundError(f"'{name}' was left out when the graph was imported: {why}",
+                                   "name outputs that do not need it (inference outputs never do)")
     close = suggest(name, (op.name for op in graph.get_operations()))
     hint = ("did you mean " + ", ".join(f"'{c}'" for c in close) + "?") if close else \
         "run `surgery inspect MODEL --tensors REGEX` to list the tensors"

@@ -55,7 +55,7 @@ def fix_training_flags(graph_def, *, keep=()) -> object:
 
 
 def take_constant_branches(graph_def) -> object:
-    """`If`/`StatelessIf` nodes whose condition is a constant (once training flags are fixed)
+    """`If`/`StatelessIf` (and `Case`) nodes whose condition (branch index) is a constant (once training flags are fixed)
     become a call of the branch they always take, which Grappler then inlines. Own pass:
     Grappler lowers such an `If` to Switch/Merge but keeps both branches, and the batch norm
     inside then cannot be folded."""
@@ -68,19 +68,23 @@ def take_constant_branches(graph_def) -> object:
         if node is None or node.op != "Const":
             return None
         value = tf.make_ndarray(node.attr["value"].tensor)
-        return bool(value) if value.size == 1 else None
+        return value.ravel()[0] if value.size == 1 else None
 
     out = tf.compat.v1.GraphDef()
     out.CopyFrom(graph_def)
     for node in out.node:
-        if node.op not in ("If", "StatelessIf"):
+        if node.op not in ("If", "StatelessIf", "Case", "StatelessCase"):
             continue
-        taken = constant_value(node.input[0])
-        if taken is None:
+        value = constant_value(node.input[0])
+        if value is None:
             continue
-        branch = node.attr["then_branch" if taken else "else_branch"].func
-        call = tf.compat.v1.NodeDef(name=node.name, op="StatefulPartitionedCall" if node.op == "If" else "PartitionedCall",
-                                    input=list(node.input[1:]), device=node.device)
+        if node.op.endswith("If"):
+            branch = node.attr["then_branch" if bool(value) else "else_branch"].func
+        else:  # Case: an index out of range runs the last branch, as TensorFlow does
+            branches = node.attr["branches"].list.func
+            branch = branches[int(value)] if 0 <= int(value) < len(branches) else branches[-1]
+        call = tf.compat.v1.NodeDef(name=node.name, op="PartitionedCall" if node.op.startswith("Stateless")
+                                    else "StatefulPartitionedCall", input=list(node.input[1:]), device=node.device)
         call.attr["f"].func.CopyFrom(branch)
         call.attr["Tin"].CopyFrom(node.attr["Tin"])
         call.attr["Tout"].CopyFrom(node.attr["Tout"])

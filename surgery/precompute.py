@@ -88,9 +88,11 @@ def _dataset_names(tensors: list[str], names: list) -> list[str]:
 
 
 def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "serve", signature: str | None = None,
-                       trust_code: bool = False) -> OfflineGraph:
+                       trust_code: bool = False, set=None) -> OfflineGraph:
     """GRAPH as `precompute` takes it: a split directory (its `offline` piece), a frozen .pb,
-    or any MODEL (frozen here with values read from its checkpoint)."""
+    or any MODEL (frozen here with values read from its checkpoint); `set` binds placeholders
+    ({name: value} or `T=VALUE` strings, see `bind.bind`)."""
+    from .bind import bind
     from .freeze import freeze_model
     from .graph import ancestors, tensor_info
     from .manifest import is_pieces_dir, piece_digest, piece_path, read_manifest
@@ -106,9 +108,12 @@ def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "
         default_inputs = [t["name"] for t in piece.get("inputs", [])]
         default_outputs = [t["name"] for t in piece.get("outputs", [])]
         path = piece_file = graph_file
-    model = load_model(path, tag_set=tag_set, signature=signature, trust_code=trust_code)
+    model = bind(load_model(path, tag_set=tag_set, signature=signature, trust_code=trust_code), set)
     output_spec = parse_outputs(outputs)
-    if model.is_frozen:
+    if model.is_frozen and model.bound_placeholders:
+        graph, graph_def = model.graph, model.graph_def
+        digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True)).hexdigest()
+    elif model.is_frozen:
         with open(model.path, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
         graph, graph_def = model.graph, model.graph_def
@@ -168,7 +173,7 @@ class PrecomputeResult:
 
 def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None = None, batch_size: int = 256,
                inputs=None, outputs=None, tag_set: str = "serve", preprocess: str | None = None,
-               signature: str | None = None, trust_code: bool = False,
+               signature: str | None = None, trust_code: bool = False, set=None,
                progress: bool = False) -> PrecomputeResult:
     """Run GRAPH's offline piece over `data[key]` into `out` (HDF5), resuming an interrupted run.
 
@@ -176,13 +181,14 @@ def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None =
     `data.open_rows` source (HDF5, `.npy`, TFRecord, image folder), scaled as `preprocess` says.
     `outputs` are `T[=NAME],..` (default: the piece's outputs, stored as `embeddings` when there
     is one); `ids` is a dataset key (for `.npy` data: a `.npy` file; a TFRecord feature; any
-    value for an image folder: its files' paths) copied alongside as `ids`.
+    value for an image folder: its files' paths) copied alongside as `ids`. `set` binds
+    placeholders first (`--set is_training=false`; see `bind.bind`).
     """
     if batch_size < 1:
         raise SurgeryError(f"--batch-size {batch_size} is not a positive number", "use e.g. --batch-size 256")
     offline = graph if isinstance(graph, OfflineGraph) else \
         load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set, signature=signature,
-                           trust_code=trust_code)
+                           trust_code=trust_code, set=set)
     out = os.path.abspath(out)
     if os.path.isdir(out):
         raise OutputError(f"{out} is a directory", "pass a file name for --out, e.g. --out embeddings.h5")

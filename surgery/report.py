@@ -72,6 +72,62 @@ def _resolve_sig(model, tensor_info_proto) -> dict:
         return {"name": tensor_info_proto.name, "dtype": tf.as_dtype(tensor_info_proto.dtype).name, "shape": dims}
 
 
+_PREDICATE_SLOTS = {"Switch": 1, "RefSwitch": 1, "If": 0, "StatelessIf": 0, "Case": 0, "StatelessCase": 0}
+_PASS_THROUGH = ("Identity", "LogicalNot", "Cast")
+_DROPOUT = re.compile(r"(^|/)dropout(_\d+)?(/|$)", re.IGNORECASE)
+
+
+def training_switches(model) -> list:
+    """Placeholders that switch a TF1 graph between training and inference: a scalar bool that
+    decides conditionals (`is_training` feeding every `tf.cond` of batch norm and dropout), and a
+    scalar float that feeds dropout (`keep_prob`). Each with the `--set` that binds it for
+    inference: `[{name, dtype, role, set}]`."""
+    index = Index(model.graph_def)
+    found = []
+    for node in model.graph_def.node:
+        if node.op not in ("Placeholder", "PlaceholderWithDefault") or is_machinery(node.name, node.op):
+            continue
+        dtype = tf.as_dtype(node.attr["dtype"].type)
+        shape = node.attr["shape"].shape
+        if not shape.unknown_rank and len(shape.dim) > 0:
+            continue
+        if dtype == tf.bool and _decides_conditionals(index, node.name):
+            found.append({"name": node.name, "dtype": "bool", "role": "decides tf.cond branches (batch norm, dropout)",
+                          "set": f"--set {node.name}=false"})
+        elif dtype.is_floating and _feeds_dropout(index, node.name):
+            value = "1.0" if "keep" in node.name.lower() else "0.0"
+            found.append({"name": node.name, "dtype": dtype.name, "role": "feeds dropout",
+                          "set": f"--set {node.name}={value}"})
+    return found
+
+
+def _decides_conditionals(index, name: str) -> bool:
+    """True when `name`'s value (through Identity/LogicalNot/Cast) is a Switch's predicate or an
+    If/Case's condition."""
+    stack, seen = [name], set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for consumer, slot in index.consumers(current):
+            if _PREDICATE_SLOTS.get(consumer.op) == slot:
+                return True
+            if consumer.op in _PASS_THROUGH:
+                stack.append(consumer.name)
+    return False
+
+
+def _feeds_dropout(index, name: str, depth: int = 3) -> bool:
+    """True when an op within `depth` steps below `name` sits in a `dropout` scope."""
+    frontier = [name]
+    for _ in range(depth):
+        frontier = [c.name for n in frontier for c, _ in index.consumers(n)]
+        if any(_DROPOUT.search(n) for n in frontier):
+            return True
+    return False
+
+
 def count_params(model) -> int:
     """Model variables' element count (optimizer slots, `global_step` and other training
     bookkeeping excluded); for a graph without variables (frozen, or a SavedModel exported from a
@@ -108,6 +164,7 @@ def inspect_model(model, *, tensors: str | None = None) -> dict:
                        "training_only": is_machinery(v.name, v.op_type)} for v in model.variables()],
         "num_params": count_params(model),
         "checkpoint": model.checkpoint,
+        "training_switches": training_switches(model),
     }
     if model.graph_def.library.function:
         report["num_functions"] = len(model.graph_def.library.function)
@@ -130,7 +187,8 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _shape_str(shape) -> str:
+def shape_str(shape) -> str:
+    """`[?, 224, 224, 3]`, or `<unknown rank>`: how every report and summary prints a shape."""
     if shape is None:
         return "<unknown rank>"
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
@@ -161,12 +219,15 @@ def format_report(report: dict, *, description: str = "", max_rows: int = 40) ->
         lines.append(f"  parameters  {report['num_params']:,} (weight constants)")
 
     def tensor_rows(ts):
-        return [(t["name"], t["dtype"], _shape_str(t["shape"])) for t in ts]
+        return [(t["name"], t["dtype"], shape_str(t["shape"])) for t in ts]
 
     lines += ["", "Inputs"] + _table(tensor_rows(report["inputs"]))
     lines += ["", "Outputs"] + _table(tensor_rows(report["outputs"]))
+    if report.get("training_switches"):
+        lines += ["", "Training switches (bind them for inference: freeze, split, precompute, finetune, export)"]
+        lines += _table([(s["name"], s["dtype"], s["role"], s["set"]) for s in report["training_switches"]])
     if weights:
-        rows = [(v["name"], v["dtype"], _shape_str(v["shape"]), human_bytes(v["bytes"])) for v in weights[:max_rows]]
+        rows = [(v["name"], v["dtype"], shape_str(v["shape"]), human_bytes(v["bytes"])) for v in weights[:max_rows]]
         lines += ["", f"Variables ({len(weights)})"] + _table(rows)
         if len(weights) > max_rows:
             lines.append(f"  … {len(weights) - max_rows} more (use --json for all)")

@@ -26,6 +26,7 @@ written. Float files must agree within 1e-4 of the output's scale; quantized one
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import difflib
@@ -670,24 +671,25 @@ def _piece(name: str, graph_def, inputs: list, outputs: list) -> Piece:
 
 
 def load_pieces(graph: str, *, outputs=None, inputs=None, tag_set: str = "serve", signature=None,
-                trust_code: bool = False) -> tuple:
+                trust_code: bool = False, set=None) -> tuple:
     """(pieces, is_split_dir): a split/finetune directory's pieces, or one piece `model` from a
     frozen graph or any MODEL (frozen here, to `outputs` above `inputs` when given)."""
+    from .bind import bind
     from .freeze import freeze_model
     from .report import likely_inputs, likely_outputs
     from .manifest import is_pieces_dir, load_pieces as load_manifest_pieces, read_manifest
     from .model import load_model
 
     if is_pieces_dir(graph):
-        if outputs or inputs:
-            raise SurgeryError(f"{graph} is a directory of pieces; --outputs/--inputs pick tensors of one MODEL",
+        if outputs or inputs or set:
+            raise SurgeryError(f"{graph} is a directory of pieces; --outputs/--inputs/--set work on one MODEL",
                                "drop them, or pass one piece's .pb")
         manifest = read_manifest(graph)
         models = load_manifest_pieces(graph)
         return [_piece(name, m.graph_def, manifest["pieces"][name]["inputs"], manifest["pieces"][name]["outputs"])
                 for name, m in models.items()], True
-    model = load_model(graph, tag_set=tag_set, signature=signature, trust_code=trust_code)
-    if model.is_frozen and not outputs and not inputs:
+    model = bind(load_model(graph, tag_set=tag_set, signature=signature, trust_code=trust_code), set)
+    if model.is_frozen and not outputs and not inputs and not set:
         gd, ins, outs = model.graph_def, likely_inputs(model), likely_outputs(model)
     else:
         if not outputs:
@@ -705,7 +707,7 @@ def load_pieces(graph: str, *, outputs=None, inputs=None, tag_set: str = "serve"
 def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None, input_shapes=(), quantize=None,
                    calibration=(), allow_select_tf_ops=False, max_error=None, verify: int = 100,
                    per_tensor: bool = False, float_from=(), tag_set: str = "serve", signature=None,
-                   trust_code: bool = False, progress: bool = False) -> dict:
+                   trust_code: bool = False, set=None, progress: bool = False) -> dict:
     """`surgery export GRAPH --tflite PATH` / `--onnx PATH`: every piece converted and verified, then
     written together. PATH is a file (`x.tflite`) for one piece, or a directory that gets
     `<piece>.tflite` per piece and a manifest. Returns the manifest (written or not).
@@ -722,16 +724,16 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
     check_weight_options(quantize, per_tensor=per_tensor, float_from=float_from)
     suffix = RUNTIMES[fmt]["suffix"]
     pieces, is_dir = load_pieces(graph, outputs=outputs, inputs=inputs, tag_set=tag_set, signature=signature,
-                                 trust_code=trust_code)
+                                 trust_code=trust_code, set=set)
     one_file = path.endswith(suffix)
     if one_file and len(pieces) > 1:
         raise SurgeryError(f"{graph} has {len(pieces)} pieces ({', '.join(p.name for p in pieces)}); "
                            f"{path} is one file", f"give a directory: --{fmt} {path[:-len(suffix)]}/")
     shapes = parse_input_shapes(input_shapes)
-    used = set()
+    used = builtins.set()  # `set` is this function's --set argument
     for piece in pieces:
         used |= pin_shapes(piece, shapes)
-    unused = sorted(set(shapes) - used)
+    unused = sorted(builtins.set(shapes) - used)
     if unused:
         names = [i["name"] for p in pieces for i in p.inputs]
         close = difflib.get_close_matches(unused[0], names, n=3, cutoff=0.4)

@@ -644,7 +644,8 @@ def output_paths(out: str) -> tuple[str, str | None]:
 
 def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = None, batch_size: int = 256,
                    inputs=None, outputs=None, tag_set: str = "serve", master: str | None = None, conf=None,
-                   partitions: int | None = None, progress: bool = False, preprocess: str | None = None) -> SparkResult:
+                   partitions: int | None = None, progress: bool = False, preprocess: str | None = None,
+                   set=None) -> SparkResult:
     """Run GRAPH's offline piece over `data` on Spark into the Parquet directory `out`
     (`out` = X.h5: Parquet in X.h5.parquet, merged into X.h5 as the local runner writes it).
 
@@ -668,7 +669,7 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
         from .precompute import FORMAT, _output_layout, _Runner, load_offline_graph
 
         preprocess = preprocess_mode(preprocess)
-        offline = load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set)
+        offline = load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set, set=set)
         if spark_reads(data):
             frame, rows, feed_dtype, row_shape, id_type, fps = _parquet_input(session(), data, key, ids, offline,
                                                                               preprocess)

@@ -552,8 +552,11 @@ def verify_in_child(model, split: Split, directory: str, feeds: dict, *, toleran
 
     with tempfile.TemporaryDirectory(prefix="surgery-verify-") as work:
         names = sorted(feeds)
-        np.savez(os.path.join(work, "feeds.npz"), *[feeds[k] for k in names])
+        np.savez(os.path.join(work, "feeds.npz"), *[_without_objects(feeds[k]) for k in names])
+        from .bind import format_sets
+
         spec = {"model": model.path, "tag_set": tag_set, "signature": signature, "trust_code": trust_code,
+                "set": format_sets(model.bound_placeholders),
                 "pieces": directory,
                 "feeds": names, "tolerance": tolerance,
                 "split": {"offline_inputs": split.offline_inputs, "live_inputs": split.live_inputs,
@@ -575,12 +578,21 @@ def verify_in_child(model, split: Split, directory: str, feeds: dict, *, toleran
     ours = [ln[len("surgery: error: "):] for ln in lines if ln.startswith("surgery: error: ")]
     if ours:  # the child's own refusal, hint included
         raise CutError(ours[-1])
-    if proc.returncode > 0 and lines and "Check failed" not in proc.stderr:  # a Python error there: ours
-        raise RuntimeError(f"the verification process failed: {lines[-1][:300]}")
+    if proc.returncode > 0 and lines and "Check failed" not in proc.stderr:  # a Python error there
+        raise CutError(f"cannot verify the split: the verification process failed ({lines[-1][:300]})",
+                       "nothing was written; --verify 0 skips the check (then compare the pieces yourself), "
+                       "and please report this")
     check = next((ln for ln in lines if "Check failed" in ln), None)
     cause = (check.split("] ", 1)[-1] if check else lines[-1] if lines else f"exit status {proc.returncode}")[:300]
     raise CutError(f"cannot verify the split: TensorFlow crashed running the model on its verification inputs "
                    f"({cause})", "the input shapes are probably wrong: " + _SHAPE_HINT.format(name="NAME"))
+
+
+def _without_objects(array) -> np.ndarray:
+    """String feeds (numpy object arrays of bytes) as fixed-width bytes, which `np.load` reads back
+    without pickle and TensorFlow feeds as strings."""
+    array = np.asarray(array)
+    return np.asarray(array.tolist(), dtype=bytes) if array.dtype == object else array
 
 
 def _verify_child(work: str) -> int:
@@ -588,6 +600,7 @@ def _verify_child(work: str) -> int:
     import json
     import types
 
+    from .bind import bind
     from .errors import SurgeryError
     from .model import load_model
 
@@ -600,8 +613,8 @@ def _verify_child(work: str) -> int:
                                   original_names=s["original_names"],
                                   online=types.SimpleNamespace(outputs=s["outputs"]))
     try:
-        model = load_model(spec["model"], tag_set=spec["tag_set"], signature=spec["signature"],
-                           trust_code=spec["trust_code"])
+        model = bind(load_model(spec["model"], tag_set=spec["tag_set"], signature=spec["signature"],
+                                trust_code=spec["trust_code"]), spec["set"])
         result = verify_split(model, split, spec["pieces"], feeds, tolerance=spec["tolerance"])
     except SurgeryError as e:
         print(f"surgery: error: {e}", file=sys.stderr)

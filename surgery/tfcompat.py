@@ -129,3 +129,11 @@ def variable_def(**fields):
     from tensorflow.core.framework.variable_pb2 import VariableDef
 
     return VariableDef(**fields)
+
+
+def is_registered_op(op_type: str) -> bool:
+    """True when this TensorFlow has a kernel-independent definition of `op_type` (its op
+    registry, private): an old graph's op that was since removed or renamed is not."""
+    from tensorflow.python.framework import op_def_registry
+
+    return op_def_registry.get(op_type) is not None

@@ -90,11 +90,12 @@ def latest_checkpoint(directory: str) -> str | None:
                                          prefix, moved if usable else "the newest checkpoint there")
         if usable:
             return moved
-    candidates = glob.glob(os.path.join(directory, "*.index")) + glob.glob(os.path.join(directory, "*.meta"))
+    # a prefix that ends in `/` names files `.index`, `.meta`: hidden, so glob's `*` would miss them
+    candidates = [os.path.join(directory, f) for f in os.listdir(directory) if f.endswith((".index", ".meta"))]
     if not candidates:
         return None
     newest = max(candidates, key=os.path.getmtime)
-    return os.path.splitext(newest)[0]
+    return newest[: newest.rindex(".")]  # not splitext: it keeps `.meta` whole for the prefix `dir/`
 
 
 def _damage(message: str) -> str:

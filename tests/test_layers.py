@@ -16,11 +16,11 @@ LAYERS = [
     ["files", "names", "classcache"],  # classcache: the Spark driver JVM's class archive
     ["tfcompat"],  # the only place for TensorFlow's private APIs
     ["graph"],  # the GraphDef toolkit
-    ["weights", "data"],
+    ["weights", "data", "legacy"],  # legacy: graphs older TensorFlows wrote
     ["tf2", "kerasfile"],
     ["model"],
     ["manifest"],
-    ["report", "optimize", "freeze", "savedmodel", "split", "splice", "audit", "restore"],  # passes
+    ["report", "optimize", "bind", "freeze", "savedmodel", "split", "splice", "audit", "restore"],  # passes
     ["train", "precompute", "beam", "spark", "spark_daemon", "export", "runtimes", "mix", "serve"],  # pipelines
     ["cli", "__main__"],
 ]

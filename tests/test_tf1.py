@@ -1,4 +1,4 @@
-"""Models from the TF1 era as their authors left them (tests/tf1_models.py builds one): stale
+"""Models from the TF1 era as their authors left them (scripts/tf1_tagger.py builds one): stale
 `_output_shapes`, a `checkpoint` file naming the author's machine, a prefix ending in `/`,
 `is_training`/`keep_prob` placeholders, Adam. Everything is checked against plain TensorFlow
 fed `is_training=False`."""
@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import cli, run_cli, run_graph_def, tf, v1
-from tf1_models import build_tagger
+from tf1_tagger import build_tagger
 
 from surgery.bind import bind, take_constant_switches
 from surgery.errors import SurgeryError

@@ -1,20 +1,27 @@
-"""TF1-era training graphs as their authors left them (issue: models from the TF1 era).
+"""A TF1-era training graph as its author left it: `python scripts/tf1_tagger.py --out tagger`.
 
 Built the way 2017-era research code did: `tf.compat.v1.layers` with v1 control flow
 (`Switch`/`Merge`), batch norm and dropout behind `tf.cond` on an `is_training` bool
 placeholder, a `keep_prob` float placeholder, Adam, and a `tf.train.Saver`. The MetaGraphDef
 is then aged as TF 1.x wrote it: `FusedBatchNormGrad`'s reserve-space outputs carry the
 `_output_shapes` TF 1.x recorded, which today's TensorFlow rejects at import. Small: one
-`build_tagger` call takes about a second.
+`build_tagger` call takes about a second. The README's "Models from the TF1 era" and
+tests/test_tf1.py use it; `--out DIR` also writes `DIR-task.h5` (`x`, and labels `y` that are
+linear in the penultimate layer) to fine-tune a new head on.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from surgery import tfcompat
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+
+from surgery import tfcompat  # noqa: E402
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -147,3 +154,20 @@ def build_tagger(directory: str, *, steps: int = 150, seed: int = 0, prefix_name
             f.write(f'model_checkpoint_path: "{foreign_checkpoint_path}"\n'
                     f'all_model_checkpoint_paths: "{foreign_checkpoint_path}"\n')
     return {"prefix": prefix, "x": x, "y": y, "expected": expected, "penultimate": penultimate, "stale": stale}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="directory for model.ckpt* and checkpoint")
+    args = parser.parse_args(argv)
+    built = build_tagger(args.out, foreign_checkpoint_path="/home/author/tagger/model.ckpt-1200")
+    w = np.random.default_rng(1).standard_normal((HIDDEN, CLASSES))
+    task = args.out.rstrip("/") + "-task.h5"
+    with h5py.File(task, "w") as f:
+        f["x"], f["y"] = built["x"], np.argmax(built["penultimate"] @ w, axis=1)
+    print(f"wrote {args.out}/ (a TF 1.12-style training graph: stale _output_shapes, is_training, Adam) and {task}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

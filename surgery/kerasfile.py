@@ -121,10 +121,11 @@ def output_names(model) -> list[str]:
     return [_history_layer(t) for t in model.outputs]
 
 
-def export_for_surgery(model) -> tuple[str, list[str], list[str]]:
+def export_for_surgery(model) -> tuple[str, list[str], list[str], list[str]]:
     """Export `model` to a temporary SavedModel (removed at exit) whose `serving_default`
     returns every single-output layer's output under the layer's name, the model's own outputs
-    under `output_names`. Returns (directory, input keys, output keys)."""
+    under `output_names`. Returns (directory, input keys, output keys, every key in the order of
+    `model.layers`, which `tf2.flatten_tf2` needs where two layers return one tensor)."""
     import keras
 
     if not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
@@ -151,7 +152,7 @@ def export_for_surgery(model) -> tuple[str, list[str], list[str]]:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"Keras model '{model.name}' could not be traced to a TensorFlow graph: {msg}",
                              "the model must run on the TensorFlow backend (KERAS_BACKEND=tensorflow)") from e
-    return os.path.join(directory, "sm"), [_history_layer(t) for t in model.inputs], names
+    return os.path.join(directory, "sm"), [_history_layer(t) for t in model.inputs], names, list(outputs)
 
 
 __all__ = ["SUFFIXES", "is_keras_file", "read_config", "code_findings", "load_keras_file", "output_names",

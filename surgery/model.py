@@ -238,8 +238,8 @@ def _load_keras(keras_model, path: str, fmt: str) -> Model:
     """A Keras model flattened through a temporary SavedModel (`kerasfile.export_for_surgery`):
     one graph, each layer's output named after the layer; signature = the model's own inputs
     and outputs."""
-    directory, _, outputs = kerasfile.export_for_surgery(keras_model)
-    model = _load_saved_model(directory, "serve", True, signature="serving_default")
+    directory, _, outputs, layer_order = kerasfile.export_for_surgery(keras_model)
+    model = _load_saved_model(directory, "serve", True, signature="serving_default", output_order=layer_order)
     sig = model.signature_defs["serving_default"]
     for key in [k for k in sig.outputs if k not in outputs]:  # the layers' outputs: names, not answers
         del sig.outputs[key]
@@ -350,7 +350,8 @@ def _load_checkpoint(prefix: str | None, path: str, fmt: str, imported: bool, me
                  checkpoint=prefix, signature_defs=dict(mg.signature_def))
 
 
-def _load_saved_model(directory: str, tag_set: str, imported: bool, signature: str | None = None) -> Model:
+def _load_saved_model(directory: str, tag_set: str, imported: bool, signature: str | None = None,
+                      output_order=None) -> Model:
     from tensorflow.core.protobuf import saved_model_pb2
 
     file = _saved_model_file(directory)
@@ -370,7 +371,7 @@ def _load_saved_model(directory: str, tag_set: str, imported: bool, signature: s
     graph, mg = _import(imported, meta_graph_def=mg, path=file)
     chosen_signature = serving_signature(mg, signature, path=directory) if tf2 or signature else None
     if tf2 and graph is not None and chosen_signature is not None:
-        flat = flatten_tf2(mg, directory, checkpoint, path=file, signature=chosen_signature)
+        flat = flatten_tf2(mg, directory, checkpoint, path=file, signature=chosen_signature, output_order=output_order)
         return Model(path=directory, format="saved_model_tf2", checkpoint=checkpoint, **flat)
     signature_defs = dict(mg.signature_def)
     if signature is not None:

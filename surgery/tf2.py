@@ -167,9 +167,15 @@ def serving_signature(meta_graph_def, requested: str | None = None, *, path: str
                          "choose one with --signature NAME")
 
 
-def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path: str, signature: str) -> dict:
+def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path: str, signature: str,
+                output_order=None) -> dict:
     """SavedModel `directory`'s `signature` flattened into one graph (see the module doc): the fields
-    of its `Model` (`graph`, `graph_def`, `meta_graph_def`, `signature_defs`, `variable_keys`)."""
+    of its `Model` (`graph`, `graph_def`, `meta_graph_def`, `signature_defs`, `variable_keys`).
+
+    `output_order`: the signature's output keys in the order their layers run (a Keras model's
+    `layers`). Where several keys return one tensor (a Dropout passes its input through at
+    inference), their Identity nodes are chained in that order and the tensor's readers read the
+    last: a cut at any of the names then cuts the path, as Keras's own sub-models do."""
     sig = meta_graph_def.signature_def[signature]
     outputs = sorted({node_input_op(t.name) for t in sig.outputs.values()})
     try:
@@ -220,7 +226,8 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
     # Each shared output gets an Identity named after its key, on the path: the ops that read the
     # value read the Identity, so a cut there separates (as a Keras layer's output does).
     by_name, bypassed, first = {n.name: n for n in graph_def.node}, set(), {}
-    for key, (tensor, dtype) in identities.items():
+    rank = {key: i for i, key in enumerate(output_order or ())}
+    for key, (tensor, dtype) in sorted(identities.items(), key=lambda kv: rank.get(kv[0], len(rank))):
         op, _, index = tensor.partition(":")
         source = f"{renames.get(op, op)}:{index or 0}"
         while by_name.get(node_input_op(source)) is not None and by_name[node_input_op(source)].op in _PASS_OPS:
@@ -232,7 +239,7 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
         source = g.tensor_name(source)
         node = graph_def.node.add(name=key, op="Identity", input=[first[source] + ":0" if source in first else source])
         node.attr["T"].type = dtype
-        first.setdefault(source, key)
+        first[source] = key  # the next key sharing this tensor reads this one; readers read the last
     others = [n.name for n in graph_def.node if n.name not in identities]
     graph_def = g.replace_uses(graph_def, {t: key + ":0" for t, key in first.items()}, only=others)
     used = {node_input_op(i) for n in graph_def.node for i in n.input}

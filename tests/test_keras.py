@@ -292,3 +292,37 @@ def test_mobilenet_v2_split_at_a_block(tmp_path):
     (y,) = run_graph_def(read_graph_def(str(out / "offline.pb")), {"input_layer:0": x},
                          ["block_6_project_BN:0"])
     np.testing.assert_allclose(y, layer_output(model, "block_6_project_BN", x), atol=1e-4)
+
+
+def _dropout_model():
+    """x -> Dense 'hidden' -> Dropout 'drop' -> Dense 'out': at inference the Dropout returns its
+    input, so 'hidden' and 'drop' are one tensor; 'drop' sorts first, which once made 'hidden'
+    a dead-end copy that a cut ignored."""
+    import keras
+
+    x = keras.Input((6,), name="x")
+    h = keras.layers.Dense(5, activation="relu", name="hidden")(x)
+    d = keras.layers.Dropout(0.5, name="drop")(h)
+    out = keras.layers.Dense(3, name="out")(d)
+    return keras.Model(x, out)
+
+
+@pytest.mark.parametrize("layer", ["hidden", "drop"])
+def test_a_name_shared_with_a_dropout_means_that_layer(layer, tmp_path):
+    """Feeding the named layer's tensor must move the output as Keras's own sub-model says: a
+    value check alone passes on a dead-end copy."""
+    import keras
+
+    model = _dropout_model()
+    path = save_keras(model, tmp_path)
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    r = cli("freeze", path, "--inputs", layer, "--outputs", "out", "--out", tmp_path / "head.pb")
+    assert r.returncode == 0, r.stderr
+    head = read_graph_def(str(tmp_path / "head.pb"))
+    placeholders = [n.name for n in head.node if n.op == "Placeholder"]
+    assert placeholders == [layer], placeholders
+    fed = np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32)  # not hidden's values
+    expected = keras.Model([model.input, model.get_layer(layer).output], model.output).predict([x, fed], verbose=0)
+    np.testing.assert_allclose(run_graph_def(head, {f"{layer}:0": fed}, "out:0"), expected, atol=1e-5)
+    r = cli("split", path, "--cut", layer, "--outputs", "out", "--out", tmp_path / "pieces")
+    assert r.returncode == 0, r.stderr

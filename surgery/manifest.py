@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 
+import numpy as np
+
 from .errors import ModelLoadError
 from .files import write_text
 
@@ -21,9 +23,15 @@ FILENAME = "manifest.json"
 
 
 def source_info(model) -> dict:
-    """Where the pieces came from: the model path, its format and its checkpoint."""
-    return {"path": os.path.abspath(model.path), "format": model.format,
+    """Where the pieces came from: the model path, its format, its checkpoint, and the
+    placeholders `--set` bound (`{name: value}`), when any."""
+    info = {"path": os.path.abspath(model.path), "format": model.format,
             "checkpoint": os.path.abspath(model.checkpoint) if model.checkpoint else None}
+    bound = getattr(model, "bound_placeholders", None)
+    if bound:
+        info["set"] = {name: (np.asarray(v).astype(str) if np.asarray(v).dtype.kind in "SO" else np.asarray(v)).tolist()
+                       for name, v in bound.items()}
+    return info
 
 
 def piece(graph_file: str, frozen) -> dict:

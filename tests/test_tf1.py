@@ -100,6 +100,7 @@ def test_split_feeds_the_cut_alone_and_precompute_equals_plain_tensorflow(tagger
     manifest = json.loads((pieces / "manifest.json").read_text())
     assert [t["name"] for t in manifest["pieces"]["online"]["inputs"]] == [f"{PENULTIMATE}:0"]
     assert [t["name"] for t in manifest["pieces"]["offline"]["inputs"]] == ["x:0"]
+    assert manifest["source"]["set"] == {"is_training": False}
     assert "boolNone" not in r.stdout
     with h5py.File(data, "w") as f:
         f["x"] = tagger["x"]

@@ -464,10 +464,14 @@ def _cmd_finetune(args):
             f"{result.val_accuracy:.1%} after")
     out = args.out.rstrip("/") or "/"
     say(f"trained {len(result.trainable)} variables: " + ", ".join(result.trainable))
+    if result.fixed:
+        say(f"kept fixed {len(result.fixed)} non-trainable variables --train-scopes matched (statistics): "
+            + ", ".join(result.fixed))
     say(f"wrote {out}/: model.ckpt (+ .meta), frozen.pb, saved_model/, manifest.json")
     say(f"  feed:  {names['input']} (or cached values at {names['bottleneck']})")
     say(f"  fetch: {names['probabilities']}, {names['logits']}")
-    return 0, {"written": out, "names": names, "trainable": result.trainable, "history": result.history,
+    return 0, {"written": out, "names": names, "trainable": result.trainable, "fixed": result.fixed,
+               "history": result.history,
                "initial_val_accuracy": result.initial_val_accuracy, "val_accuracy": result.val_accuracy,
                "num_train": result.num_train, "num_val": result.num_val,
                "resumed_from_epoch": result.resumed_from_epoch, "manifest": result.manifest}

@@ -78,6 +78,9 @@ class Model:
     signature_defs: dict = dataclasses.field(default_factory=dict)
     # {variable op name: checkpoint key} where the checkpoint is object-based (TF2 SavedModel).
     variable_keys: dict | None = None
+    # [(name, dtype, shape, trainable)] of a TF2 SavedModel's (or Keras model's) own variables,
+    # those its serving graph never reads included (`tf2.declared_variables`); None elsewhere
+    declared_variables: list | None = None
     # {placeholder op name: value} bound by `--set` (`bind.bind`): now constants of the graph
     bound_placeholders: dict = dataclasses.field(default_factory=dict)
     _reader_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
@@ -108,6 +111,22 @@ class Model:
                 shape = tuple(None if d.size < 0 else d.size for d in node.attr["shape"].shape.dim)
                 out.append(VariableInfo(node.name, dtype, shape, node.op))
         return out
+
+    def trainable_names(self) -> set | None:
+        """Op names of the variables an optimizer may change: a TF2/Keras variable's own
+        `trainable` flag, a TF1 graph's TRAINABLE_VARIABLES collection; None when the graph
+        records neither (then every variable counts as trainable)."""
+        meta = self.meta_graph_def
+        if meta is None or "trainable_variables" not in meta.collection_def:
+            return None
+        from tensorflow.core.framework import variable_pb2
+
+        names = set()
+        for raw in meta.collection_def["trainable_variables"].bytes_list.value:
+            v = variable_pb2.VariableDef()
+            v.ParseFromString(raw)
+            names.add(v.variable_name.split(":")[0])
+        return names
 
     def weights(self):
         """This model's checkpoint as a `weights.CheckpointSource` (opened once)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import re
 
+import numpy as np
+
 from . import tfcompat
 from .errors import SurgeryError
 from .graph import Index, ancestors, descendants, likely_output_nodes, tensor_info
@@ -129,14 +131,36 @@ def _feeds_dropout(index, name: str, depth: int = 3) -> bool:
 
 
 def count_params(model) -> int:
-    """Model variables' element count (optimizer slots, `global_step` and other training
-    bookkeeping excluded); for a graph without variables (frozen, or a SavedModel exported from a
-    frozen graph), the float constants of rank ≥ 1 (its weights)."""
-    variables = model.variables()
-    if variables:
-        return sum(v.num_elements for v in variables if not is_machinery(v.name, v.op_type))
-    # No variables: a frozen graph, or a SavedModel exported from one; its weights are its
-    # constants, counted alike in either form.
+    """Model variables' element count as Keras counts them (`count_params()`: trainable and
+    non-trainable, those the serving graph never reads included), optimizer slots, `global_step`
+    and other training bookkeeping excluded; for a graph without variables (frozen, or a
+    SavedModel exported from a frozen graph), the float constants of rank ≥ 1 (its weights)."""
+    split = count_params_split(model)
+    if split is not None:
+        return split[0] + split[1]
+    return _count_constants(model)
+
+
+def count_params_split(model):
+    """(trainable, non-trainable) element counts of the model's variables, or None when it has
+    none. Trainable: a TF2/Keras variable's own flag, or a TF1 graph's TRAINABLE_VARIABLES."""
+    if model.declared_variables:
+        sizes = [(int(np.prod([d or 0 for d in shape])) if shape else 1, trainable)
+                 for _, _, shape, trainable in model.declared_variables]
+        return sum(n for n, t in sizes if t), sum(n for n, t in sizes if not t)
+    variables = [v for v in model.variables() if not is_machinery(v.name, v.op_type)]
+    if not variables:
+        return None
+    trainable = model.trainable_names()
+    if trainable is None:  # no collection: every variable counts as trainable
+        return sum(v.num_elements for v in variables), 0
+    return (sum(v.num_elements for v in variables if v.name in trainable),
+            sum(v.num_elements for v in variables if v.name not in trainable))
+
+
+def _count_constants(model) -> int:
+    """A graph without variables (a frozen graph, or a SavedModel exported from one): its weights
+    are its float constants of rank ≥ 1, counted alike in either form."""
     total = 0
     for node in model.graph_def.node:
         if node.op == "Const" and node.attr["dtype"].type in (tf.float32.as_datatype_enum, tf.float16.as_datatype_enum,
@@ -163,7 +187,10 @@ def inspect_model(model, *, tensors: str | None = None) -> dict:
         "variables": [{"name": v.name, "dtype": v.dtype, "shape": list(v.shape), "bytes": v.nbytes,
                        "training_only": is_machinery(v.name, v.op_type)} for v in model.variables()],
         "num_params": count_params(model),
-        "checkpoint": model.checkpoint,
+        "num_params_trainable": (count_params_split(model) or (None, None))[0],
+        "num_params_non_trainable": (count_params_split(model) or (None, None))[1],
+        # a Keras file's weights are the file (its values are read from a temporary export)
+        "checkpoint": model.path if model.format.startswith("keras") else model.checkpoint,
         "training_switches": training_switches(model),
     }
     if model.graph_def.library.function:
@@ -215,6 +242,9 @@ def format_report(report: dict, *, description: str = "", max_rows: int = 40) ->
     if report["variables"]:
         lines.append(f"  parameters  {report['num_params']:,} in {len(weights)} variables ({human_bytes(var_bytes)})"
                      + (f", plus {len(training)} optimizer/bookkeeping variables" if training else ""))
+        if report.get("num_params_non_trainable"):
+            lines.append(f"              {report['num_params_trainable']:,} trainable, "
+                         f"{report['num_params_non_trainable']:,} non-trainable (statistics)")
     else:
         lines.append(f"  parameters  {report['num_params']:,} (weight constants)")
 

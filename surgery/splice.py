@@ -153,8 +153,10 @@ def _data_inputs(node):
     return [i for i in node.input if not i.startswith("^")]
 
 
-def opened_variables(graph_def, train_scopes) -> list[str]:
-    """Variable op names matching any of the `train_scopes` regexes (optimizer slots excluded)."""
+def opened_variables(graph_def, train_scopes, trainable=None) -> tuple[list[str], list[str]]:
+    """(opened, fixed): variable op names matching any of the `train_scopes` regexes (optimizer
+    slots excluded), split by `trainable` (the names an optimizer may change; None: all). A batch
+    norm's moving statistics are not trainable: Keras never trains them, and neither do we."""
     patterns = []
     for rx in train_scopes:
         try:
@@ -162,12 +164,14 @@ def opened_variables(graph_def, train_scopes) -> list[str]:
         except re.error as e:
             raise SurgeryError(f"--train-scopes '{rx}' is not a valid regex: {e}", "e.g. --train-scopes 'fc7'") from e
     names = [n.name for n in graph_def.node if n.op in VARIABLE_OP_TYPES and not is_machinery(n.name, n.op)]
-    opened = [n for n in names if any(p.search(n) for p in patterns)]
+    matched = [n for n in names if any(p.search(n) for p in patterns)]
     for rx, p in zip(train_scopes, patterns):
         if not any(p.search(n) for n in names):
             raise SurgeryError(f"--train-scopes '{rx}' matches no variable of the model",
                                "variables: " + ", ".join(names[:6]) + ("…" if len(names) > 6 else ""))
-    return opened
+    if trainable is None:
+        return matched, []
+    return [n for n in matched if n in trainable], [n for n in matched if n not in trainable]
 
 
 def find_boundary(graph_def, at_tensor: str, opened: list[str]) -> tuple[list[str], set]:
@@ -247,6 +251,7 @@ class Splice:
     num_classes: int
     head_variables: list
     opened_variables: list
+    fixed_variables: list  # matched by train_scopes but not trainable (moving statistics): kept as they are
     original_variables: list
     optimizer_variables: list
 
@@ -306,7 +311,7 @@ def splice(model, at: str, head, *, train_scopes=(), optimizer: str = "adam", lr
     if train_scopes and model.is_frozen:
         raise SurgeryError(f"{model.path} is frozen: it has no variables to open with --train-scopes",
                            "fine-tune from the checkpoint instead, or drop --train-scopes")
-    opened = opened_variables(graph_def, train_scopes) if train_scopes else []
+    opened, fixed = opened_variables(graph_def, train_scopes, model.trainable_names()) if train_scopes else ([], [])
     boundary, region = find_boundary(graph_def, at_tensor.name, opened)
     shapes = {t: (model.graph.get_tensor_by_name(t).dtype, model.graph.get_tensor_by_name(t).shape) for t in boundary}
     new_def, bottleneck_names = insert_boundary(graph_def, boundary, region, shapes, scope)
@@ -363,7 +368,7 @@ def splice(model, at: str, head, *, train_scopes=(), optimizer: str = "adam", lr
     return Splice(graph=graph, scope=scope, at=at_new, input=model_input, bottlenecks=bottlenecks,
                   boundary=boundary, labels=labels, is_training=is_training, logits=logits,
                   probabilities=probabilities, loss=loss, accuracy=accuracy, train_op=train_op,
-                  num_classes=num_classes, head_variables=head_vars, opened_variables=opened_vars,
+                  num_classes=num_classes, head_variables=head_vars, opened_variables=opened_vars, fixed_variables=fixed,
                   original_variables=original, optimizer_variables=opt_vars)
 
 

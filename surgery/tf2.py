@@ -147,6 +147,31 @@ def _variable_nodes(graph_def, name: str, handle, trainable: bool):
                                     is_resource=True, trainable=trainable)
 
 
+def declared_variables(meta_graph_def) -> list:
+    """[(name, dtype, shape, trainable)] of every variable the SavedModel's object graph holds,
+    used by its functions or not (a Keras `Normalization` keeps its adapted statistics as
+    variables its call never reads; Keras counts them). Where the root lists its variables (a
+    Keras export's `variables`), that list; else every variable object once."""
+    nodes = meta_graph_def.object_graph_def.nodes
+    if not nodes:
+        return []
+
+    def child(node, name):
+        return next((c.node_id for c in node.children if c.local_name == name), None)
+
+    listed = child(nodes[0], "variables")
+    ids = [c.node_id for c in nodes[listed].children] if listed is not None and nodes[listed].children else \
+        [i for i, n in enumerate(nodes) if n.WhichOneof("kind") == "variable"]
+    out = []
+    for i in dict.fromkeys(ids):
+        if nodes[i].WhichOneof("kind") != "variable":
+            continue
+        v = nodes[i].variable
+        shape = tuple(None if d.size < 0 else d.size for d in v.shape.dim)
+        out.append((v.name, tf.as_dtype(v.dtype).name, shape, v.trainable))
+    return out
+
+
 def serving_signature(meta_graph_def, requested: str | None = None, *, path: str = "") -> str | None:
     """The signature to flatten: `requested`, else `serving_default`, else the only one (init
     ops excluded); None when there is none. An unknown name, or several and no default, is a
@@ -272,4 +297,4 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
     meta.signature_def[signature].CopyFrom(flat_sig)
     meta.meta_info_def.tags[:] = list(meta_graph_def.meta_info_def.tags)
     return dict(graph=graph, graph_def=meta.graph_def, meta_graph_def=meta, signature_defs={signature: flat_sig},
-                variable_keys=variable_keys)
+                variable_keys=variable_keys, declared_variables=declared_variables(meta_graph_def))

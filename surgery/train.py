@@ -81,6 +81,7 @@ class FinetuneResult:
     num_val: int
     resumed_from_epoch: int
     manifest: dict
+    fixed: list = dataclasses.field(default_factory=list)  # matched by train_scopes, not trainable: unchanged
 
 
 def work_dir(out: str) -> str:
@@ -295,6 +296,7 @@ def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key
             tmp, source=source_info(model), pieces={"model": piece(FROZEN, frozen_graph)}, checkpoint=CHECKPOINT,
             finetune={"at": sp.at.name, "head": head if isinstance(head, str) else repr(head),
                       "boundary": sp.boundary, "names": names, "trainable": trainable,
+                      "fixed": list(sp.fixed_variables),
                       "num_classes": sp.num_classes, "classes": classes, "data": os.path.abspath(data),
                       "x": x_key, "y": y_key, "preprocess": preprocess or DEFAULT_PREPROCESS,
                       "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
@@ -304,7 +306,8 @@ def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key
     shutil.rmtree(work, ignore_errors=True)
     return FinetuneResult(out=os.path.abspath(out), names=names, trainable=trainable, history=history,
                           initial_val_accuracy=initial, val_accuracy=final, num_train=len(train_idx),
-                          num_val=len(val_idx), resumed_from_epoch=start, manifest=manifest)
+                          num_val=len(val_idx), resumed_from_epoch=start, manifest=manifest,
+                          fixed=list(sp.fixed_variables))
 
 
 def _fed(sp, cache) -> list:

@@ -326,3 +326,56 @@ def test_a_name_shared_with_a_dropout_means_that_layer(layer, tmp_path):
     np.testing.assert_allclose(run_graph_def(head, {f"{layer}:0": fed}, "out:0"), expected, atol=1e-5)
     r = cli("split", path, "--cut", layer, "--outputs", "out", "--out", tmp_path / "pieces")
     assert r.returncode == 0, r.stderr
+
+
+def _statistics_model():
+    """Normalization (adapted: its mean, variance and count are variables its call never reads)
+    → Dense → BatchNormalization (moving statistics: non-trainable) → Dense."""
+    import keras
+
+    x = keras.Input((6,), name="x")
+    norm = keras.layers.Normalization(name="norm")
+    norm.adapt(np.random.default_rng(0).standard_normal((32, 6)).astype(np.float32) * 3 + 1)
+    h = keras.layers.Dense(5, activation="relu", name="d")(norm(x))
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = keras.Model(x, keras.layers.Dense(3, name="out")(h))
+    bn = model.get_layer("bn")  # statistics that differ from their initial 0 and 1
+    bn.moving_mean.assign(np.linspace(0.5, 1.5, 5).astype(np.float32))
+    bn.moving_variance.assign(np.linspace(2.0, 3.0, 5).astype(np.float32))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["keras", "h5", "sm"])
+def test_parameters_are_counted_as_keras_counts_them(kind, tmp_path):
+    model = _statistics_model()
+    path = {"keras": save_keras, "h5": save_legacy_h5, "sm": export_saved_model}[kind](model, tmp_path)
+    r = cli("inspect", path, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert doc["num_params"] == model.count_params() == 86  # 13 of them the Normalization's
+    assert (doc["num_params_trainable"], doc["num_params_non_trainable"]) == (trainable, 86 - trainable)
+    assert "surgery-keras-" not in str(doc["checkpoint"])  # a Keras file's weights are the file
+
+
+def test_train_scopes_never_train_moving_statistics(tmp_path):
+    model = _statistics_model()
+    path = save_keras(model, tmp_path)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((96, 6)).astype(np.float32)
+    data = tmp_path / "d.h5"
+    with h5py.File(data, "w") as f:
+        f["x"], f["y"] = x, (x[:, 0] > 0).astype(np.int64)
+    out = tmp_path / "ft"
+    r = cli("finetune", path, "--at", "bn", "--train-scopes", "bn", "--head", "dense:2", "--data", data,
+            "--x", "x", "--y", "y", "--epochs", "3", "--lr", "0.1", "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert sorted(doc["fixed"]) == ["bn/moving_mean", "bn/moving_variance"]
+    assert not [v for v in doc["trainable"] if "moving" in v]
+    assert {"bn/gamma", "bn/beta"} <= set(doc["trainable"])
+    trained = load_model(str(out / "model.ckpt"))
+    bn = model.get_layer("bn")
+    np.testing.assert_array_equal(trained.read_variable("bn/moving_mean"), bn.moving_mean.numpy())
+    np.testing.assert_array_equal(trained.read_variable("bn/moving_variance"), bn.moving_variance.numpy())
+    assert not np.array_equal(trained.read_variable("bn/gamma"), bn.gamma.numpy())  # the opened weights did train

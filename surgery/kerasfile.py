@@ -121,19 +121,28 @@ def output_names(model) -> list[str]:
     return [_history_layer(t) for t in model.outputs]
 
 
-def export_for_surgery(model) -> tuple[str, list[str], list[str], list[str]]:
+def export_for_surgery(model) -> tuple[str, list[str], list[str], list[str], dict]:
     """Export `model` to a temporary SavedModel (removed at exit) whose `serving_default`
     returns every single-output layer's output under the layer's name, the model's own outputs
-    under `output_names`. Returns (directory, input keys, output keys, every key in the order of
-    `model.layers`, which `tf2.flatten_tf2` needs where two layers return one tensor)."""
+    under `output_names`; a layer called more than once returns each call's output as
+    `NAME.call_I`. Returns (directory, input keys, output keys, every key in the order of
+    `model.layers`, which `tf2.flatten_tf2` needs where two layers return one tensor,
+    {layer called more than once: [its call keys]})."""
     import keras
 
     if not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
         raise ModelLoadError(f"Keras model '{model.name}' has no inputs/outputs yet (a subclassed or unbuilt model)",
                              "build it as a functional model, or export a SavedModel with model.export(DIR)")
-    outputs = {}
+    outputs, calls = {}, {}
     for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer) or len(getattr(layer, "_inbound_nodes", ())) != 1:
+        nodes = list(getattr(layer, "_inbound_nodes", ()))
+        if isinstance(layer, keras.layers.InputLayer) or not nodes:
+            continue
+        if len(nodes) > 1:  # a shared layer: one tensor per call, its bare name refused as ambiguous
+            for i, node in enumerate(nodes):
+                if len(node.output_tensors) == 1 and isinstance(node.output_tensors[0], keras.KerasTensor):
+                    outputs[f"{layer.name}.call_{i}"] = node.output_tensors[0]
+                    calls.setdefault(layer.name, []).append(f"{layer.name}.call_{i}")
             continue
         try:
             out = layer.output
@@ -152,7 +161,7 @@ def export_for_surgery(model) -> tuple[str, list[str], list[str], list[str]]:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"Keras model '{model.name}' could not be traced to a TensorFlow graph: {msg}",
                              "the model must run on the TensorFlow backend (KERAS_BACKEND=tensorflow)") from e
-    return os.path.join(directory, "sm"), [_history_layer(t) for t in model.inputs], names, list(outputs)
+    return os.path.join(directory, "sm"), [_history_layer(t) for t in model.inputs], names, list(outputs), calls
 
 
 __all__ = ["SUFFIXES", "is_keras_file", "read_config", "code_findings", "load_keras_file", "output_names",

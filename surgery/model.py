@@ -21,7 +21,7 @@ from . import tfcompat
 from . import kerasfile
 from .errors import ModelLoadError
 from .legacy import clean_collections, import_leniently
-from .names import VARIABLE_OP_TYPES
+from .names import VARIABLE_OP_TYPES, carry_notes, remember_ambiguous
 from .tf2 import flatten_tf2, serving_signature
 from .weights import is_checkpoint, open_checkpoint
 from .weights import latest_checkpoint as _latest_checkpoint
@@ -231,6 +231,7 @@ def reimport(model: Model, graph_def) -> Model:
                 meta.signature_def[key].CopyFrom(sig)
     graph, proto = _import(True, graph_def=None if meta is not None else graph_def, meta_graph_def=meta,
                            path=model.path)
+    carry_notes(model.graph, graph)
     return dataclasses.replace(model, graph=graph, graph_def=proto.graph_def if meta is not None else proto,
                                meta_graph_def=proto if meta is not None else None, signature_defs=signature_defs,
                                _reader_cache={})
@@ -257,8 +258,9 @@ def _load_keras(keras_model, path: str, fmt: str) -> Model:
     """A Keras model flattened through a temporary SavedModel (`kerasfile.export_for_surgery`):
     one graph, each layer's output named after the layer; signature = the model's own inputs
     and outputs."""
-    directory, _, outputs, layer_order = kerasfile.export_for_surgery(keras_model)
+    directory, _, outputs, layer_order, calls = kerasfile.export_for_surgery(keras_model)
     model = _load_saved_model(directory, "serve", True, signature="serving_default", output_order=layer_order)
+    remember_ambiguous(model.graph, calls)
     sig = model.signature_defs["serving_default"]
     for key in [k for k in sig.outputs if k not in outputs]:  # the layers' outputs: names, not answers
         del sig.outputs[key]

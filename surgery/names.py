@@ -104,9 +104,12 @@ def _scope_outputs(graph, scope: str):
     return outs
 
 
-# {imported tf.Graph: {node left out at import: why}} (`legacy.import_leniently`), so that naming
-# one of them says why it is missing
+# What a graph's names cannot say by themselves, kept beside the imported tf.Graph:
+# {graph: {node left out at import: why}} (`legacy.import_leniently`), so that naming one says why
+# it is missing; {graph: {Keras layer called more than once: [the tensor of each call]}}, so that
+# its bare name is refused as ambiguous instead of resolving to one call, or to neither.
 _DROPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_AMBIGUOUS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def remember_dropped(graph, dropped: dict) -> None:
@@ -117,6 +120,18 @@ def remember_dropped(graph, dropped: dict) -> None:
 def dropped_nodes(graph) -> dict:
     """{node name: why} of the nodes left out when `graph` was imported (`legacy.import_leniently`)."""
     return _DROPPED.get(graph, {})
+
+
+def remember_ambiguous(graph, calls: dict) -> None:
+    """Record `{layer name: [call tensor names]}` for the Keras layers `graph` holds several calls of."""
+    _AMBIGUOUS[graph] = dict(calls)
+
+
+def carry_notes(old_graph, new_graph) -> None:
+    """Give `new_graph` (a rewrite of `old_graph`) the same notes: left-out nodes, ambiguous names."""
+    for registry in (_DROPPED, _AMBIGUOUS):
+        if old_graph in registry:
+            registry[new_graph] = dict(registry[old_graph])
 
 
 def _not_found(graph, name: str, what: str = "tensor") -> TensorNotFoundError:
@@ -161,6 +176,10 @@ def resolve_tensor(graph, name: str):
     Anything else is an error with suggestions.
     """
     op_name, index = split_tensor_name(name)
+    calls = _AMBIGUOUS.get(graph, {}).get(op_name)
+    if calls:
+        raise TensorNotFoundError(f"'{op_name}' is a Keras layer called {len(calls)} times: each call has a tensor "
+                                  "of its own", "name one call: " + ", ".join(calls))
     ambiguous = None
     try:
         op = _find_op(graph, op_name)

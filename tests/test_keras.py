@@ -379,3 +379,28 @@ def test_train_scopes_never_train_moving_statistics(tmp_path):
     np.testing.assert_array_equal(trained.read_variable("bn/moving_mean"), bn.moving_mean.numpy())
     np.testing.assert_array_equal(trained.read_variable("bn/moving_variance"), bn.moving_variance.numpy())
     assert not np.array_equal(trained.read_variable("bn/gamma"), bn.gamma.numpy())  # the opened weights did train
+
+
+def test_a_layer_called_twice_is_ambiguous_and_each_call_is_named(tmp_path):
+    import keras
+
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    shared = keras.layers.Dense(3, name="shared")
+    h = keras.layers.Concatenate(name="cat")([shared(a), shared(b)])
+    model = keras.Model([a, b], keras.layers.Dense(2, name="out")(h))
+    path = save_keras(model, tmp_path)
+    r = cli("freeze", path, "--inputs", "shared", "--outputs", "out", "--out", tmp_path / "f.pb")
+    assert r.returncode == 2, r.stderr
+    assert "called 2 times" in r.stderr and "shared.call_0" in r.stderr and "shared.call_1" in r.stderr
+    assert not (tmp_path / "f.pb").exists()
+    r = cli("split", path, "--cut", "shared.call_0,shared.call_1", "--outputs", "out", "--out", tmp_path / "p")
+    assert r.returncode == 0, r.stderr
+    rng = np.random.default_rng(0)
+    xa, xb = rng.standard_normal((5, 4)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
+    off = read_graph_def(str(tmp_path / "p" / "offline.pb"))
+    on = read_graph_def(str(tmp_path / "p" / "online.pb"))
+    c0, c1 = run_graph_def(off, {"a:0": xa, "b:0": xb}, ["shared.call_0:0", "shared.call_1:0"])
+    np.testing.assert_allclose(c0, shared(xa).numpy(), atol=1e-5)
+    np.testing.assert_allclose(c1, shared(xb).numpy(), atol=1e-5)
+    got = run_graph_def(on, {"shared.call_0:0": c0, "shared.call_1:0": c1}, "out:0")
+    np.testing.assert_allclose(got, model.predict([xa, xb], verbose=0), atol=1e-5)

@@ -77,8 +77,10 @@ def code_findings(config: dict) -> list[dict]:
         registered = str(layer.get("registered_name") or "")
         if cls == "Lambda":
             found.append({"layer": name, "class": cls, "kind": "lambda"})
-        elif (cls not in _MODEL_CLASSES and not hasattr(keras.layers, cls)) or ">" in registered or (
-                module and not str(module).startswith("keras")):
+        elif ">" in registered or (module and not str(module).startswith("keras")) or (
+                not module and cls not in _MODEL_CLASSES and not hasattr(keras.layers, cls)):
+            # a class Keras ships lives in a `keras…` module (ConvNeXt's LayerScale in
+            # keras.src.applications.convnext); a registered custom class is `package>Name`
             found.append({"layer": name, "class": cls, "kind": "custom"})
     return found
 
@@ -105,8 +107,11 @@ def load_keras_file(path: str, *, trust_code: bool = False):
         return keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
     except Exception as e:  # Keras raises many kinds for a file it cannot rebuild
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        legacy = not path.lower().endswith(".keras")
         raise ModelLoadError(f"{path} could not be loaded by Keras: {msg}",
-                             "save the model again with this Keras version, or export a SavedModel") from e
+                             "legacy .h5 does not round-trip every layer: save the model as .keras "
+                             "(model.save('model.keras')) or export a SavedModel (model.export(DIR))" if legacy else
+                             "export a SavedModel from where the model loads (model.export(DIR)) and pass that") from e
 
 
 def _history_layer(tensor) -> str:

@@ -43,10 +43,24 @@ def _inline_functions(graph_def, fetches) -> object:
     """Grappler's function inlining alone (every other optimizer off), as convert_to_constants does."""
     gd = v1.GraphDef()
     gd.CopyFrom(graph_def)
-    for function in gd.library.function:  # a second implementation (e.g. CuDNN) blocks inlining
-        if "api_implements" in function.attr:
-            del function.attr["api_implements"]
+    for function in gd.library.function:
+        # a second implementation (e.g. CuDNN) blocks inlining, and so does a function marked for
+        # XLA (Keras's grouped convolution, `jit_compile=True`): both compute the same values inline
+        for attr in ("api_implements", "_XlaMustCompile", "_noinline"):
+            if attr in function.attr:
+                del function.attr[attr]
+        for node in function.node_def:
+            _drop_xla_marks(node)
+    for node in gd.node:
+        _drop_xla_marks(node)
     return g.grappler(gd, (), fetches, passes=("function",))
+
+
+def _drop_xla_marks(node) -> None:
+    """A call marked `_XlaMustCompile` is never inlined; unmarked, it runs the same kernels."""
+    for attr in ("_XlaMustCompile", "_XlaCompile", "_XlaScope", "_noinline"):
+        if attr in node.attr:
+            del node.attr[attr]
 
 
 def _captured_variables(graph_def, meta_graph_def) -> dict:

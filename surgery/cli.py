@@ -708,6 +708,23 @@ def _quiet_tensorflow(verbose: bool) -> None:
         logger.propagate = False
 
 
+def _check_specs(args) -> None:
+    """Usage errors that need no model are said before any model loads (a large Keras file takes
+    seconds): a malformed --set, --head or --input-shape."""
+    if getattr(args, "set", None):
+        from .bind import parse_sets
+
+        args.set = parse_sets(args.set)
+    if getattr(args, "head", None):
+        from .splice import parse_head
+
+        parse_head(args.head)
+    if getattr(args, "input_shape", None):
+        from .runtimes import parse_input_shapes
+
+        parse_input_shapes(args.input_shape)
+
+
 def _stdin_model(tmpdir: str) -> str:
     """MODEL `-`: the GraphDef on stdin (binary, or text when it reads as text) saved to a file."""
     from .errors import ModelLoadError
@@ -750,10 +767,7 @@ def main(argv=None) -> int:
             args.stdin = getattr(args, "model", None) == "-"
             if args.stdin:
                 args.model = _stdin_model(tmpdir)
-            if getattr(args, "set", None):  # a malformed --set is a usage error: said before any model loads
-                from .bind import parse_sets
-
-                args.set = parse_sets(args.set)
+            _check_specs(args)
             if getattr(args, "strict", False) and args.command != "audit":
                 _refuse_flagged(args)
             code, doc = args.func(args)

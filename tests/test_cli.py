@@ -268,3 +268,14 @@ def test_tensorboard_hint_names_the_extra_when_missing(small_ckpt, tmp_path):
     if shutil.which("tensorboard"):
         r = cli("inspect", small_ckpt[0], "--tensorboard", tmp_path / "logs2")
         assert "tensorboard --logdir" in r.stdout and "surgery[viz]" not in r.stdout
+
+
+@pytest.mark.parametrize("args,says", [
+    (["finetune", "MISSING", "--at", "x", "--head", "dense5", "--data", "d.h5", "--out", "o"], "head layer 'dense5'"),
+    (["split", "MISSING", "--cut", "x", "--outputs", "y", "--input-shape", "x=a,b", "--out", "o"], "--input-shape"),
+    (["freeze", "MISSING", "--outputs", "y", "--set", "is_training", "--out", "o.pb"], "T=VALUE"),
+])
+def test_specs_are_checked_before_the_model_loads(args, says, tmp_path):
+    """A malformed spec is named even though MODEL does not exist: nothing was loaded first."""
+    r = cli(*[str(tmp_path / a) if a == "MISSING" else a for a in args])
+    assert r.returncode == 2 and says in r.stderr and "no such file" not in r.stderr, r.stderr

@@ -181,6 +181,8 @@ def declared_variables(meta_graph_def) -> list:
         if nodes[i].WhichOneof("kind") != "variable":
             continue
         v = nodes[i].variable
+        if v.name.endswith("seed_generator_state"):  # a Dropout's random state: not a weight to Keras
+            continue
         shape = tuple(None if d.size < 0 else d.size for d in v.shape.dim)
         out.append((v.name, tf.as_dtype(v.dtype).name, shape, v.trainable))
     return out

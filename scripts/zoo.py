@@ -156,9 +156,9 @@ def check(model, path: str, *, layers=None, splits: int = 3, seed: int = 0) -> d
     with _closing(sess):
         out_tensor = graph.get_tensor_by_name(frozen.outputs[0]["name"])
         for layer, expected in zip(chosen, values):
-            try:
-                tensor = resolve_tensor(graph, layer.name)
-            except SurgeryError:
+            try:  # as a command resolves it: on the model as loaded; the frozen graph keeps the names
+                tensor = graph.get_tensor_by_name(resolve_tensor(loaded.graph, layer.name).name)
+            except (SurgeryError, KeyError):
                 unresolved.append(layer.name)
                 continue
             resolved[layer.name] = tensor.name

@@ -21,7 +21,7 @@ from . import tfcompat
 from . import kerasfile
 from .errors import ModelLoadError
 from .legacy import clean_collections, import_leniently
-from .names import VARIABLE_OP_TYPES, carry_notes, remember_ambiguous
+from .names import VARIABLE_OP_TYPES, carry_notes, remember_ambiguous, remember_traced
 from .tf2 import flatten_tf2, serving_signature
 from .weights import is_checkpoint, open_checkpoint
 from .weights import latest_checkpoint as _latest_checkpoint
@@ -393,6 +393,7 @@ def _load_saved_model(directory: str, tag_set: str, imported: bool, signature: s
     chosen_signature = serving_signature(mg, signature, path=directory) if tf2 or signature else None
     if tf2 and graph is not None and chosen_signature is not None:
         flat = flatten_tf2(mg, directory, checkpoint, path=file, signature=chosen_signature, output_order=output_order)
+        remember_traced(flat["graph"])
         return Model(path=directory, format="saved_model_tf2", checkpoint=checkpoint, **flat)
     signature_defs = dict(mg.signature_def)
     if signature is not None:

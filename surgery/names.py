@@ -88,12 +88,16 @@ def suggest(name: str, op_names, n: int = 5) -> list[str]:
     return found[:n]
 
 
+# A layer's output is computed: never a weight, as a variable, its read or (frozen) a constant.
+_NEVER_LAYER_OUTPUT = VARIABLE_OP_TYPES | {"Const", "ReadVariableOp"}
+
+
 def _scope_outputs(graph, scope: str):
     """Tensors produced inside `scope/` and consumed outside it (or by nothing)."""
     prefix = scope + "/"
     outs = []
     for op in graph.get_operations():
-        if not op.name.startswith(prefix) or is_machinery(op.name, op.type) or op.type in VARIABLE_OP_TYPES:
+        if not op.name.startswith(prefix) or is_machinery(op.name, op.type) or op.type in _NEVER_LAYER_OUTPUT:
             continue
         for t in op.outputs:
             consumers = [c for c in t.consumers() if not is_machinery(c.name, c.type)]
@@ -110,6 +114,10 @@ def _scope_outputs(graph, scope: str):
 # its bare name is refused as ambiguous instead of resolving to one call, or to neither.
 _DROPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _AMBIGUOUS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# {graph: True} for graphs traced from TF2 functions (a SavedModel, a Keras model): there each
+# layer's ops sit in a scope named after the layer plus a call suffix (`model_1/re_lu_1/` is layer
+# `re_lu`'s, `model_1/re_lu_1_1/` layer `re_lu_1`'s), so a scope is matched with its suffix only.
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def remember_dropped(graph, dropped: dict) -> None:
@@ -127,11 +135,17 @@ def remember_ambiguous(graph, calls: dict) -> None:
     _AMBIGUOUS[graph] = dict(calls)
 
 
+def remember_traced(graph) -> None:
+    """Record that `graph` was traced from TF2 functions (see `_TRACED`)."""
+    _TRACED[graph] = True
+
+
 def carry_notes(old_graph, new_graph) -> None:
     """Give `new_graph` (a rewrite of `old_graph`) the same notes: left-out nodes, ambiguous names."""
-    for registry in (_DROPPED, _AMBIGUOUS):
+    for registry in (_DROPPED, _AMBIGUOUS, _TRACED):
         if old_graph in registry:
-            registry[new_graph] = dict(registry[old_graph])
+            value = registry[old_graph]
+            registry[new_graph] = dict(value) if isinstance(value, dict) else value
 
 
 def _not_found(graph, name: str, what: str = "tensor") -> TensorNotFoundError:
@@ -168,6 +182,12 @@ def resolve_op(graph, name: str):
     return op
 
 
+def _traced_scopes(graph, layer: str) -> list[str]:
+    """Scopes `…/LAYER_N` below a top-level scope: where a traced layer's ops sit."""
+    traced = re.compile(r"/" + re.escape(layer) + r"_\d+/")
+    return sorted({o.name[: m.end() - 1] for o in graph.get_operations() if (m := traced.search(o.name))})
+
+
 def resolve_tensor(graph, name: str):
     """Resolve `fc7`, `fc7:0`, `scope/fc7/Relu:0` or a scope name such as `vgg_16/fc7`.
 
@@ -188,12 +208,14 @@ def resolve_tensor(graph, name: str):
             raise
         op, ambiguous = None, e
     if op is None and index is None:
-        scopes = sorted({o.name[: o.name.index(op_name + "/") + len(op_name)]
-                         for o in graph.get_operations()
-                         if o.name.startswith(op_name + "/") or ("/" + op_name + "/") in o.name})
-        if not scopes:  # a Keras layer traced by TF: layer `add_4` under scope `model_1/add_4_1/`
-            traced = re.compile(r"(?:^|/)" + re.escape(op_name) + r"_\d+/")
-            scopes = sorted({o.name[: m.end() - 1] for o in graph.get_operations() if (m := traced.search(o.name))})
+        if graph in _TRACED and "/" not in op_name:
+            scopes = _traced_scopes(graph, op_name)
+        else:
+            scopes = sorted({o.name[: o.name.index(op_name + "/") + len(op_name)]
+                             for o in graph.get_operations()
+                             if o.name.startswith(op_name + "/") or ("/" + op_name + "/") in o.name})
+            if not scopes:  # a Keras layer traced by TF: layer `add_4` under scope `model_1/add_4_1/`
+                scopes = _traced_scopes(graph, op_name)
         candidates = [t for s in scopes for t in _scope_outputs(graph, s)]
         if len(candidates) == 1:
             return candidates[0]

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test fuzz data models bench clean
+.PHONY: demo test fuzz zoo data models bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP)
 # SURGERY_FUZZ_N cases per kind (3 kinds), SURGERY_FUZZ_RANDOM=1 for a new random draw each run
 fuzz: $(STAMP)
 	SURGERY_FUZZ_N=$${SURGERY_FUZZ_N:-400} $(PY) -m pytest tests/test_fuzz.py -q -p no:cacheprovider
+
+# every keras.applications architecture, every format, every layer name (scripts/zoo.py): long
+zoo: $(STAMP)
+	$(PY) scripts/zoo.py --all --json zoo.json
 
 bench: $(STAMP) data models
 	$(PY) scripts/bench.py

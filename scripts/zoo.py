@@ -249,7 +249,8 @@ def markdown(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r or "error" in r:
-            lines.append(f"| {r['model']} | {r['format']} | {r.get('skipped') or 'error: ' + r['error']} |||||| ")
+            why = r.get("skipped") or "error: " + r["error"]
+            lines.append(f"| {r['model']} | {r['format']} | {why} | | | | | |")
             continue
         lines.append(f"| {r['model']} | {r['format']} | {'yes' if r['params_equal'] else 'NO'} | "
                      f"{'yes' if r['shapes_equal'] else 'NO'} | {r['layers']} | {r['mismatches']} | "

@@ -19,6 +19,7 @@ tests/zoo/test_zoo.py runs a fast subset in CI. No weights are downloaded: `weig
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -71,10 +72,7 @@ def build(name: str):
     import keras
 
     side, _ = ARCHITECTURES[name]
-    kwargs = {"weights": None, "input_shape": (side, side, 3), "classes": 10}
-    if name.startswith("NASNet"):  # its stem has no fixed-size assumption at 32x32 without the top
-        kwargs["input_shape"] = (side, side, 3)
-    return getattr(keras.applications, name)(**kwargs)
+    return getattr(keras.applications, name)(weights=None, input_shape=(side, side, 3), classes=10)
 
 
 def save(model, fmt: str, directory: str) -> str | None:
@@ -153,7 +151,7 @@ def check(model, path: str, *, layers=None, splits: int = 3, seed: int = 0) -> d
         values = [values]
     unresolved, value_bad, feed_bad, resolved = [], [], [], {}
     sess = tf.compat.v1.Session(graph=graph)  # not as a context: Keras's predict must stay eager
-    with _closing(sess):
+    with contextlib.closing(sess):
         out_tensor = graph.get_tensor_by_name(frozen.outputs[0]["name"])
         for layer, expected in zip(chosen, values):
             try:  # as a command resolves it: on the model as loaded; the frozen graph keeps the names
@@ -188,10 +186,10 @@ def check(model, path: str, *, layers=None, splits: int = 3, seed: int = 0) -> d
             continue  # the layer does not separate the graph (inside a residual unit)
         row["split_tried"] += 1
         offline, online = graph_from_def(pieces.offline.graph_def), graph_from_def(pieces.online.graph_def)
-        with _closing(tf.compat.v1.Session(graph=offline)) as s:
+        with contextlib.closing(tf.compat.v1.Session(graph=offline)) as s:
             cut = s.run([t["name"] for t in pieces.offline.outputs], {input_name: x})
         feeds = {c["placeholder"]: v for c, v in zip(pieces.cut, cut)}
-        with _closing(tf.compat.v1.Session(graph=online)) as s:
+        with contextlib.closing(tf.compat.v1.Session(graph=online)) as s:
             got = s.run(pieces.online.outputs[0]["name"], feeds)
         if _close(got, expected_out):
             row["split_ok"] += 1
@@ -200,12 +198,6 @@ def check(model, path: str, *, layers=None, splits: int = 3, seed: int = 0) -> d
     row["mismatches"] = len(value_bad) + len(feed_bad)
     row["seconds"] = round(time.perf_counter() - started, 1)
     return row
-
-
-def _closing(sess):
-    import contextlib
-
-    return contextlib.closing(sess)
 
 
 def sweep(models, formats, *, layers: int | None = None, splits: int = 3, progress=print) -> list[dict]:

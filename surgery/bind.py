@@ -28,6 +28,7 @@ from . import tfcompat
 from .errors import SurgeryError
 from .names import node_input_op, resolve_op, split_tensor_name
 from .optimize import take_constant_branches
+from .report import shape_str
 
 tf = tfcompat.tf
 
@@ -79,7 +80,7 @@ def placeholder_value(node, text) -> np.ndarray:
     dtype = tf.as_dtype(node.attr["dtype"].type)
     shape_proto = node.attr["shape"].shape
     shape = None if shape_proto.unknown_rank else [d.size for d in shape_proto.dim]
-    shown = "<unknown rank>" if shape is None else "[" + ", ".join("?" if d < 0 else str(d) for d in shape) + "]"
+    shown = shape_str(None if shape is None else [None if d < 0 else d for d in shape])
     what = f"'{node.name}' is a {dtype.name} placeholder of shape {shown}"
     parts = text.split(",") if isinstance(text, str) else None
     try:
@@ -165,20 +166,6 @@ def bind_placeholders(graph_def, values: dict):
     return out
 
 
-def constant_value(index, tensor: str):
-    """The value of `tensor` when it is a Const reached through Identity and LogicalNot ops (as
-    `tf.cond`'s `pred_id` and a negated flag are), else None."""
-    node = index.nodes.get(node_input_op(tensor))
-    negate = False
-    while node is not None and node.op in ("Identity", "RefIdentity", "LogicalNot") and node.input:
-        negate ^= node.op == "LogicalNot"
-        node = index.nodes.get(node_input_op(node.input[0]))
-    if node is None or node.op != "Const":
-        return None
-    value = tf.make_ndarray(node.attr["value"].tensor)
-    return np.logical_not(value) if negate else value
-
-
 def take_constant_switches(graph_def):
     """v1 `Switch`es on a constant predicate pass their data through on the taken side; nodes
     that need the untaken side (through data or control edges) are removed, and each `Merge` left
@@ -187,7 +174,7 @@ def take_constant_switches(graph_def):
     taken = {}  # Switch name -> the output index that lives (0: false, 1: true)
     for node in graph_def.node:
         if node.op in _SWITCH and len(node.input) >= 2:
-            value = constant_value(index, node.input[1])
+            value = g.constant_value(index, node.input[1])
             if value is not None and value.size == 1:
                 taken[node.name] = 1 if bool(value.ravel()[0]) else 0
     if not taken:

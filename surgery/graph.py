@@ -196,6 +196,20 @@ _STATE_WRITERS = ("Assign", "AssignAdd", "AssignSub", "AssignVariableOp", "Assig
 _FUNCTIONAL_FLOW = frozenset({"While", "StatelessWhile", "If", "StatelessIf", "Case", "StatelessCase"})
 
 
+def constant_value(index, tensor: str):
+    """The value of `tensor` when it is a Const reached through Identity and LogicalNot ops (as
+    `tf.cond`'s `pred_id` and a negated flag are), else None."""
+    node = index.nodes.get(node_input_op(tensor))
+    negate = False
+    while node is not None and node.op in ("Identity", "RefIdentity", "LogicalNot") and node.input:
+        negate ^= node.op == "LogicalNot"
+        node = index.nodes.get(node_input_op(node.input[0]))
+    if node is None or node.op != "Const":
+        return None
+    value = tf.make_ndarray(node.attr["value"].tensor)
+    return np.logical_not(value) if negate else value
+
+
 def likely_output_nodes(graph_def) -> list[str]:
     """Names of the nodes that look like a model's answers: the one rule `inspect`, `audit` and
     `export` share.

@@ -59,16 +59,11 @@ def take_constant_branches(graph_def) -> object:
     become a call of the branch they always take, which Grappler then inlines. Own pass:
     Grappler lowers such an `If` to Switch/Merge but keeps both branches, and the batch norm
     inside then cannot be folded."""
-    nodes = {n.name: n for n in graph_def.node}
+    index = g.Index(graph_def)
 
     def constant_value(inp):
-        node = nodes.get(node_input_op(inp))
-        while node is not None and node.op == "Identity":
-            node = nodes.get(node_input_op(node.input[0]))
-        if node is None or node.op != "Const":
-            return None
-        value = tf.make_ndarray(node.attr["value"].tensor)
-        return value.ravel()[0] if value.size == 1 else None
+        value = g.constant_value(index, inp)
+        return value.ravel()[0] if value is not None and value.size == 1 else None
 
     out = tf.compat.v1.GraphDef()
     out.CopyFrom(graph_def)

@@ -130,20 +130,12 @@ def _feeds_dropout(index, name: str, depth: int = 3) -> bool:
     return False
 
 
-def count_params(model) -> int:
-    """Model variables' element count as Keras counts them (`count_params()`: trainable and
-    non-trainable, those the serving graph never reads included), optimizer slots, `global_step`
-    and other training bookkeeping excluded; for a graph without variables (frozen, or a
-    SavedModel exported from a frozen graph), the float constants of rank ≥ 1 (its weights)."""
-    split = count_params_split(model)
-    if split is not None:
-        return split[0] + split[1]
-    return _count_constants(model)
-
-
 def count_params_split(model):
-    """(trainable, non-trainable) element counts of the model's variables, or None when it has
-    none. Trainable: a TF2/Keras variable's own flag, or a TF1 graph's TRAINABLE_VARIABLES."""
+    """(trainable, non-trainable) element counts of the model's variables as Keras counts them
+    (`count_params()`: those the serving graph never reads included), optimizer slots,
+    `global_step` and other training bookkeeping excluded; None when it has none (then its
+    weights are its constants, `_count_constants`). Trainable: a TF2/Keras variable's own flag, or
+    a TF1 graph's TRAINABLE_VARIABLES."""
     if model.declared_variables:
         sizes = [(int(np.prod([d or 0 for d in shape])) if shape else 1, trainable)
                  for _, _, shape, trainable in model.declared_variables]
@@ -177,6 +169,7 @@ def _count_constants(model) -> int:
 def inspect_model(model, *, tensors: str | None = None) -> dict:
     """What `surgery inspect` prints: format, num_nodes, ops, inputs, outputs, variables, num_params[, tensors]."""
     ops = collections.Counter(node.op for node in model.graph_def.node)
+    split = count_params_split(model)  # (trainable, non-trainable), read once
     report = {
         "path": model.path,
         "format": model.format,
@@ -186,9 +179,9 @@ def inspect_model(model, *, tensors: str | None = None) -> dict:
         "outputs": likely_outputs(model),
         "variables": [{"name": v.name, "dtype": v.dtype, "shape": list(v.shape), "bytes": v.nbytes,
                        "training_only": is_machinery(v.name, v.op_type)} for v in model.variables()],
-        "num_params": count_params(model),
-        "num_params_trainable": (count_params_split(model) or (None, None))[0],
-        "num_params_non_trainable": (count_params_split(model) or (None, None))[1],
+        "num_params": sum(split) if split is not None else _count_constants(model),
+        "num_params_trainable": split[0] if split is not None else None,
+        "num_params_non_trainable": split[1] if split is not None else None,
         # a Keras file's weights are the file (its values are read from a temporary export)
         "checkpoint": model.path if model.format.startswith("keras") else model.checkpoint,
         "training_switches": training_switches(model),

@@ -13,6 +13,7 @@ with named variables, where `add_4:0` is the output of Keras's layer `add_4` as
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -126,46 +127,118 @@ def output_names(model) -> list[str]:
     return [_history_layer(t) for t in model.outputs]
 
 
-def export_for_surgery(model) -> tuple[str, list[str], list[str], list[str], dict]:
-    """Export `model` to a temporary SavedModel (removed at exit) whose `serving_default`
-    returns every single-output layer's output under the layer's name, the model's own outputs
-    under `output_names`; a layer called more than once returns each call's output as
-    `NAME.call_I`. Returns (directory, input keys, output keys, every key in the order of
-    `model.layers`, which `tf2.flatten_tf2` needs where two layers return one tensor,
-    {layer called more than once: [its call keys]})."""
+def _graph_of(layer):
+    """The functional graph a nested model runs (a `Sequential` keeps one in `_functional`),
+    or None for a plain layer or a subclassed model."""
+    graph = layer if hasattr(layer, "_nodes_by_depth") else getattr(layer, "_functional", None)
+    return graph if hasattr(graph, "_nodes_by_depth") else None
+
+
+def _call_outputs(model) -> tuple[dict, dict]:
+    """Every top-level layer's output tensor by name; a layer called more than once gives each
+    call's tensor as `NAME.call_I` (its bare name is then ambiguous). Returns (outputs,
+    {shared layer: [its call keys]})."""
     import keras
 
-    if not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
-        raise ModelLoadError(f"Keras model '{model.name}' has no inputs/outputs yet (a subclassed or unbuilt model)",
-                             "build it as a functional model, or export a SavedModel with model.export(DIR)")
     outputs, calls = {}, {}
     for layer in model.layers:
         nodes = list(getattr(layer, "_inbound_nodes", ()))
         if isinstance(layer, keras.layers.InputLayer) or not nodes:
             continue
-        if len(nodes) > 1:  # a shared layer: one tensor per call, its bare name refused as ambiguous
-            for i, node in enumerate(nodes):
-                if len(node.output_tensors) == 1 and isinstance(node.output_tensors[0], keras.KerasTensor):
-                    outputs[f"{layer.name}.call_{i}"] = node.output_tensors[0]
-                    calls.setdefault(layer.name, []).append(f"{layer.name}.call_{i}")
-            continue
-        try:
-            out = layer.output
-        except (AttributeError, ValueError, RuntimeError):
-            continue
-        if isinstance(out, keras.KerasTensor):
-            outputs[layer.name] = out
-    names = output_names(model)
-    outputs.update(zip(names, model.outputs))
-    probe = keras.Model(model.inputs, outputs, name=model.name)
+        for i, node in enumerate(nodes):
+            tensors = node.output_tensors  # not `layer.output`: a nested model's is its own graph's
+            if len(tensors) != 1 or not isinstance(tensors[0], keras.KerasTensor):
+                continue
+            key = f"{layer.name}.call_{i}" if len(nodes) > 1 else layer.name
+            outputs[key] = tensors[0]
+            if len(nodes) > 1:
+                calls.setdefault(layer.name, []).append(key)
+    return outputs, calls
+
+
+@contextlib.contextmanager
+def _flat_outputs(model):
+    """Like `_call_outputs`, for a model with nested models: every layer is called again on the
+    model's inputs, a nested functional model's layers in its place, so that each inner layer's
+    output is a tensor of one flat graph, named `outer/inner` (`outer.call_I/inner` for a nested
+    model called more than once). Keras keeps no such tensors: a nested model runs as one
+    operation. Reimplements `Function._run_through_graph` (Keras 3) to know each call's node.
+    Yields (outputs, calls, the model's own outputs in the flat graph); on exit the layers keep
+    only their own calls again, so the caller's model is as it was."""
+    import keras
+
+    original = {}  # each layer's own calls, before the calls made here are added to them
+
+    def remember(graph):
+        for layer in graph.layers:
+            original.setdefault(id(layer), (layer, list(layer._inbound_nodes), list(layer._outbound_nodes)))
+            if _graph_of(layer) is not None:
+                remember(_graph_of(layer))
+
+    remember(model)
+    outputs, calls = {}, {}
+
+    def run(graph, inputs, prefix):
+        tensors = {id(x): y for x, y in zip(graph.inputs, inputs)}
+        for depth in sorted(graph._nodes_by_depth, reverse=True):
+            for node in graph._nodes_by_depth[depth]:
+                layer = node.operation
+                if not layer or node.is_input or any(id(x) not in tensors for x in node.input_tensors):
+                    continue
+                args, kwargs = node.arguments.fill_in(tensors)
+                own = original[id(layer)][1]
+                key = prefix + layer.name + (f".call_{own.index(node)}" if len(own) > 1 else "")
+                if len(own) > 1:
+                    calls.setdefault(prefix + layer.name, []).append(key)
+                inner = _graph_of(layer)
+                if inner is not None:
+                    result = run(inner, keras.tree.flatten(args[0]), key + "/")
+                else:
+                    result = keras.tree.flatten(layer(*args, **kwargs))
+                if len(result) == 1 and isinstance(result[0], keras.KerasTensor):
+                    outputs[key] = result[0]
+                tensors.update((id(x), y) for x, y in zip(node.outputs, result))
+        return [tensors[id(x)] for x in graph.outputs]
+
+    try:
+        yield outputs, calls, run(model, model.inputs, "")
+    finally:
+        for layer, inbound, outbound in original.values():
+            layer._inbound_nodes[:] = inbound
+            layer._outbound_nodes[:] = outbound
+
+
+def export_for_surgery(model) -> tuple[str, list[str], list[str], list[str], dict]:
+    """Export `model` to a temporary SavedModel (removed at exit) whose `serving_default`
+    returns every layer's output under the layer's name (`outer/inner` inside a nested model),
+    the model's own outputs under `output_names`; a layer called more than once returns each
+    call's output as `NAME.call_I`. Returns (directory, input keys, output keys, every key in
+    the order the layers run, which `tf2.flatten_tf2` needs where two layers return one
+    tensor, {layer called more than once: [its call keys]})."""
+    import keras
+
+    if not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
+        raise ModelLoadError(f"Keras model '{model.name}' has no inputs/outputs yet (a subclassed or unbuilt model)",
+                             "build it as a functional model, or export a SavedModel with model.export(DIR)")
+    nested = any(_graph_of(layer) is not None for layer in model.layers)
     directory = tempfile.mkdtemp(prefix="surgery-keras-")
     atexit.register(shutil.rmtree, directory, True)
-    try:
-        probe.export(os.path.join(directory, "sm"), verbose=False)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"Keras model '{model.name}' could not be traced to a TensorFlow graph: {msg}",
-                             "the model must run on the TensorFlow backend (KERAS_BACKEND=tensorflow)") from e
+    # a model without nested models is exported from Keras's own graph, untouched
+    with _flat_outputs(model) if nested else contextlib.nullcontext((*_call_outputs(model), model.outputs)) as (
+            outputs, calls, final):
+        names = output_names(model)
+        outputs.update(zip(names, final))
+        try:
+            keras.Model(model.inputs, outputs, name=model.name).export(os.path.join(directory, "sm"), verbose=False)
+        except Exception as e:  # Keras raises many kinds
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            hint = ("the model must run on the TensorFlow backend (KERAS_BACKEND=tensorflow)"
+                    if keras.backend.backend() != "tensorflow" else
+                    "rename the nested model's layers so that no name repeats, or export a SavedModel "
+                    "(model.export(DIR)) and pass that" if "is used" in msg else
+                    "export a SavedModel (model.export(DIR)) and pass that")
+            raise ModelLoadError(f"Keras model '{model.name}' could not be traced to a TensorFlow graph: {msg}",
+                                 hint) from e
     return os.path.join(directory, "sm"), [_history_layer(t) for t in model.inputs], names, list(outputs), calls
 
 

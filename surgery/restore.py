@@ -33,7 +33,7 @@ from .errors import RestoreError
 from .files import atomic_files, write_bytes, write_text
 from .names import is_machinery
 from .weights import PART as _PART
-from .weights import CheckpointSource, SourceTensor, WeightSource, open_weights, restore_checkpoint, saver_for
+from .weights import CheckpointSource, KerasWeights, SourceTensor, WeightSource, open_weights, restore_checkpoint, saver_for
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -310,6 +310,8 @@ def plan_restore(target, source, *, maps=(), include=(), exclude=(), allow_missi
     (the execute functions do) to refuse a strict restore.
     """
     source = open_source(source)
+    if isinstance(source, KerasWeights):  # keyed by layer and position: named by the target's layers
+        source = source.named_for(getattr(target, "declared_variables", None))
     maps = parse_maps(maps)
     includes, excludes = _compile(include, "--include"), _compile(exclude, "--exclude")
     for old, new in maps:

@@ -5,8 +5,9 @@ A `WeightSource` lists tensors by the names maps and regexes see (`keys()`, `sha
 - TF checkpoints, V2 (`prefix.index` + `prefix.data-*`) and V1 (one file at `prefix`, beside its
   `.meta`, which TF1's Saver still restores); TF2 object-based keys lose their
   `/.ATTRIBUTES/VARIABLE_VALUE` tail;
-- HDF5 weights files: one dataset per weight path, or Keras' layout (`layer/layer/kernel:0`,
-  found through the `layer_names`/`weight_names` attributes);
+- HDF5 weights files: one dataset per weight path, or Keras' legacy layout
+  (`layer/layer/kernel:0`, found through the `layer_names`/`weight_names` attributes), or
+  Keras 3's `.weights.h5` (`layers/<group>/vars/<i>`, named by a model's layers: `KerasWeights`);
 - partitioned variables: stored keys `X/part_0..N` are also offered joined as one tensor `X`.
 
 A damaged checkpoint (bad index, truncated or bit-flipped data) raises `CheckpointError` naming
@@ -274,6 +275,88 @@ class HDF5Weights(WeightSource):
             return np.asarray(f[stored][()])
 
 
+class KerasWeights(WeightSource):
+    """Keras 3's own weights file (`model.save_weights('x.weights.h5')`): each layer's
+    variables as `layers/<group>/vars/<i>`, the layer's name on the `vars` group, no variable
+    names. Keys are `LAYER/vars/I` (`outer/inner/vars/I` inside a nested model) until
+    `named_for` maps them to a model's variables by layer name and order, as Keras's
+    `load_weights` does. The optimizer's state is not a weight and is left out."""
+
+    kind = "keras_weights"
+
+    def __init__(self, path: str):
+        import h5py
+
+        self.path = path
+        raw = {}
+        try:
+            with h5py.File(path, "r") as f:
+                def visit(name, obj):
+                    parts = name.split("/")
+                    if not (isinstance(obj, h5py.Dataset) and len(parts) >= 2 and parts[-2] == "vars"
+                            and parts[-1].isdigit() and parts[0] == "layers"):
+                        return
+                    key = "/".join(_keras_layer_chain(f, parts[:-2]) + ["vars", parts[-1]])
+                    raw[key] = SourceTensor(key, tuple(obj.shape), tf.as_dtype(obj.dtype).name, obj.name)
+
+                f.visititems(visit)
+        except OSError as e:
+            raise ModelLoadError(f"{path} cannot be read as HDF5: {e}", "pass a Keras .weights.h5 file") from e
+        self.tensors = raw
+        self.stored = {t.stored: t for t in raw.values()}
+
+    def named_for(self, declared: list | None) -> WeightSource:
+        """This file keyed by the variables of a model whose `declared_variables` (Keras's own
+        order: each layer's trainable, then non-trainable variables) are given: `vars/I` of
+        layer L is the I-th variable under `L/`. A key no layer takes keeps its `L/vars/I`."""
+        if not declared:
+            raise ModelLoadError(f"{self.path} is a Keras 3 weights file: its variables are known by layer "
+                                 "and position only, so it loads into a Keras model",
+                                 "restore into the .keras file or model.export SavedModel these weights "
+                                 "belong to, or save them with a TF checkpoint")
+        by_layer: dict[str, list[str]] = {}
+        for name, *_ in declared:
+            by_layer.setdefault(name.rpartition("/")[0], []).append(name)
+        named = KerasWeights.__new__(KerasWeights)
+        named.path, named.tensors = self.path, {}
+        for key, t in self.tensors.items():
+            chain, index = key.split("/vars/")
+            layers = chain.split("/")
+            # a nested model's name is no part of its layers' variable names; a sublayer's is
+            owner = next(("/".join(layers[i:]) for i in range(len(layers)) if "/".join(layers[i:]) in by_layer), None)
+            names = by_layer.get(owner, [])
+            name = names[int(index)] if int(index) < len(names) else key
+            named.tensors[name] = dataclasses.replace(t, key=name)
+        named.stored = self.stored
+        return named
+
+    def _read_stored(self, stored: str) -> np.ndarray:
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            return np.asarray(f[stored][()])
+
+
+def is_keras_weights_file(f) -> bool:
+    """Keras 3's `.weights.h5` layout: a `layers` group of `…/vars/<i>` datasets, no
+    `layer_names` (the legacy layout's)."""
+    import h5py
+
+    return isinstance(f.get("layers"), h5py.Group) and not _hdf5_attr_list(f, "layer_names") \
+        and "model_weights" not in f
+
+
+def _keras_layer_chain(f, parts: list[str]) -> list[str]:
+    """Layer names along `layers/<group>/layers/<group>/…`: each group's `vars` names its layer."""
+    chain = []
+    for end in range(2, len(parts) + 1, 2):
+        vars_group = f.get("/".join(parts[:end] + ["vars"]))
+        name = vars_group.attrs.get("name") if vars_group is not None else None
+        name = name.decode() if isinstance(name, bytes) else name
+        chain.append(str(name or parts[end - 1]))
+    return chain
+
+
 def _hdf5_attr_list(group, name: str) -> list[str]:
     """A Keras string-list attribute, which Keras splits into `name0`, `name1`, … when large."""
     if name in group.attrs:
@@ -362,7 +445,12 @@ def open_weights(path) -> WeightSource:
             raise ModelLoadError(f"{path} holds no checkpoint", "pass a checkpoint prefix, its directory or an HDF5 file")
         return CheckpointSource(prefix, path)
     if os.path.isfile(path) and h5py.is_hdf5(path):
-        return HDF5Weights(path)
+        try:
+            with h5py.File(path, "r") as f:
+                keras3 = is_keras_weights_file(f)
+        except OSError as e:
+            raise ModelLoadError(f"{path} cannot be read as HDF5: {e}", "pass an HDF5 weights file or a checkpoint") from e
+        return KerasWeights(path) if keras3 else HDF5Weights(path)
     prefix = re.sub(r"\.(index|meta|data-\d+-of-\d+)$", "", path)
     if is_checkpoint(prefix):
         return CheckpointSource(prefix, path)
@@ -523,6 +611,6 @@ def write_checkpoint(prefix: str, tensors, *, base: str | None = None, shard_byt
     return prefix
 
 
-__all__ = ["WeightSource", "CheckpointSource", "HDF5Weights", "SourceTensor", "open_weights", "open_checkpoint",
+__all__ = ["WeightSource", "CheckpointSource", "HDF5Weights", "KerasWeights", "SourceTensor", "open_weights", "open_checkpoint",
            "restore_checkpoint", "latest_checkpoint", "is_checkpoint", "model_weights", "variable_reader",
            "saver_for", "write_checkpoint", "CheckpointCopy"]

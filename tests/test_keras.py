@@ -404,3 +404,82 @@ def test_a_layer_called_twice_is_ambiguous_and_each_call_is_named(tmp_path):
     np.testing.assert_allclose(c1, shared(xb).numpy(), atol=1e-5)
     got = run_graph_def(on, {"shared.call_0:0": c0, "shared.call_1:0": c1}, "out:0")
     np.testing.assert_allclose(got, model.predict([xa, xb], verbose=0), atol=1e-5)
+
+
+def test_restore_keras3_weights_file_equals_keras_load_weights(tmp_path):
+    """`model.save_weights('x.weights.h5')` keys each layer's variables by position only
+    (`layers/<group>/vars/<i>`); restored by layer name and order, then frozen, the graph
+    answers as Keras does after `load_weights`. Every weight, moving statistics included, is
+    drawn anew, so a swapped order (gamma for beta, mean for variance) would show."""
+    model = mobilenet_v2()
+    path = save_keras(model, tmp_path)
+    rng = np.random.default_rng(7)
+    for v in model.weights:
+        v.assign(rng.uniform(0.5, 1.5, size=v.shape).astype(np.float32))
+    weights = save_weights_h5(model, tmp_path, "trained.weights.h5")
+    r = cli("restore", path, "--from", weights, "--out", tmp_path / "r" / "model.ckpt")
+    assert r.returncode == 0, r.stderr
+    assert f"restored {len(model.weights)} variables" in r.stdout
+    r = cli("freeze", tmp_path / "r" / "model.ckpt", "--outputs", "predictions", "--out", tmp_path / "f.pb")
+    assert r.returncode == 0, r.stderr
+    x = sample_inputs(model, n=3)
+    feed = {model.layers[0].name + ":0": x}
+    got = run_graph_def(read_graph_def(str(tmp_path / "f.pb")), feed, "predictions:0")
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_keras3_weights_file_needs_a_keras_target(small_ckpt, tmp_path):
+    prefix = small_ckpt[0]
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
+    weights = save_weights_h5(model, tmp_path)
+    r = cli("restore", prefix, "--from", weights, "--out", tmp_path / "r" / "model.ckpt")
+    assert r.returncode == 2, r.stderr
+    assert "Keras 3 weights file" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def _nested_model():
+    """x -> Dense 'dense' -> a nested functional model 'inner' (Dense 'dense_in' -> BN 'bn')
+    -> Dense 'out'. Keras runs 'inner' as one operation and keeps no tensor for its layers."""
+    import keras
+
+    inner_in = keras.Input((8,))
+    h = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(6, name="dense_in")(inner_in))
+    inner = keras.Model(inner_in, h, name="inner")
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, keras.layers.Dense(3, name="out")(inner(keras.layers.Dense(8, name="dense")(x))))
+    rng = np.random.default_rng(3)
+    for v in model.weights:
+        v.assign(rng.uniform(0.5, 1.5, size=v.shape).astype(np.float32))
+    return model
+
+
+def test_nested_model_layers_are_reached_as_outer_slash_inner(tmp_path):
+    model = _nested_model()
+    path = save_keras(model, tmp_path)
+    assert json.loads(cli("inspect", path, "--json").stdout)["num_params"] == model.count_params()
+    inner = model.get_layer("inner")
+    x = sample_inputs(model, n=5)
+    a = model.get_layer("dense")(x)
+    bn = inner.get_layer("bn")(inner.get_layer("dense_in")(a), training=False)
+    r = cli("split", path, "--cut", "inner/dense_in", "--outputs", "out", "--out", tmp_path / "p")
+    assert r.returncode == 0, r.stderr
+    r = cli("freeze", path, "--inputs", "inner/bn", "--outputs", "out", "--out", tmp_path / "head.pb")
+    assert r.returncode == 0, r.stderr
+    head = read_graph_def(str(tmp_path / "head.pb"))
+    np.testing.assert_allclose(run_graph_def(head, {"inner/bn:0": bn.numpy()}, "out:0"),
+                               model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    # the feed is the real cut: a moved value moves the output as Keras's own head says
+    head_keras = model.get_layer("out")
+    moved = bn.numpy() + 1.0
+    np.testing.assert_allclose(run_graph_def(head, {"inner/bn:0": moved}, "out:0"), head_keras(moved).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    # the nested model's name is its output
+    r = cli("freeze", path, "--outputs", "inner", "--out", tmp_path / "body.pb")
+    assert r.returncode == 0, r.stderr
+    got = run_graph_def(read_graph_def(str(tmp_path / "body.pb")), {"x:0": x}, "inner:0")
+    np.testing.assert_allclose(got, bn.numpy(), rtol=1e-5, atol=1e-5)
+    # loading left the caller's model as it was: its layers keep their own calls only
+    assert len(inner.get_layer("bn")._inbound_nodes) == 1

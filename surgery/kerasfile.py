@@ -3,21 +3,18 @@ and in-memory `keras.Model`s, read without running code from the file.
 
 A Keras file's config is read as JSON before Keras sees it: a `Lambda` layer (in a legacy `.h5`,
 marshalled Python bytecode that loading executes) or a class Keras does not ship is refused
-unless the caller trusts the file; then Keras loads it with `safe_mode`. The model is exported
-once to a temporary TF2 SavedModel whose serving signature returns the model's outputs and
-every layer's output under the layer's name, and `tf2.flatten_tf2` turns that into one graph
-with named variables, where `add_4:0` is the output of Keras's layer `add_4` as
-`model.summary()` prints it.
+unless the caller trusts the file; then Keras loads it with `safe_mode`. The model is traced
+once into a function that returns the model's outputs and every layer's output under the
+layer's name, and `tf2.flatten_function` turns that into one graph with named variables, where
+`add_4:0` is the output of Keras's layer `add_4` as `model.summary()` prints it.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
+import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 
 from .errors import ModelLoadError
@@ -116,7 +113,7 @@ def load_keras_file(path: str, *, trust_code: bool = False):
 
 
 def _history_layer(tensor) -> str:
-    return tensor._keras_history.operation.name  # noqa: SLF001 (Keras keeps a tensor's layer only here)
+    return tensor._keras_history.operation.name
 
 
 def output_names(model) -> list[str]:
@@ -170,7 +167,7 @@ def _flat_outputs(model):
     original = {}  # each layer's own calls, before the calls made here are added to them
 
     def remember(graph):
-        for layer in graph.layers:
+        for layer in graph.operations:  # layers and the bare ops a functional graph may hold (x + y)
             original.setdefault(id(layer), (layer, list(layer._inbound_nodes), list(layer._outbound_nodes)))
             if _graph_of(layer) is not None:
                 remember(_graph_of(layer))
@@ -195,8 +192,8 @@ def _flat_outputs(model):
                     result = run(inner, keras.tree.flatten(args[0]), key + "/")
                 else:
                     result = keras.tree.flatten(layer(*args, **kwargs))
-                if len(result) == 1 and isinstance(result[0], keras.KerasTensor):
-                    outputs[key] = result[0]
+                if len(result) == 1 and isinstance(result[0], keras.KerasTensor) and isinstance(layer, keras.Layer):
+                    outputs[key] = result[0]  # a bare op is no layer: it has no name to cut at
                 tensors.update((id(x), y) for x, y in zip(node.outputs, result))
         return [tensors[id(x)] for x in graph.outputs]
 
@@ -208,28 +205,45 @@ def _flat_outputs(model):
             layer._outbound_nodes[:] = outbound
 
 
-def export_for_surgery(model) -> tuple[str, list[str], list[str], list[str], dict]:
-    """Export `model` to a temporary SavedModel (removed at exit) whose `serving_default`
-    returns every layer's output under the layer's name (`outer/inner` inside a nested model),
-    the model's own outputs under `output_names`; a layer called more than once returns each
-    call's output as `NAME.call_I`. Returns (directory, input keys, output keys, every key in
-    the order the layers run, which `tf2.flatten_tf2` needs where two layers return one
-    tensor, {layer called more than once: [its call keys]})."""
+@dataclasses.dataclass
+class Traced:
+    """A Keras model traced once as a `tf.function` (`trace_for_surgery`): its concrete
+    function, whose outputs are the model's own (`outputs`) and every layer's, keyed in the
+    order the layers run (`order`); the Keras variables it may capture; {layer called more than
+    once: [its call keys]}."""
+
+    function: object
+    outputs: list
+    order: list
+    variables: list
+    calls: dict
+
+
+def trace_for_surgery(model) -> Traced:
+    """Trace `model` once, in inference mode, into a concrete function that returns every
+    layer's output under the layer's name (`outer/inner` inside a nested model), the model's own
+    outputs under `output_names`; a layer called more than once returns each call's output as
+    `NAME.call_I`. This is Keras's `model.export` without the SavedModel: export traces about
+    fifty functions and writes them out, and surgery would read them back and inline them."""
     import keras
+
+    from .tfcompat import tf
 
     if not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
         raise ModelLoadError(f"Keras model '{model.name}' has no inputs/outputs yet (a subclassed or unbuilt model)",
                              "build it as a functional model, or export a SavedModel with model.export(DIR)")
     nested = any(_graph_of(layer) is not None for layer in model.layers)
-    directory = tempfile.mkdtemp(prefix="surgery-keras-")
-    atexit.register(shutil.rmtree, directory, True)
-    # a model without nested models is exported from Keras's own graph, untouched
+    # a model without nested models is traced from Keras's own graph, untouched
     with _flat_outputs(model) if nested else contextlib.nullcontext((*_call_outputs(model), model.outputs)) as (
             outputs, calls, final):
         names = output_names(model)
         outputs.update(zip(names, final))
         try:
-            keras.Model(model.inputs, outputs, name=model.name).export(os.path.join(directory, "sm"), verbose=False)
+            probe = keras.Model(model.inputs, outputs, name=model.name)
+            specs = [tf.TensorSpec(t.shape, t.dtype, name=_history_layer(t)) for t in model.inputs]
+            structure = probe._inputs_struct
+            function = tf.function(lambda *xs: probe(keras.tree.pack_sequence_as(structure, list(xs)), training=False))
+            concrete = function.get_concrete_function(*specs)
         except Exception as e:  # Keras raises many kinds
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             hint = ("the model must run on the TensorFlow backend (KERAS_BACKEND=tensorflow)"
@@ -239,8 +253,16 @@ def export_for_surgery(model) -> tuple[str, list[str], list[str], list[str], dic
                     "export a SavedModel (model.export(DIR)) and pass that")
             raise ModelLoadError(f"Keras model '{model.name}' could not be traced to a TensorFlow graph: {msg}",
                                  hint) from e
-    return os.path.join(directory, "sm"), [_history_layer(t) for t in model.inputs], names, list(outputs), calls
+    return Traced(concrete, names, list(outputs), list(model.variables), calls)
 
 
-__all__ = ["SUFFIXES", "is_keras_file", "read_config", "code_findings", "load_keras_file", "output_names",
-           "export_for_surgery"]
+__all__ = [
+    "SUFFIXES",
+    "Traced",
+    "code_findings",
+    "is_keras_file",
+    "load_keras_file",
+    "output_names",
+    "read_config",
+    "trace_for_surgery",
+]

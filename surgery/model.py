@@ -10,19 +10,21 @@ in-memory `keras.Model`, a `tf.Graph` or a `GraphDef`.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import difflib
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
 from . import graph as g
-from . import tfcompat
-from . import kerasfile
+from . import kerasfile, tfcompat
 from .errors import ModelLoadError
 from .legacy import clean_collections, import_leniently
 from .names import VARIABLE_OP_TYPES, carry_notes, remember_ambiguous, remember_traced
-from .tf2 import flatten_tf2, serving_signature
+from .tf2 import flatten_function, flatten_tf2, serving_signature
 from .weights import is_checkpoint, open_checkpoint
 from .weights import latest_checkpoint as _latest_checkpoint
 
@@ -255,17 +257,21 @@ def _load_object(obj) -> Model:
 
 
 def _load_keras(keras_model, path: str, fmt: str) -> Model:
-    """A Keras model flattened through a temporary SavedModel (`kerasfile.export_for_surgery`):
-    one graph, each layer's output named after the layer; signature = the model's own inputs
-    and outputs."""
-    directory, _, outputs, layer_order, calls = kerasfile.export_for_surgery(keras_model)
-    model = _load_saved_model(directory, "serve", True, signature="serving_default", output_order=layer_order)
-    remember_ambiguous(model.graph, calls)
-    sig = model.signature_defs["serving_default"]
-    for key in [k for k in sig.outputs if k not in outputs]:  # the layers' outputs: names, not answers
+    """A Keras model traced once (`kerasfile.trace_for_surgery`) and flattened into one graph,
+    each layer's output named after the layer, its weights in a temporary checkpoint (removed at
+    exit); signature = the model's own inputs and outputs."""
+    traced = kerasfile.trace_for_surgery(keras_model)
+    directory = tempfile.mkdtemp(prefix="surgery-keras-")
+    atexit.register(shutil.rmtree, directory, True)
+    checkpoint = os.path.join(directory, "variables")
+    flat = flatten_function(traced, path=path, checkpoint=checkpoint)
+    remember_traced(flat["graph"])
+    remember_ambiguous(flat["graph"], traced.calls)
+    sig = flat["signature_defs"]["serving_default"]
+    for key in [k for k in sig.outputs if k not in traced.outputs]:  # the layers' outputs: names, not answers
         del sig.outputs[key]
-    model.meta_graph_def.signature_def["serving_default"].CopyFrom(sig)
-    return dataclasses.replace(model, path=path, format=fmt)
+    flat["meta_graph_def"].signature_def["serving_default"].CopyFrom(sig)
+    return Model(path=path, format=fmt, checkpoint=checkpoint, **flat)
 
 
 def _load(path: str, tag_set: str, *, imported: bool, signature: str | None = None,
@@ -299,8 +305,7 @@ def _load(path: str, tag_set: str, *, imported: bool, signature: str | None = No
     if path.endswith(".pb"):
         return _load_frozen(path, imported, text=False)
     for suffix in (".index", ".data-00000-of-00001"):
-        if path.endswith(suffix):
-            path = path[: -len(suffix)]
+        path = path.removesuffix(suffix)
     if ".data-" in os.path.basename(path):
         path = path[: path.rindex(".data-")]
     if os.path.exists(path + ".index") or os.path.exists(path + ".meta"):

@@ -242,26 +242,100 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
     if unknown:
         raise ModelLoadError(f"{path}: variable handle '{unknown[0]}' has no value in the SavedModel's checkpoint",
                              "the SavedModel is incomplete; export it again")
+    variables = [(h.name, captured[h.name], objects[captured[h.name]].variable.name,
+                  objects[captured[h.name]].variable.trainable, ckpt_keys[captured[h.name]]) for h in handles]
+    return _as_tf1_graph(inlined, sig, signature, variables, path=path, output_order=output_order,
+                         tags=meta_graph_def.meta_info_def.tags, declared=declared_variables(meta_graph_def))
 
+
+def flatten_function(traced, *, path: str, checkpoint: str) -> dict:
+    """A traced Keras model (`kerasfile.Traced`) as one graph, like `flatten_tf2`: each captured
+    variable handle becomes a named `VarHandleOp`, its value written to a new checkpoint at
+    `checkpoint` under the variable's path; a captured constant becomes a `Const`. Returns the
+    fields of its `Model`."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    concrete = traced.function
+    by_handle = {id(v.value.handle): v for v in traced.variables}
+    graph_def = concrete.graph.as_graph_def()
+    nodes = {n.name: n for n in graph_def.node}
+    variables, values, keys = [], [], set()
+    for external, internal in concrete.graph.captures:
+        node = nodes[internal.op.name]
+        var = by_handle.get(id(external))
+        if var is None and internal.dtype == tf.resource:
+            raise ModelLoadError(f"{path}: the traced model captures a resource that is no Keras variable "
+                                 f"('{internal.op.name}')", "export a SavedModel (model.export(DIR)) and pass that")
+        node.ClearField("attr")
+        if var is None:  # a tensor the layer made eagerly (a constant table, a fixed kernel)
+            node.op = "Const"
+            node.attr["dtype"].type = internal.dtype.as_datatype_enum
+            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(external.numpy()))
+            continue
+        dtype = tf.as_dtype(var.dtype)
+        node.op = "VarHandleOp"
+        node.attr["dtype"].type = dtype.as_datatype_enum
+        node.attr["shape"].shape.CopyFrom(tf.TensorShape(var.shape).as_proto())
+        node.attr["shared_name"].s = node.name.encode()
+        node.attr["container"].s = b""
+        key = var.path
+        while key in keys:
+            key += "_1"
+        keys.add(key)
+        variables.append((node.name, id(var), var.path, bool(var.trainable), key))
+        values.append((key, var))
+    sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    for tensor in concrete.inputs[:len(concrete.structured_input_signature[0])]:
+        info = sig.inputs[tensor.op.name]
+        info.name, info.dtype = tensor.name, tensor.dtype.as_datatype_enum
+        info.tensor_shape.CopyFrom(tensor.shape.as_proto())
+    for key, tensor in concrete.structured_outputs.items():
+        while tensor.op.type == "Identity" and "/" not in tensor.op.name:
+            tensor = tensor.op.inputs[0]  # the copy tf.function returns, not the layer's tensor
+        info = sig.outputs[key]
+        info.name, info.dtype = tensor.name, tensor.dtype.as_datatype_enum
+        info.tensor_shape.CopyFrom(tensor.shape.as_proto())
+    outputs = [info.name for info in sig.outputs.values()]
+    graph_def = g.prune(graph_def, outputs)
+    if any(n.op in _CALL_OPS for n in graph_def.node):  # a layer that runs its own tf.function
+        graph_def = _inline_functions(graph_def, outputs)
+    present = {n.name for n in graph_def.node}
+    variables = [v for v in variables if v[0] in present]
+    used = {key for *_, key in variables}
+    values = [(key, var) for key, var in values if key in used]
+    # one eager SaveV2 writes the variables' own buffers: no copy through numpy, no session
+    tf.raw_ops.SaveV2(prefix=checkpoint, tensor_names=[k for k, _ in values], shape_and_slices=[""] * len(values),
+                      tensors=[var.value.read_value() for _, var in values])
+    declared = [(v.path, tf.as_dtype(v.dtype).name, tuple(v.shape), bool(v.trainable)) for v in traced.variables
+                if not v.path.endswith("seed_generator_state")]  # a Dropout's random state: not a weight to Keras
+    return _as_tf1_graph(graph_def, sig, "serving_default", variables, path=path, output_order=traced.order,
+                         tags=["serve"], declared=declared)
+
+
+def _as_tf1_graph(inlined, sig, signature: str, variables: list, *, path: str, output_order, tags,
+                  declared: list) -> dict:
+    """Steps 3, 3b and 4 of the module doc, shared by SavedModels and traced Keras models:
+    `inlined` holds one `VarHandleOp` per capture; `variables` lists each as (handle node
+    name, the variable it captures (any key: several handles may capture one), variable name,
+    trainable, checkpoint key)."""
     renames, identities = _readable_names(inlined, sig)
     # Inlining passes each handle through Identity nodes; readers should see the variable itself.
     graph_def = g.bypass(inlined, lambda n: n.op == "Identity" and n.attr["T"].type == tf.resource.as_datatype_enum)
     # One VarHandleOp per TF2 variable (however many calls captured it), named after the variable.
     taken = set(renames.values()) | set(identities) | {n.name for n in graph_def.node if n.name not in renames}
-    kept, variables, variable_keys, duplicates = {}, {}, {}, {}
-    for handle in handles:
-        node_id = captured[handle.name]
-        if node_id in kept:
-            duplicates[handle.name + ":0"] = kept[node_id] + ":0"
+    handles = {n.name: n for n in graph_def.node if n.op == "VarHandleOp"}
+    kept, named, variable_keys, duplicates = {}, {}, {}, {}
+    for handle_name, variable, var_name, trainable, key in variables:
+        if variable in kept:
+            duplicates[handle_name + ":0"] = kept[variable] + ":0"
             continue
-        obj = objects[node_id].variable
-        name = _SANITISE.sub("_", re.sub(r":\d+$", "", obj.name)) or handle.name
-        while name in variable_keys or (name in taken and name != handle.name):  # names must stay unique
+        name = _SANITISE.sub("_", re.sub(r":\d+$", "", var_name)) or handle_name
+        while name in variable_keys or (name in taken and name != handle_name):  # names must stay unique
             name += "_1"
-        kept[node_id] = handle.name
-        renames[handle.name] = name
-        variables[name] = (handle, obj.trainable)
-        variable_keys[name] = ckpt_keys[node_id]
+        kept[variable] = handle_name
+        renames[handle_name] = name
+        named[name] = (handles[handle_name], trainable)
+        variable_keys[name] = key
     graph_def = g.remove(g.replace_uses(graph_def, duplicates), [t[:-2] for t in duplicates])
     graph_def = g.rename(g.clear_devices(graph_def), renames)  # colocation names the pre-rename nodes
     # Each shared output gets an Identity named after its key, on the path: the ops that read the
@@ -286,7 +360,7 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
     used = {node_input_op(i) for n in graph_def.node for i in n.input}
     graph_def = g.remove(graph_def, bypassed - used - set(renames.values()))
     meta = v1.MetaGraphDef()
-    for name, (handle, trainable) in variables.items():
+    for name, (handle, trainable) in named.items():
         meta.collection_def[v1.GraphKeys.GLOBAL_VARIABLES].bytes_list.value.append(
             _variable_nodes(graph_def, name, handle, trainable).SerializeToString())
         if trainable:
@@ -311,6 +385,6 @@ def flatten_tf2(meta_graph_def, directory: str, checkpoint: str | None, *, path:
     with graph.as_default():
         meta = v1.train.export_meta_graph(graph=graph, clear_devices=True)
     meta.signature_def[signature].CopyFrom(flat_sig)
-    meta.meta_info_def.tags[:] = list(meta_graph_def.meta_info_def.tags)
+    meta.meta_info_def.tags[:] = list(tags)
     return dict(graph=graph, graph_def=meta.graph_def, meta_graph_def=meta, signature_defs={signature: flat_sig},
-                variable_keys=variable_keys, declared_variables=declared_variables(meta_graph_def))
+                variable_keys=variable_keys, declared_variables=declared)

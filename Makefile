@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test fuzz zoo data models bench clean
+.PHONY: demo test lint fuzz zoo data models bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ models: data/models/vgg/model.ckpt.index
 
 demo: $(STAMP) data models
 	$(PY) scripts/demo.py
+
+# ruff's default rules plus import sorting, as configured in pyproject.toml
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # two workers (CI has two cores), each taking whole test files: 6.5 min here instead of 12
 test: $(STAMP)

@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from surgery import SurgeryError, freeze_model, load_model, write_graph_def  # noqa: E402
-from surgery.mix import mix_models  # noqa: E402
-from surgery.names import parse_list, resolve_tensors  # noqa: E402
-from surgery.tfcompat import tf  # noqa: E402
+from surgery import SurgeryError, freeze_model, load_model, write_graph_def
+from surgery.mix import mix_models
+from surgery.names import parse_list, resolve_tensors
+from surgery.tfcompat import tf
 
 v1 = tf.compat.v1
 

@@ -86,9 +86,9 @@ def main() -> int:
     print(f"\nneighbours sharing the query's label: {agree:.1%} (chance {chance:.1%})")
 
     if split:
-        from surgery.serve import OnlineServer
-        from surgery.model import load_model
         from surgery import tfcompat
+        from surgery.model import load_model
+        from surgery.serve import OnlineServer
 
         wanted = ids[:8]
         with OnlineServer(pieces, emb_file) as server:

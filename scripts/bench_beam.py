@@ -28,7 +28,6 @@ BATCH = 256
 def _build(directory: str, rows: int, features: int = 64):
     """A split directory with a frozen MLP offline piece, and an HDF5 of `rows` float32 rows."""
     import h5py
-
     from nets import write_mlp_pieces
 
     pieces = write_mlp_pieces(os.path.join(directory, "pieces"), features=features, hidden=128, dim=32)
@@ -62,7 +61,7 @@ def _plain_loop(pieces: str, data: str, out: str) -> None:
 
 def run(quick: bool = False) -> list:
     try:
-        import apache_beam  # noqa: F401
+        import apache_beam  # noqa: F401 - only checks that it is installed
     except ImportError:
         print("  (apache-beam not installed: pip install 'surgery[beam]')")
         return []

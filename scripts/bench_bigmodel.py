@@ -101,6 +101,7 @@ def build_recommender(num_users: int, *, dim: int = 64, item_features: int = 16,
     tower around a `num_users` × `dim` embedding table (`user_ids`, `user_features` →
     `user_tower/embedding`), scored by a dot product plus a small MLP (`score`)."""
     from nets import dense
+
     from surgery import tfcompat
 
     tf = tfcompat.tf
@@ -197,8 +198,8 @@ def run(quick: bool = False, *, users: int | None = None, repeats: int = 1, keep
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    mem = lambda runs: statistics.median(m["maxrss_mb"] for _, m in runs)  # noqa: E731
-    wall = lambda runs: statistics.median(w for w, _ in runs)  # noqa: E731
+    mem = lambda runs: statistics.median(m["maxrss_mb"] for _, m in runs)  # noqa: E731 - a one-line key, read where it is used
+    wall = lambda runs: statistics.median(w for w, _ in runs)  # noqa: E731 - a one-line key, read where it is used
     budget = 1.5 * (table_mb + bare)
     name = f"bigmodel ({users / 1e6:g}M users × 64, table {table_mb / 1024:.2f} GB)"
     info = dict(check, precompute_max_diff=precompute_diff, bare_tf_mb=bare, table_mb=table_mb,

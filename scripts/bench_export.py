@@ -10,7 +10,6 @@ import os
 import tempfile
 
 import numpy as np
-
 from bench import median_time
 
 

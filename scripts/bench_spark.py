@@ -40,7 +40,6 @@ def _build(directory: str, rows: int):
     """The MLP's split directory, and float32 rows as Parquet (an array column, 50k rows a file)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
     from nets import write_mlp_pieces
 
     pieces = write_mlp_pieces(os.path.join(directory, "pieces"), features=FEATURES, hidden=HIDDEN, dim=DIM)
@@ -68,7 +67,7 @@ def _surgery(*args, env=None) -> None:
 
 def run(quick: bool = False, rows: int | None = None, repeats: int | None = None) -> list:
     try:
-        import pyspark  # noqa: F401
+        import pyspark  # noqa: F401 - only checks that it is installed
 
         from surgery.spark import java_available
     except ImportError:

@@ -21,9 +21,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-
 from bench import median_time  # noqa: E402
 from nets import two_tower, vgg  # noqa: E402
+
 from surgery import load_model  # noqa: E402
 from surgery.split import import_piece, split_model, write_split  # noqa: E402
 from surgery.tfcompat import tf  # noqa: E402

@@ -14,12 +14,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-from surgery.tfcompat import tf  # noqa: E402  (imports TensorFlow without its C++ start-up chatter)
-from tqdm import tqdm  # noqa: E402
+import h5py
+import numpy as np
+from nets import vgg
+from tqdm import tqdm
 
-from nets import vgg  # noqa: E402
+from surgery.tfcompat import tf
 
 v1 = tf.compat.v1
 
@@ -61,8 +61,8 @@ def main(argv=None) -> int:
                            mininterval=0.1 if sys.stderr.isatty() else 10)
                 for i in bar:
                     idx = np.sort(order[i:i + 64])
-                    _, l = sess.run([train_op, loss], {images: x[idx], labels: y[idx]})
-                    bar.set_postfix(loss=f"{l:.3f}", refresh=False)
+                    _, loss_value = sess.run([train_op, loss], {images: x[idx], labels: y[idx]})
+                    bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
             acc = sess.run(accuracy, {images: x[:n_val], labels: y[:n_val]})
             tmp = args.out + ".tmp"
             os.makedirs(tmp, exist_ok=True)

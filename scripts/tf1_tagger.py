@@ -18,10 +18,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
+import h5py
+import numpy as np
 
-from surgery import tfcompat  # noqa: E402
+from surgery import tfcompat
 
 tf = tfcompat.tf
 v1 = tf.compat.v1

@@ -104,17 +104,17 @@ def resolve_graph(graph_path: str, *, inputs: str | None = None, outputs=None) -
 RowsSource = RowsWithIds
 
 
-def HDF5Source(path: str, key: str, ids_key: str | None = None, **kw) -> RowsSource:  # noqa: N802
+def HDF5Source(path: str, key: str, ids_key: str | None = None, **kw) -> RowsSource:
     """Rows of dataset `key` in an HDF5 file (ids from dataset `ids_key`)."""
     return RowsSource(path, key, ids_key, **kw)
 
 
-def NpySource(path: str, ids_path: str | None = None, **kw) -> RowsSource:  # noqa: N802
+def NpySource(path: str, ids_path: str | None = None, **kw) -> RowsSource:
     """Rows of a `.npy` array, memory-mapped (ids from a second `.npy` of the same length)."""
     return RowsSource(path, None, ids_path, **kw)
 
 
-def TFRecordSource(pattern: str, feature: str, ids_feature: str | None = None, **kw) -> RowsSource:  # noqa: N802
+def TFRecordSource(pattern: str, feature: str, ids_feature: str | None = None, **kw) -> RowsSource:
     """Feature `feature` of the `tf.train.Example`s in TFRecord files (a path or glob); shards never cross files."""
     return RowsSource(pattern, feature, ids_feature, **kw)
 

@@ -131,7 +131,7 @@ class ClassArchive:
                 "options": [a for a in map(str, arguments) if a.startswith(("--add-modules", "-XX:+Use"))],
                 "path": self.path,
             }
-        except Exception:  # noqa: BLE001 - py4j errors: the run goes on, without an archive to come
+        except Exception:
             self.release()
             return
         self.recording = False

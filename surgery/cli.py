@@ -369,9 +369,9 @@ def _progress(args) -> bool:
 def _cmd_inspect(args):
     import shutil
 
-    from .report import format_report, inspect_model, write_tensorboard
     from .manifest import is_pieces_dir, load_pieces
     from .model import load_model
+    from .report import format_report, inspect_model, write_tensorboard
 
     if is_pieces_dir(args.model):  # a split directory: one report per piece
         models = load_pieces(args.model)

@@ -79,7 +79,7 @@ def check_feedable(rows, spec: dict, where: str = "", *, every_row: bool = True)
         if len(row) != len(want_row) or any(w is not None and w != r for r, w in zip(row, want_row)):
             raise DataError(f"{described} does not fit input {spec['name']} {_shape_text(want_shape)}",
                             "pass the dataset this graph was built for, or another input tensor")
-    if dtype == want or (dtype != object and (np.can_cast(dtype, want, "safe")
+    if dtype == want or (dtype.kind != "O" and (np.can_cast(dtype, want, "safe")
                                               or (dtype == np.uint8 and want.kind == "f"))):
         if every_row and isinstance(rows, RowSource):
             rows.check_rows()

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from . import tfcompat
-from .errors import CutError, GraphTooBigError, ModelLoadError, OutputError
+from .errors import CutError, GraphTooBigError, ModelLoadError
 from .files import atomic_path
 from .names import NOT_OUTPUT_OP_TYPES, is_machinery, node_input_op, split_tensor_name
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from . import graph as g
 from . import tfcompat
-from .graph import GRAPPLER_PASSES, grappler
+from .graph import grappler
 from .names import node_input_op
 
 tf = tfcompat.tf

@@ -221,7 +221,7 @@ def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None =
                 try:  # keep the work file to resume from; a failed write may leave HDF5 unable to close it
                     if work.id.valid:
                         work.close()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
                 if isinstance(e, SurgeryError) and os.path.exists(out + PARTIAL_SUFFIX):  # say what was kept
                     e.hint = (f"{e.hint}; " if e.hint else "") + \
@@ -347,7 +347,7 @@ def _open_work_file(out: str, provenance: dict, layout: dict, id_source, rows: i
     except BaseException as e:
         try:
             f.close()
-        except Exception:  # noqa: BLE001 - a failed write can leave HDF5 unable to flush; the file goes anyway
+        except Exception:
             pass
         os.remove(work_path)
         if isinstance(e, OSError):
@@ -442,7 +442,7 @@ def _run_batches(work, runner: _Runner, source: RowSource, feed_dtype, layout: d
                     time.sleep(delay)
                 if not _put(to_run, (start, stop_row, x), stop):
                     return
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+        except BaseException as e:
             errors.append(DataError(f"cannot read rows {start}:{stop_row} of {source.path}: {e}",
                                     "check the data file") if isinstance(e, OSError) else e)
             stop.set()
@@ -457,7 +457,7 @@ def _run_batches(work, runner: _Runner, source: RowSource, feed_dtype, layout: d
                 work.flush()
                 if bar is not None:
                     bar.update(stop_row - start)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(OutputError(f"cannot write {work.filename}: {getattr(e, 'strerror', None) or e}",
                                       "free some space or choose a writable output location; "
                                       "rerun the same command to resume") if isinstance(e, OSError) else e)

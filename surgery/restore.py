@@ -33,7 +33,15 @@ from .errors import RestoreError
 from .files import atomic_files, write_bytes, write_text
 from .names import is_machinery
 from .weights import PART as _PART
-from .weights import CheckpointSource, KerasWeights, SourceTensor, WeightSource, open_weights, restore_checkpoint, saver_for
+from .weights import (
+    CheckpointSource,
+    KerasWeights,
+    SourceTensor,
+    WeightSource,
+    open_weights,
+    restore_checkpoint,
+    saver_for,
+)
 
 tf = tfcompat.tf
 v1 = tf.compat.v1

@@ -36,9 +36,9 @@ import tempfile
 import numpy as np
 
 from . import tfcompat
-from .graph import descendants, graph_from_def
 from .errors import DataError, ModelLoadError, SurgeryError
 from .files import stderr_to
+from .graph import descendants, graph_from_def
 from .names import node_input_op, parse_list, resolve_op, resolve_tensor, suggest
 
 tf = tfcompat.tf
@@ -450,9 +450,9 @@ def _quantize_onnx(model, piece: Piece, quantize: str, calibration, *, per_tenso
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         return convert_float_to_float16(model, keep_io_types=True).SerializeToString()
-    from onnxruntime import quantization as q
-
     import logging
+
+    from onnxruntime import quantization as q
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "quantized.onnx")
@@ -676,9 +676,10 @@ def load_pieces(graph: str, *, outputs=None, inputs=None, tag_set: str = "serve"
     frozen graph or any MODEL (frozen here, to `outputs` above `inputs` when given)."""
     from .bind import bind
     from .freeze import freeze_model
-    from .report import likely_inputs, likely_outputs
-    from .manifest import is_pieces_dir, load_pieces as load_manifest_pieces, read_manifest
+    from .manifest import is_pieces_dir, read_manifest
+    from .manifest import load_pieces as load_manifest_pieces
     from .model import load_model
+    from .report import likely_inputs, likely_outputs
 
     if is_pieces_dir(graph):
         if outputs or inputs or set:
@@ -713,7 +714,7 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
     `<piece>.tflite` per piece and a manifest. Returns the manifest (written or not).
     `float_from`: op names kept in float, with all after them, in an int8 file (`float_ops`)."""
     from .files import atomic_path, write_bytes
-    from .manifest import FORMAT, FILENAME
+    from .manifest import FILENAME, FORMAT
 
     require(fmt)
     if allow_select_tf_ops and fmt != "tflite":

@@ -200,7 +200,7 @@ class _StreamingSaver(v1.train.Saver):
         super().__init__(saver_def=saver_def, allow_empty=True)
         self._names, self._read, self._progress = names, read, progress
 
-    def save(self, sess, save_path, *args, **kwargs):  # noqa: ARG002 - Builder's signature
+    def save(self, sess, save_path, *args, **kwargs):
         write_checkpoint(save_path, self._names, self._read, progress=self._progress)
         return save_path
 

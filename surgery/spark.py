@@ -90,7 +90,7 @@ def require_spark():
     """Import pyspark now (not at module import), or say how to install it; Java must be there."""
     try:
         import pandas  # noqa: F401 - mapInArrow needs it
-        import pyarrow  # noqa: F401
+        import pyarrow  # noqa: F401 - only checks that it is installed
         import pyspark
     except ImportError as e:
         raise SparkNotInstalledError(f"{e.name or 'pyspark'} is not installed, so --runner spark cannot run",
@@ -192,7 +192,7 @@ def starting_session(master: str | None = None, conf=None, warm_workers: bool = 
             with open(log, "ab") as stderr:
                 gateway = launch_gateway(spark_conf, popen_kwargs={"stderr": stderr})
             sc = SparkContext(conf=spark_conf, gateway=gateway)
-        except Exception as e:  # noqa: BLE001 - py4j/JVM start-up errors have no common type
+        except Exception as e:
             if archive:
                 archive.release()
             raise SurgeryError(f"cannot start Spark on {master}: {_first_line(e)}", "check --spark-master, "
@@ -209,7 +209,7 @@ def starting_session(master: str | None = None, conf=None, warm_workers: bool = 
     def run():
         try:
             started.set_result(start())
-        except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the session
+        except BaseException as e:
             started.set_exception(e)
 
     threading.Thread(target=run, name="spark-start", daemon=True).start()
@@ -260,7 +260,7 @@ def _warm_workers(sc) -> list:
         sc.environment.setdefault("SPARK_SIMPLIFIED_TRACEBACK", "1")
         slots = sc.defaultParallelism
         return sc.parallelize(range(slots), slots).mapPartitions(_import_on_worker).collect()
-    except Exception:  # noqa: BLE001 - includes the job cancelled by a stop
+    except Exception:
         return []
 
 
@@ -541,7 +541,7 @@ def _parquet_input(spark, data: str, key: str, ids: str | None, offline, preproc
 
     try:
         df = spark.read.parquet(data)
-    except Exception as e:  # noqa: BLE001 - AnalysisException: path missing, not Parquet
+    except Exception as e:
         raise DataError(f"cannot read {data} as Parquet: {_first_line(e)}",
                         "pass a Parquet file or directory with --data") from e
     fields = {f.name: f.dataType for f in df.schema.fields}
@@ -618,7 +618,7 @@ def _path_input(data: str, key: str | None, ids: str | None, offline, preprocess
         id_type = None
         if ids:
             kind = np.asarray(first_id).dtype
-            id_type = "string" if kind == object or kind.kind in "SU" else _NUMPY_TO_SPARK.get(kind.name, "string")
+            id_type = "string" if kind.kind in "OSU" else _NUMPY_TO_SPARK.get(kind.name, "string")
         return source.num_rows, feed_dtype, list(first.shape[1:]), id_type, list(source.fingerprints())
     finally:
         source.close()
@@ -763,7 +763,7 @@ def _write(frame, path: str) -> None:
     try:
         (frame.write.mode("overwrite").option("parquet.enable.dictionary", "false")
          .option("spark.sql.parquet.writeLegacyFormat", "true").parquet(path))
-    except Exception as e:  # noqa: BLE001 - Py4JJavaError / PythonException / SparkException
+    except Exception as e:
         found = _ERROR.search(str(e))
         if found:
             raise DataError(found.group(1), found.group(2)) from None
@@ -796,7 +796,7 @@ class _Progress:
                 stopping = self.stop.wait(0.5)
                 try:
                     done, total = self._counts()
-                except Exception:  # noqa: BLE001 - the context is stopping
+                except Exception:
                     return
                 if total > bar.total:
                     bar.total = total

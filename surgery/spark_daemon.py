@@ -12,8 +12,9 @@ Local masters only (`spark._preloading_daemon`, via `spark.python.daemon.module`
 if __name__ == "__main__":
     try:
         import pyspark.worker  # noqa: F401 - what every task imports first
+
         from surgery import data, precompute  # noqa: F401 - TensorFlow, and what a task imports
-    except Exception:  # noqa: BLE001 - the workers then import them, and fail there with a message
+    except Exception:
         pass
     from pyspark import daemon
 

@@ -17,7 +17,7 @@ import re
 
 from . import graph as g
 from . import tfcompat
-from .errors import SurgeryError, TensorNotFoundError
+from .errors import SurgeryError
 from .names import VARIABLE_OP_TYPES, is_machinery, node_input_op, resolve_tensor
 
 tf = tfcompat.tf

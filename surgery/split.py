@@ -23,13 +23,13 @@ import sys
 import numpy as np
 
 from . import graph as g
-from . import tfcompat
-from . import savedmodel
+from . import savedmodel, tfcompat
 from .errors import CutError, GraphTooBigError, OutputError
 from .files import atomic_path
 from .freeze import FrozenGraph, freeze_model
 from .graph import tensor_info, write_graph_def
-from .manifest import FILENAME as MANIFEST, piece, source_info, write_manifest
+from .manifest import FILENAME as MANIFEST
+from .manifest import piece, source_info, write_manifest
 from .names import VARIABLE_OP_TYPES, resolve_tensors, suggest
 from .weights import restore_checkpoint, saver_for
 
@@ -260,8 +260,8 @@ def _check_separates(out_tensors, cut_tensors, offline) -> None:
                 raise CutError(
                     f"the cut at {', '.join(sorted(cut_names))} does not separate the graph: offline input "
                     f"'{name}' reaches output '{path[-1]}' around it, via {_format_path(path)}",
-                    f"add the tensor where that path leaves the offline part to --cut, or name the offline "
-                    f"inputs with --inputs (a live input such as user features is fed to the online piece)")
+                    "add the tensor where that path leaves the offline part to --cut, or name the offline "
+                    "inputs with --inputs (a live input such as user features is fed to the online piece)")
             if src not in parent:
                 parent[src] = op
                 queue.append(src)

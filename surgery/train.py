@@ -32,8 +32,8 @@ from . import graph as g
 from . import tfcompat
 from .data import DEFAULT_PREPROCESS, check_feedable, open_labels, open_rows, spec_of
 from .errors import DataError, RestoreError, SurgeryError
-from .files import atomic_path, write_text
 from .export import export_model
+from .files import atomic_path, write_text
 from .freeze import freeze_graph, write_graph_def
 from .manifest import piece, source_info, write_manifest
 from .model import Model, load_model

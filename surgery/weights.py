@@ -470,7 +470,7 @@ def model_weights(model) -> CheckpointSource:
     if not model.checkpoint:
         raise ModelLoadError(f"{model.path} has no checkpoint with variable values",
                              "pass the checkpoint prefix (or its directory) instead of the graph alone")
-    cache = model._reader_cache  # noqa: SLF001 - the model's own cache slot
+    cache = model._reader_cache
     if cache.get("prefix") != model.checkpoint:
         cache.clear()
         cache.update(prefix=model.checkpoint, source=CheckpointSource(model.checkpoint, model.path))
@@ -523,7 +523,7 @@ def saver_for(model, graph=None, *, fallback: bool = True):
     for var in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES):
         if var.op.name not in own:
             continue
-        info = var._save_slice_info  # noqa: SLF001 (TF keeps partition info only here)
+        info = var._save_slice_info
         if info is not None:
             var_list.setdefault(info.full_name, []).append(var)
         else:

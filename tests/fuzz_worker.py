@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from surgery.cli import main  # noqa: E402
+from surgery.cli import main
 
 for line in sys.stdin:
     args = json.loads(line)

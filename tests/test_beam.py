@@ -14,7 +14,6 @@ import sys
 import h5py
 import numpy as np
 import pytest
-
 from conftest import ROOT, cli, tf, v1
 
 ROWS, FEATURES, BATCH = 600, 12, 64

@@ -9,12 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, cli, run_cli, tf, v1
+import tomllib
+from conftest import ROOT, cli, tf, v1
 
 from surgery.cli import VERIFIED_AGAINST, build_parser
 
@@ -49,7 +49,7 @@ def test_import_surgery_is_lazy_and_resolves_every_public_name():
 
     assert int(r.stdout) == len(surgery.__all__) and "load_model" in dir(surgery)
     with pytest.raises(AttributeError):
-        surgery.no_such_name  # noqa: B018
+        surgery.no_such_name
 
 
 def test_version_is_the_pyproject_version():

@@ -12,11 +12,19 @@ import os
 import h5py
 import numpy as np
 import pytest
-
 from conftest import build_small_cnn, cli, run_cli, run_graph_def, tf, v1
 
-from surgery.data import (ArrayRows, ImageFolderRows, ParquetRows, TFRecordRows, VGG_MEANS, check_feedable,
-                          open_labels, open_rows, preprocess)
+from surgery.data import (
+    VGG_MEANS,
+    ArrayRows,
+    ImageFolderRows,
+    ParquetRows,
+    TFRecordRows,
+    check_feedable,
+    open_labels,
+    open_rows,
+    preprocess,
+)
 from surgery.errors import DataError
 
 SPEC = {"name": "images:0", "dtype": "float32", "shape": [None, 8, 8, 3]}
@@ -414,7 +422,7 @@ def _bad_sources(tmp_path):
     broken = _folder(tmp_path / "broken", rng, n=2)
     (broken / "dog" / "001.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     one = _folder(tmp_path / "one", rng, n=3, classes=["cat"])
-    floats = lambda i: tf.train.Feature(float_list=tf.train.FloatList(value=np.zeros(192)))  # noqa: E731
+    floats = lambda i: tf.train.Feature(float_list=tf.train.FloatList(value=np.zeros(192)))  # noqa: E731 - a one-line key, read where it is used
     _tfrecord_with(tmp_path / "nolabel.tfrecord", lambda i: {"x": floats(i)})
     _tfrecord_with(tmp_path / "badlabel.tfrecord", lambda i: {"x": floats(i), "y": floats(i)})
     _tfrecord_with(tmp_path / "badx.tfrecord", lambda i: {

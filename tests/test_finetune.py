@@ -18,7 +18,6 @@ import sys
 import h5py
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli, tf, v1
 
 from surgery.errors import DataError, SurgeryError, TensorNotFoundError
@@ -46,7 +45,6 @@ TARGET = np.array([0, 1, 2, 2])  # target classes: top-left, top-right, bottom
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A tiny VGG pretrained on the source task; (checkpoint prefix, data.h5, test x, test y)."""
-    import sys
 
     from nets import vgg
 

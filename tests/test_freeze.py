@@ -4,12 +4,11 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run_graph_def, run_cli, tf, v1
+from conftest import run_cli, run_graph_def, tf, v1
 
 from surgery import CutError, freeze_model, load_model, write_graph_def
 from surgery.errors import OutputError
 from surgery.names import VARIABLE_OP_TYPES
-
 
 
 @pytest.mark.parametrize("fixture", ["small_ckpt", "small_ref_ckpt"])
@@ -262,8 +261,9 @@ def test_optimize_folds_batch_norm_and_fixes_the_training_switch(tmp_path):
 
 def test_optimize_passes_each_keep_the_numbers(tmp_path):
     """Each pass alone, against the unoptimised frozen graph."""
-    from surgery import optimize
     from tensorflow.python.tools import optimize_for_inference_lib
+
+    from surgery import optimize
 
     prefix, x, expected, _ = _bn_net(str(tmp_path), with_update=False)
     base = freeze_model(load_model(prefix), "out").graph_def

@@ -4,7 +4,6 @@ import json
 import os
 
 import numpy as np
-
 import pytest
 from conftest import SMALL_CNN_PARAMS, run_cli, tf, v1
 

@@ -10,10 +10,19 @@ import os
 import h5py
 import numpy as np
 import pytest
-
-from conftest import cli, run_cli, run_graph_def, tf, v1
-from keras_models import (export_saved_model, lambda_h5, mini_xception, mobilenet_v2, module_without_serving_default,
-                          multi_output, sample_inputs, save_keras, save_legacy_h5, save_weights_h5)
+from conftest import cli, run_cli, run_graph_def, tf
+from keras_models import (
+    export_saved_model,
+    lambda_h5,
+    mini_xception,
+    mobilenet_v2,
+    module_without_serving_default,
+    multi_output,
+    sample_inputs,
+    save_keras,
+    save_legacy_h5,
+    save_weights_h5,
+)
 
 from surgery import load_model
 from surgery.freeze import freeze_model

@@ -54,7 +54,7 @@ def test_find_and_insert_boundary_below_an_opened_layer():
     with graph.as_default():
         x = v1.placeholder(tf.float32, [None, 2], name="x")
         h = tf.nn.relu(tf.matmul(x, tf.constant(W, name="w1")), name="h")
-        at = tf.matmul(h, tf.constant(W.T, name="w2"), name="at")
+        tf.matmul(h, tf.constant(W.T, name="w2"), name="at")
     gd = graph.as_graph_def()
     assert find_boundary(gd, "at:0", []) == (["at:0"], set())
     boundary, region = find_boundary(gd, "at:0", ["w2"])

@@ -13,8 +13,8 @@ pytest.importorskip("ai_edge_litert", reason="needs pip install 'surgery[tflite]
 pytest.importorskip("tf2onnx", reason="needs pip install 'surgery[onnx]'")
 pytest.importorskip("onnxruntime", reason="needs pip install 'surgery[onnx]'")
 
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+import onnxruntime as ort
+from ai_edge_litert.interpreter import Interpreter
 
 
 def run_tflite_file(path, feeds):

@@ -20,7 +20,6 @@ import time
 import h5py
 import numpy as np
 import pytest
-
 from conftest import cli, run_cli
 
 ROWS, FEATURES, BATCH = 1000, 12, 64
@@ -29,9 +28,9 @@ MASTER = "local-cluster[2,1,1024]"
 
 def _skip_reason():
     try:
-        import pandas  # noqa: F401
-        import pyarrow  # noqa: F401
-        import pyspark  # noqa: F401
+        import pandas  # noqa: F401 - only checks that it is installed
+        import pyarrow  # noqa: F401 - only checks that it is installed
+        import pyspark  # noqa: F401 - only checks that it is installed
     except ImportError as e:
         return f"{e.name} is not installed (pip install 'surgery[spark]')"
     from surgery.spark import java_available
@@ -157,6 +156,7 @@ def _with_online_piece(split_dir: str, directory: str) -> str:
     import shutil
 
     from conftest import tf, v1
+
     from surgery.freeze import freeze_graph, write_graph_def
     from surgery.manifest import piece
 
@@ -251,7 +251,7 @@ def test_an_executor_killed_mid_job_changes_nothing_and_a_rerun_is_clean(spark, 
     def job():
         try:
             run_precompute(split_dir, h5, "x", out, ids="ids", batch_size=BATCH, partitions=6)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
         finally:
             done.set()

@@ -12,9 +12,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import cli, run_graph_def, v1
-
 import thirdparty
+from conftest import cli, run_graph_def, v1
 
 # where to cut each case that has inputs: a tensor in the middle (or the input itself)
 CUTS = {"unknown_rank_conv": "conv/Relu", "output_shapes_only": "Conv2D", "functional_control_flow": "MatMul",

@@ -9,13 +9,11 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-
 from conftest import build_small_cnn, run_cli, tf, v1
 
 from surgery.errors import CheckpointError, ModelLoadError
 from surgery.model import load_model
-from surgery.weights import (CheckpointSource, HDF5Weights, open_checkpoint, open_weights, restore_checkpoint,
-                             saver_for)
+from surgery.weights import CheckpointSource, HDF5Weights, open_checkpoint, open_weights, restore_checkpoint, saver_for
 
 RNG = np.random.default_rng(0)
 VALUES = {"net/w": RNG.normal(size=(5, 3)).astype(np.float32), "net/b": RNG.normal(size=(3,)).astype(np.float32),

@@ -29,7 +29,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from surgery.train import finetune
+from surgery.runners.finetune import finetune
 
 
 def main(argv=None) -> int:

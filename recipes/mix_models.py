@@ -24,9 +24,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from surgery import SurgeryError, freeze_model, load_model, write_graph_def
-from surgery.mix import mix_models
-from surgery.names import parse_list, resolve_tensors
-from surgery.tfcompat import tf
+from surgery.core.names import parse_list, resolve_tensors
+from surgery.core.tfcompat import tf
+from surgery.passes.mix import mix_models
 
 v1 = tf.compat.v1
 

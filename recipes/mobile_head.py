@@ -42,8 +42,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from surgery.precompute import precompute  # noqa: E402
-from surgery.train import finetune  # noqa: E402
+from surgery.runners.finetune import finetune  # noqa: E402
+from surgery.runners.precompute import precompute  # noqa: E402
 
 SEED, VAL_SPLIT = 0, 0.2
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     if importlib.util.find_spec("ai_edge_litert") is None:
         print("skipped: this recipe runs the .tflite in LiteRT; install it with pip install 'surgery[tflite]'")
         return 0
-    from surgery.runtimes import load_pieces, request_runner
+    from surgery.exporters.runtimes import load_pieces, request_runner
 
     out = args.out
     ft = finetune(args.model, at="fc7", head=args.head, data=args.data, x_key="target/x", y_key="target/y",

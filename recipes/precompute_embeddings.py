@@ -4,12 +4,12 @@
 
 1. Split the backbone at fc7 with `surgery split` (offline: image → fc7; online: fc7 → predictions).
    Without `split` in this version, the whole MODEL is frozen to fc7 instead.
-2. `surgery.precompute` runs the offline piece over every target image (`target/x`) into
+2. `surgery.runners.precompute` runs the offline piece over every target image (`target/x`) into
    `fc7.h5`, ids (`target/ids`) copied alongside. Interrupt it and run again: it resumes.
 3. Nearest neighbours by cosine similarity of the embeddings: a few queries printed, and the
    fraction of neighbours that share the query's label (`target/y`) against chance. The backbone
    never saw these classes, so this measures how well its fc7 transfers.
-4. With the split: `surgery.serve.OnlineServer` answers requests by id from the stored fc7 through
+4. With the split: `surgery.runners.serve.OnlineServer` answers requests by id from the stored fc7 through
    the online piece, and the answers are checked against the whole network run on the images.
 """
 
@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from surgery.precompute import precompute  # noqa: E402
+from surgery.runners.precompute import precompute  # noqa: E402
 
 
 def split_at_fc7(model: str, directory: str) -> bool:
@@ -86,9 +86,9 @@ def main() -> int:
     print(f"\nneighbours sharing the query's label: {agree:.1%} (chance {chance:.1%})")
 
     if split:
-        from surgery import tfcompat
-        from surgery.model import load_model
-        from surgery.serve import OnlineServer
+        from surgery.core import tfcompat
+        from surgery.core.model import load_model
+        from surgery.runners.serve import OnlineServer
 
         wanted = ids[:8]
         with OnlineServer(pieces, emb_file) as server:

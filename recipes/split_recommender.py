@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import surgery  # noqa: E402
-from surgery.split import import_piece, split_model, write_split  # noqa: E402
-from surgery.tfcompat import tf  # noqa: E402
+from surgery.core.tfcompat import tf  # noqa: E402
+from surgery.passes.split import import_piece, split_model, write_split  # noqa: E402
 
 v1 = tf.compat.v1
 tf.get_logger().setLevel("ERROR")

@@ -42,7 +42,7 @@ def _plain_loop(pieces: str, data: str, out: str) -> None:
     """What a user writes without Beam: read, run batch by batch, write one HDF5."""
     import h5py
 
-    from surgery import tfcompat
+    from surgery.core import tfcompat
 
     tf = tfcompat.tf
     gd = tf.compat.v1.GraphDef()
@@ -65,7 +65,7 @@ def run(quick: bool = False) -> list:
     except ImportError:
         print("  (apache-beam not installed: pip install 'surgery[beam]')")
         return []
-    from surgery.beam import HDF5Source, merge_shards, run_precompute
+    from surgery.runners.beam import HDF5Source, merge_shards, run_precompute
 
     # DirectRunner worker processes must import this checkout of `surgery`.
     os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")

@@ -102,7 +102,7 @@ def build_recommender(num_users: int, *, dim: int = 64, item_features: int = 16,
     `user_tower/embedding`), scored by a dot product plus a small MLP (`score`)."""
     from nets import dense
 
-    from surgery import tfcompat
+    from surgery.core import tfcompat
 
     tf = tfcompat.tf
     v1 = tf.compat.v1
@@ -128,8 +128,8 @@ def make_checkpoint(directory: str, num_users: int, *, seed: int = 0) -> str:
     never held twice), so making the 2.3 GB case costs no more memory than reading it."""
     import numpy as np
 
-    from surgery import tfcompat
-    from surgery.savedmodel import write_checkpoint
+    from surgery.core import tfcompat
+    from surgery.passes.savedmodel import write_checkpoint
 
     tf = tfcompat.tf
     os.makedirs(directory, exist_ok=True)

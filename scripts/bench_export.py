@@ -17,7 +17,7 @@ def run(quick: bool = False) -> list:
     import keras
 
     from surgery import load_model
-    from surgery.tfcompat import tf
+    from surgery.core.tfcompat import tf
 
     v1 = tf.compat.v1
     size, batch = (64, 8) if quick else (128, 32)

@@ -38,8 +38,8 @@ BATCH, LR = 64, 0.01
 
 
 def _surgery_epochs(epochs: int, cache: bool) -> tuple[list, float]:
-    """Per-epoch seconds of `surgery.train.finetune` and the total wall time of the call."""
-    from surgery.train import finetune
+    """Per-epoch seconds of `surgery.runners.finetune.finetune` and the total wall time of the call."""
+    from surgery.runners.finetune import finetune
 
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
@@ -55,7 +55,7 @@ def _plain_tf_epochs(epochs: int) -> list:
     import h5py
     import numpy as np
 
-    from surgery.tfcompat import tf
+    from surgery.core.tfcompat import tf
 
     v1 = tf.compat.v1
     with h5py.File(DATA, "r") as f:
@@ -90,7 +90,7 @@ def _digits_cnn(d: str) -> tuple[str, str]:
     import h5py
     import numpy as np
 
-    from surgery.tfcompat import tf
+    from surgery.core.tfcompat import tf
 
     v1 = tf.compat.v1
     rng = np.random.default_rng(0)
@@ -117,7 +117,7 @@ def _digits_cnn(d: str) -> tuple[str, str]:
 
 
 def digits_rows(epochs: int = 300) -> list:
-    from surgery.train import finetune
+    from surgery.runners.finetune import finetune
 
     with tempfile.TemporaryDirectory() as d:
         prefix, data = _digits_cnn(d)
@@ -138,7 +138,7 @@ _BUILD_VGG16 = """
 import os, sys
 import numpy as np, h5py
 sys.path.insert(0, {scripts!r})
-from surgery.tfcompat import tf
+from surgery.core.tfcompat import tf
 from nets import vgg_16
 v1 = tf.compat.v1
 g = tf.Graph()
@@ -156,7 +156,7 @@ with h5py.File(os.path.join({d!r}, "images.h5"), "w") as f:
 _RAW_VGG16 = """
 import os, sys, time
 import numpy as np, h5py
-from surgery.tfcompat import tf
+from surgery.core.tfcompat import tf
 v1 = tf.compat.v1
 d = {d!r}
 with h5py.File(os.path.join(d, "images.h5"), "r") as f:
@@ -243,7 +243,7 @@ def vgg16_rows(repeats: int = 2) -> list:
 
 
 def _check_backbone_bit_for_bit(pretrained: str, written: str) -> None:
-    from surgery.tfcompat import tf
+    from surgery.core.tfcompat import tf
 
     before, after = tf.compat.v1.train.NewCheckpointReader(pretrained), tf.compat.v1.train.NewCheckpointReader(written)
     for name in before.get_variable_to_shape_map():

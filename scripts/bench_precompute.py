@@ -25,10 +25,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import h5py  # noqa: E402
 
-from surgery import tfcompat  # noqa: E402
-from surgery.freeze import freeze_graph, write_graph_def  # noqa: E402
-from surgery.manifest import piece, write_manifest  # noqa: E402
-from surgery.precompute import precompute  # noqa: E402
+from surgery.core import tfcompat  # noqa: E402
+from surgery.core.manifest import piece, write_manifest  # noqa: E402
+from surgery.passes.freeze import freeze_graph, write_graph_def  # noqa: E402
+from surgery.runners.precompute import precompute  # noqa: E402
 
 tf = tfcompat.tf
 v1 = tf.compat.v1

@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from nets import vgg  # noqa: E402
 
-from surgery import tfcompat  # noqa: E402
-from surgery.restore import plan_restore, restore_into_session  # noqa: E402
+from surgery.core import tfcompat  # noqa: E402
+from surgery.passes.restore import plan_restore, restore_into_session  # noqa: E402
 
 tf = tfcompat.tf
 v1 = tf.compat.v1

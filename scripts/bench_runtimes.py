@@ -15,8 +15,8 @@ from bench import median_time
 
 
 def _mlp_piece():
-    from surgery.runtimes import Piece
-    from surgery.tfcompat import tf
+    from surgery.core.tfcompat import tf
+    from surgery.exporters.runtimes import Piece
 
     v1 = tf.compat.v1
     rng = np.random.default_rng(0)
@@ -34,7 +34,7 @@ def _mlp_piece():
 def _mobilenet_piece(tmp: str, size: int):
     import keras
 
-    from surgery.runtimes import load_pieces
+    from surgery.exporters.runtimes import load_pieces
 
     keras.utils.set_random_seed(0)
     net = keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3), alpha=0.35, classes=10)
@@ -45,7 +45,7 @@ def _mobilenet_piece(tmp: str, size: int):
 
 
 def run(quick: bool = False) -> list:
-    from surgery.runtimes import convert_piece, request_runner
+    from surgery.exporters.runtimes import convert_piece, request_runner
 
     rows = []
     repeats = 50 if quick else 200

@@ -9,7 +9,7 @@ figure includes starting its JVM(s) and Python workers, reading the Parquet inpu
 Spark masters: `local[2]` (one JVM, two Python workers) and `local-cluster[2,1,1024]` (two executor
 JVMs of one core each, as a small real cluster). Both runners read the same Parquet directory by
 path (pyarrow), so the ratio is Spark's overhead over the same work. The timed Spark runs map the
-driver's class archive, which the first run leaves behind (`surgery/classcache.py`, as every user's
+driver's class archive, which the first run leaves behind (`surgery/runners/classcache.py`, as every user's
 second local run does); that first run's time is reported too (`first_run_s`).
 Needs the `spark` extra and Java 17; without them this benchmark reports nothing.
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 
 from bench import median_time  # noqa: E402
 
-from surgery.classcache import ENV  # noqa: E402
+from surgery.runners.classcache import ENV  # noqa: E402
 
 BATCH = 256
 FEATURES, HIDDEN, DIM = 64, (1024, 1024), 48
@@ -69,7 +69,7 @@ def run(quick: bool = False, rows: int | None = None, repeats: int | None = None
     try:
         import pyspark  # noqa: F401 - only checks that it is installed
 
-        from surgery.spark import java_available
+        from surgery.runners.spark import java_available
     except ImportError:
         print("  (pyspark not installed: pip install 'surgery[spark]')")
         return []
@@ -84,7 +84,7 @@ def run(quick: bool = False, rows: int | None = None, repeats: int | None = None
         local_s = median_time(lambda: _surgery(pieces, "--data", parquet, "--key", "features", "--ids", "item_id",
                                                "--batch-size", BATCH, "--out", os.path.join(tmp, "local.h5"))
                               or os.remove(os.path.join(tmp, "local.h5")), repeats)
-        # The driver JVM's class archive (surgery/classcache.py) in a directory of this run's own: the
+        # The driver JVM's class archive (surgery/runners/classcache.py) in a directory of this run's own: the
         # first Spark run has none yet (its time is reported as first_run_s); the archive is built
         # in the background after it, and the timed runs use it.
         cache = {ENV: os.path.join(tmp, "class-cache")}

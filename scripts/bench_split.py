@@ -25,8 +25,8 @@ from bench import median_time  # noqa: E402
 from nets import two_tower, vgg  # noqa: E402
 
 from surgery import load_model  # noqa: E402
-from surgery.split import import_piece, split_model, write_split  # noqa: E402
-from surgery.tfcompat import tf  # noqa: E402
+from surgery.core.tfcompat import tf  # noqa: E402
+from surgery.passes.split import import_piece, split_model, write_split  # noqa: E402
 
 v1 = tf.compat.v1
 

@@ -19,7 +19,7 @@ import numpy as np
 from nets import vgg
 from tqdm import tqdm
 
-from surgery.tfcompat import tf
+from surgery.core.tfcompat import tf
 
 v1 = tf.compat.v1
 

@@ -6,7 +6,7 @@ network here is built and, where a script says so, trained on data generated in 
 
 from __future__ import annotations
 
-from surgery.tfcompat import tf  # TensorFlow without its C++ start-up chatter
+from surgery.core.tfcompat import tf  # TensorFlow without its C++ start-up chatter
 
 v1 = tf.compat.v1
 
@@ -105,8 +105,8 @@ def write_mlp_pieces(directory: str, *, features: int, hidden, dim: int, seed: i
     """A split directory (`offline.pb` + `manifest.json`) whose offline piece is a frozen MLP
     `x` [?, features] → relu(hidden) (one layer per width when `hidden` is a tuple) → `emb` [?, dim],
     as `surgery split` would write it."""
-    from surgery.freeze import freeze_graph, write_graph_def
-    from surgery.manifest import piece, write_manifest
+    from surgery.core.manifest import piece, write_manifest
+    from surgery.passes.freeze import freeze_graph, write_graph_def
 
     graph = tf.Graph()
     with graph.as_default():

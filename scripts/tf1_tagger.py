@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import h5py
 import numpy as np
 
-from surgery import tfcompat
+from surgery.core import tfcompat
 
 tf = tfcompat.tf
 v1 = tf.compat.v1

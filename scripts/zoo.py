@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-from surgery.tfcompat import tf
+from surgery.core.tfcompat import tf
 
 # name: (input side, the family it stands for). Sizes are the smallest each architecture builds
 # at (its pooling strides), to keep the sweep quick; `weights=None`, 10 classes.
@@ -122,13 +122,13 @@ def check(model, path: str, *, layers=None, splits: int = 3, seed: int = 0) -> d
     """Every check above for one saved model; a dict of counts and the names that failed."""
     import keras
 
-    from surgery.errors import SurgeryError
-    from surgery.freeze import freeze_model
-    from surgery.graph import graph_from_def
-    from surgery.model import load_model
-    from surgery.names import resolve_tensor
-    from surgery.report import inspect_model
-    from surgery.split import split_model
+    from surgery.core.errors import SurgeryError
+    from surgery.core.graph import graph_from_def
+    from surgery.core.model import load_model
+    from surgery.core.names import resolve_tensor
+    from surgery.passes.freeze import freeze_model
+    from surgery.passes.inspect import inspect_model
+    from surgery.passes.split import split_model
 
     started = time.perf_counter()
     loaded = load_model(path)

@@ -369,9 +369,9 @@ def _progress(args) -> bool:
 def _cmd_inspect(args):
     import shutil
 
-    from .manifest import is_pieces_dir, load_pieces
-    from .model import load_model
-    from .report import format_report, inspect_model, write_tensorboard
+    from .core.manifest import is_pieces_dir, load_pieces
+    from .core.model import load_model
+    from .passes.inspect import format_report, inspect_model, write_tensorboard
 
     if is_pieces_dir(args.model):  # a split directory: one report per piece
         models = load_pieces(args.model)
@@ -396,10 +396,10 @@ def _cmd_inspect(args):
 
 
 def _cmd_freeze(args):
-    from .bind import bind
-    from .freeze import freeze_model
-    from .graph import stream_graph_def, write_graph_def
-    from .model import load_model
+    from .core.graph import stream_graph_def, write_graph_def
+    from .core.model import load_model
+    from .passes.bind import bind
+    from .passes.freeze import freeze_model
 
     to_stdout = args.out == "-"
     say = _sayer(args, sys.stderr if to_stdout else None)
@@ -424,8 +424,8 @@ def _cmd_freeze(args):
 
 
 def _cmd_restore(args):
-    from .model import load_model
-    from .restore import format_report, plan_restore, restore_model
+    from .core.model import load_model
+    from .passes.restore import format_report, plan_restore, restore_model
 
     model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
     plan = plan_restore(model, args.source, maps=args.map, include=args.include, exclude=args.exclude,
@@ -436,9 +436,9 @@ def _cmd_restore(args):
 
 
 def _cmd_finetune(args):
-    from .bind import bind
-    from .model import load_model
-    from .train import finetune
+    from .core.model import load_model
+    from .passes.bind import bind
+    from .runners.finetune import finetune
 
     say = _sayer(args)
     model = bind(load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code),
@@ -482,12 +482,12 @@ VERIFIED_AGAINST = {"graph": "the original graph", "checkpoint": "the original g
 
 
 def _cmd_split(args):
-    from .bind import bind
-    from .errors import SurgeryError
-    from .model import load_model
-    from .report import shape_str
-    from .runtimes import parse_input_shapes
-    from .split import split_model, write_split
+    from .core.errors import SurgeryError
+    from .core.model import load_model
+    from .exporters.runtimes import parse_input_shapes
+    from .passes.bind import bind
+    from .passes.inspect import shape_str
+    from .passes.split import split_model, write_split
 
     if args.verify < 0:
         raise SurgeryError(f"--verify {args.verify} is negative", "give a number of random inputs, or 0 to skip")
@@ -533,7 +533,7 @@ def _cmd_precompute(args):
         return _precompute_on_spark(args)
     import numpy as np
 
-    from .precompute import precompute
+    from .runners.precompute import precompute
 
     say = _sayer(args)
     result = precompute(args.model, args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
@@ -558,12 +558,12 @@ def _cmd_precompute(args):
 
 
 def _precompute_on_beam(args):
-    """`precompute --runner beam`: shards + index in OUT.shards/, merged into OUT (see surgery/beam.py)."""
-    from .beam import merge_shards, require_beam, run_precompute, source_for
+    """`precompute --runner beam`: shards + index in OUT.shards/, merged into OUT (see surgery/runners/beam.py)."""
+    from .runners.beam import merge_shards, require_beam, run_precompute, source_for
 
     require_beam()
     if args.set:
-        from .errors import SurgeryError
+        from .core.errors import SurgeryError
 
         raise SurgeryError("--set with --runner beam: Beam's workers load the piece from its file",
                            "bind the placeholders when you split or freeze (`surgery split … --set T=V`), "
@@ -580,8 +580,8 @@ def _precompute_on_beam(args):
 
 
 def _precompute_on_spark(args):
-    """`precompute --runner spark`: a Parquet directory (+ the merged HDF5 for an .h5 --out); see surgery/spark.py."""
-    from .spark import run_precompute
+    """`precompute --runner spark`: a Parquet directory (+ the merged HDF5 for an .h5 --out); see surgery/runners/spark.py."""
+    from .runners.spark import run_precompute
 
     result = run_precompute(args.model, args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
                             inputs=args.inputs, outputs=args.outputs, tag_set=args.tag_set, master=args.spark_master,
@@ -598,8 +598,8 @@ def _precompute_on_spark(args):
 def _cmd_export(args):
     if args.tflite or args.onnx:
         return _export_runtime(args)
-    from .errors import SurgeryError
-    from .export import export
+    from .core.errors import SurgeryError
+    from .exporters.export import export
 
     if (args.quantize or args.calibration or args.input_shape or args.allow_select_tf_ops or args.per_tensor
             or args.float_from):
@@ -624,8 +624,8 @@ def _cmd_export(args):
 
 def _export_runtime(args):
     """`export --tflite/--onnx`: convert each piece, verify it in its runtime, print sizes and differences."""
-    from .report import human_bytes, shape_str
-    from .runtimes import TOP1_HINT_BELOW, export_runtime
+    from .exporters.runtimes import TOP1_HINT_BELOW, export_runtime
+    from .passes.inspect import human_bytes, shape_str
 
     say = _sayer(args)
     fmt, path = ("tflite", args.tflite) if args.tflite else ("onnx", args.onnx)
@@ -664,7 +664,7 @@ def _export_runtime(args):
 
 
 def _cmd_audit(args):
-    from .audit import audit_path, format_audit
+    from .passes.audit import audit_path, format_audit
 
     reports = audit_path(args.model, tag_set=args.tag_set)
     if not args.json:
@@ -675,8 +675,8 @@ def _cmd_audit(args):
 
 def _refuse_flagged(args) -> None:
     """--strict: audit MODEL before any command touches it."""
-    from .audit import audit_path, strict_violations
-    from .errors import SurgeryError
+    from .core.errors import SurgeryError
+    from .passes.audit import audit_path, strict_violations
 
     bad = [f for r in audit_path(args.model, tag_set=args.tag_set) for f in strict_violations(r)]
     if bad:
@@ -712,22 +712,22 @@ def _check_specs(args) -> None:
     """Usage errors that need no model are said before any model loads (a large Keras file takes
     seconds): a malformed --set, --head or --input-shape."""
     if getattr(args, "set", None):
-        from .bind import parse_sets
+        from .passes.bind import parse_sets
 
         args.set = parse_sets(args.set)
     if getattr(args, "head", None):
-        from .splice import parse_head
+        from .passes.splice import parse_head
 
         parse_head(args.head)
     if getattr(args, "input_shape", None):
-        from .runtimes import parse_input_shapes
+        from .exporters.runtimes import parse_input_shapes
 
         parse_input_shapes(args.input_shape)
 
 
 def _stdin_model(tmpdir: str) -> str:
     """MODEL `-`: the GraphDef on stdin (binary, or text when it reads as text) saved to a file."""
-    from .errors import ModelLoadError
+    from .core.errors import ModelLoadError
 
     data = sys.stdin.buffer.read()
     if not data:
@@ -760,7 +760,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("TQDM_MININTERVAL", "10")
     import tempfile
 
-    from .errors import SurgeryError
+    from .core.errors import SurgeryError
 
     try:
         with tempfile.TemporaryDirectory(prefix="surgery-stdin.") as tmpdir:

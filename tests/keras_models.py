@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from surgery import tfcompat
+from surgery.core import tfcompat
 
 tf = tfcompat.tf
 

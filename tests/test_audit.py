@@ -5,8 +5,8 @@ import os
 
 from conftest import run_cli, tf, v1
 
-from surgery.audit import audit_graph_def, audit_model, strict_violations
-from surgery.model import parse_model
+from surgery.core.model import parse_model
+from surgery.passes.audit import audit_graph_def, audit_model, strict_violations
 
 
 def _write(graph_or_def, path):

@@ -1,4 +1,4 @@
-"""`surgery.beam` and `precompute --runner beam`: the offline piece on Apache Beam's DirectRunner
+"""`surgery.runners.beam` and `precompute --runner beam`: the offline piece on Apache Beam's DirectRunner
 gives exactly what a plain TensorFlow batch loop gives, whatever the number of workers.
 
 Needs the `beam` extra (`pip install 'surgery[beam]'`); those tests skip without it. The last
@@ -70,7 +70,7 @@ def direct(workers):
 
 
 def test_beam_equals_plain_tensorflow_and_workers_do_not_matter(beam, split_dir, data, tmp_path):
-    from surgery.beam import HDF5Source, ShardedTable, merge_shards, run_precompute
+    from surgery.runners.beam import HDF5Source, ShardedTable, merge_shards, run_precompute
 
     h5, _, x, ids = data
     expected = plain_tf_loop(split_dir, x)
@@ -97,7 +97,7 @@ def test_beam_equals_plain_tensorflow_and_workers_do_not_matter(beam, split_dir,
 def test_beam_equals_the_local_precompute(beam, split_dir, data, tmp_path):
     """Issue 10's bar: the Beam path and `surgery precompute` (local) store identical embeddings."""
     from surgery import precompute
-    from surgery.beam import HDF5Source, merge_shards, run_precompute
+    from surgery.runners.beam import HDF5Source, merge_shards, run_precompute
 
     h5, _, _, ids = data
     local = tmp_path / "local.h5"
@@ -113,7 +113,7 @@ def test_beam_equals_the_local_precompute(beam, split_dir, data, tmp_path):
 
 
 def test_rerun_resumes_without_duplicates(beam, split_dir, data, tmp_path):
-    from surgery.beam import HDF5Source, merge_shards, run_precompute
+    from surgery.runners.beam import HDF5Source, merge_shards, run_precompute
 
     h5, _, x, _ = data
     shards = tmp_path / "shards"
@@ -132,7 +132,7 @@ def test_rerun_resumes_without_duplicates(beam, split_dir, data, tmp_path):
 
 
 def test_npy_and_tfrecord_sources(beam, split_dir, data, tmp_path):
-    from surgery.beam import NpySource, ShardedTable, TFRecordSource, run_precompute
+    from surgery.runners.beam import NpySource, ShardedTable, TFRecordSource, run_precompute
 
     _, npy, x, _ = data
     expected = plain_tf_loop(split_dir, x)

@@ -18,12 +18,12 @@ from bench_bigmodel import build_recommender
 from conftest import ROOT, cli, tf, v1
 
 from surgery import load_model
-from surgery.errors import GraphTooBigError
-from surgery.freeze import freeze_model
-from surgery.precompute import precompute
-from surgery.savedmodel import LIMIT_ENV, write_checkpoint
-from surgery.serve import OnlineServer
-from surgery.split import piece_format, split_model, write_split
+from surgery.core.errors import GraphTooBigError
+from surgery.passes.freeze import freeze_model
+from surgery.passes.savedmodel import LIMIT_ENV, write_checkpoint
+from surgery.passes.split import piece_format, split_model, write_split
+from surgery.runners.precompute import precompute
+from surgery.runners.serve import OnlineServer
 
 USERS = 300
 
@@ -171,7 +171,7 @@ def test_export_model_keeps_variables(rec, tmp_path):
 
 
 def test_freeze_past_the_limit_names_the_way_out(rec, monkeypatch):
-    from surgery import graph
+    from surgery.core import graph
 
     monkeypatch.setattr(graph, "MAX_GRAPHDEF_BYTES", 50_000)
     with pytest.raises(GraphTooBigError, match="--format savedmodel") as e:

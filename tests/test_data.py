@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import build_small_cnn, cli, run_cli, run_graph_def, tf, v1
 
+from surgery.core.errors import DataError
 from surgery.data import (
     VGG_MEANS,
     ArrayRows,
@@ -25,7 +26,6 @@ from surgery.data import (
     open_rows,
     preprocess,
 )
-from surgery.errors import DataError
 
 SPEC = {"name": "images:0", "dtype": "float32", "shape": [None, 8, 8, 3]}
 CLASSES = ["cat", "dog", "emu"]

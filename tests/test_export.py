@@ -10,8 +10,8 @@ from conftest import run_cli, run_graph_def, tf, v1
 from nets import two_tower
 
 from surgery import freeze_graph, freeze_model, load_model, write_graph_def
-from surgery.export import export, export_frozen, signature_key
-from surgery.manifest import piece, write_manifest
+from surgery.core.manifest import piece, write_manifest
+from surgery.exporters.export import export, export_frozen, signature_key
 
 
 @pytest.fixture(scope="module")

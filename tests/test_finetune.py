@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_cli, tf, v1
 
-from surgery.errors import DataError, SurgeryError, TensorNotFoundError
-from surgery.model import load_model
-from surgery.splice import Dense, parse_head, splice
-from surgery.train import finetune, work_dir
+from surgery.core.errors import DataError, SurgeryError, TensorNotFoundError
+from surgery.core.model import load_model
+from surgery.passes.splice import Dense, parse_head, splice
+from surgery.runners.finetune import finetune, work_dir
 
 EPOCHS, BATCH, LR = 4, 32, 0.01
 
@@ -242,7 +242,7 @@ def test_a_killed_run_resumes_where_it_stopped(pretrained, tmp_path, cache):
     straight = finetune(prefix, out=str(tmp_path / "straight"), **kw)
 
     out = str(tmp_path / "resumed")
-    script = (f"import os, signal, sys\nsys.path.insert(0, {ROOT!r})\nfrom surgery.train import finetune\n"
+    script = (f"import os, signal, sys\nsys.path.insert(0, {ROOT!r})\nfrom surgery.runners.finetune import finetune\n"
               f"def die(record):\n    if record['epoch'] == 2:\n        os.kill(os.getpid(), signal.SIGKILL)\n"
               f"finetune({prefix!r}, out={out!r}, save_seconds=0, on_epoch=die, **{kw!r})\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -331,7 +331,7 @@ def test_history_png_is_optional(monkeypatch, tmp_path):
     """Without matplotlib (the `viz` extra) no curve is drawn and nothing breaks."""
     import builtins
 
-    from surgery.train import plot_history
+    from surgery.runners.finetune import plot_history
 
     real_import = builtins.__import__
 

@@ -7,8 +7,8 @@ import pytest
 from conftest import run_cli, run_graph_def, tf, v1
 
 from surgery import CutError, freeze_model, load_model, write_graph_def
-from surgery.errors import OutputError
-from surgery.names import VARIABLE_OP_TYPES
+from surgery.core.errors import OutputError
+from surgery.core.names import VARIABLE_OP_TYPES
 
 
 @pytest.mark.parametrize("fixture", ["small_ckpt", "small_ref_ckpt"])
@@ -67,7 +67,7 @@ def test_meta_without_checkpoint_is_refused(tmp_path, small_ckpt):
 
 
 def test_write_is_atomic_and_refuses_over_2gb(tmp_path, small_frozen_pb):
-    import surgery.graph as graph
+    import surgery.core.graph as graph
 
     gd = load_model(small_frozen_pb[0]).graph_def
     target = tmp_path / "out.pb"
@@ -175,8 +175,8 @@ def test_frozen_loads_by_name_in_a_fresh_process(tmp_path, small_ref_ckpt, sampl
 
 
 def test_over_2gb_is_refused_before_reading_weights(small_ckpt, monkeypatch):
-    import surgery.freeze as freeze
-    import surgery.graph as graph
+    import surgery.core.graph as graph
+    import surgery.passes.freeze as freeze
 
     model = load_model(small_ckpt[0])
 
@@ -263,7 +263,7 @@ def test_optimize_passes_each_keep_the_numbers(tmp_path):
     """Each pass alone, against the unoptimised frozen graph."""
     from tensorflow.python.tools import optimize_for_inference_lib
 
-    from surgery import optimize
+    from surgery.passes import optimize
 
     prefix, x, expected, _ = _bn_net(str(tmp_path), with_update=False)
     base = freeze_model(load_model(prefix), "out").graph_def

@@ -1,4 +1,4 @@
-"""The GraphDef toolkit (`surgery.graph`), one verb at a time, on graphs of three to five nodes;
+"""The GraphDef toolkit (`surgery.core.graph`), one verb at a time, on graphs of three to five nodes;
 where a graph runs, its numbers are checked against plain TensorFlow."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import run_graph_def, tf, v1
 
-from surgery import graph as g
-from surgery.errors import CutError, ModelLoadError, OutputError
+from surgery.core import graph as g
+from surgery.core.errors import CutError, ModelLoadError, OutputError
 
 X = np.array([[-1.0, 0.5, 2.0], [3.0, -4.0, 0.0]], np.float32)
 

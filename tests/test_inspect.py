@@ -8,7 +8,7 @@ import pytest
 from conftest import SMALL_CNN_PARAMS, run_cli, tf, v1
 
 from surgery import inspect_model, load_model
-from surgery.report import format_report
+from surgery.passes.inspect import format_report
 
 
 def test_checkpoint_report(small_ckpt):

@@ -25,8 +25,8 @@ from keras_models import (
 )
 
 from surgery import load_model
-from surgery.freeze import freeze_model
-from surgery.graph import read_graph_def
+from surgery.core.graph import read_graph_def
+from surgery.passes.freeze import freeze_model
 
 
 def layer_output(model, layer, x):

@@ -8,7 +8,7 @@ import pytest
 from conftest import run_graph_def, tf, v1
 
 from surgery import RestoreError, SurgeryError, freeze_graph, freeze_model, load_model, resolve_tensor
-from surgery.mix import compose_frozen, mix_models
+from surgery.passes.mix import compose_frozen, mix_models
 
 
 def _save_mlp(directory, seed):

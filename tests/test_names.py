@@ -4,7 +4,7 @@ import pytest
 from conftest import build_small_cnn, tf, v1
 
 from surgery import TensorNotFoundError, resolve_op, resolve_tensor, resolve_tensors
-from surgery.names import parse_list, split_tensor_name
+from surgery.core.names import parse_list, split_tensor_name
 
 
 @pytest.fixture(scope="module")

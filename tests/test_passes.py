@@ -1,4 +1,4 @@
-"""The GraphDef passes built on `surgery.graph`, each on a graph of a few nodes, numbers checked
+"""The GraphDef passes built on `surgery.core.graph`, each on a graph of a few nodes, numbers checked
 against plain TensorFlow: freeze's `strip_training_nodes`, optimize's `fix_training_flags`,
 splice's `find_boundary` + `insert_boundary`."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 from conftest import run_graph_def, tf, v1
 
-from surgery.freeze import strip_training_nodes
-from surgery.optimize import fix_training_flags
-from surgery.splice import find_boundary, insert_boundary
+from surgery.passes.freeze import strip_training_nodes
+from surgery.passes.optimize import fix_training_flags
+from surgery.passes.splice import find_boundary, insert_boundary
 
 X = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
 W = np.array([[2.0, 0.0], [1.0, -1.0]], np.float32)

@@ -17,11 +17,11 @@ import pytest
 from conftest import ROOT, run_cli, tf, v1
 
 from surgery import SurgeryError
-from surgery.errors import DataError
-from surgery.freeze import freeze_graph, write_graph_def
-from surgery.manifest import piece, write_manifest
-from surgery.precompute import PARTIAL_SUFFIX, PROGRESS, SLOW_READ_ENV, precompute
-from surgery.serve import OnlineServer
+from surgery.core.errors import DataError
+from surgery.core.manifest import piece, write_manifest
+from surgery.passes.freeze import freeze_graph, write_graph_def
+from surgery.runners.precompute import PARTIAL_SUFFIX, PROGRESS, SLOW_READ_ENV, precompute
+from surgery.runners.serve import OnlineServer
 
 N_ITEMS, ITEM_DIM, USER_DIM = 600, 12, 6
 
@@ -310,7 +310,7 @@ def test_online_server_answers_like_the_unsplit_graph(tower, tmp_path):
 def test_fast_callable_private_path_and_its_public_fallback():
     """precompute's feed path: TensorFlow's private `_make_callable_from_options` while it exists
     (this fails loudly when a TensorFlow drops it), the public `make_callable` otherwise; same numbers."""
-    from surgery import tfcompat
+    from surgery.core import tfcompat
 
     graph = tf.Graph()
     with graph.as_default():

@@ -11,7 +11,7 @@ from conftest import run_cli, tf, v1
 from nets import vgg
 
 from surgery import ModelLoadError, RestoreError, load_model
-from surgery.restore import format_report, plan_restore, restore_into_session, restore_model, restore_weights
+from surgery.passes.restore import format_report, plan_restore, restore_into_session, restore_model, restore_weights
 
 SMALL = dict(blocks=(1, 1), widths=(4, 8), fc_width=16)
 FC8 = ("fc8/weights", "fc8/biases")

@@ -1,4 +1,4 @@
-"""`surgery.spark` and `precompute --runner spark` on a real two-executor Spark (`local-cluster[2,1,1024]`):
+"""`surgery.runners.spark` and `precompute --runner spark` on a real two-executor Spark (`local-cluster[2,1,1024]`):
 the output equals the local runner's bit for bit whatever the source (HDF5, Parquet array column,
 Parquet scalar columns, by path or through Spark's reader), an executor killed mid-job changes
 nothing, bad input exits 2.
@@ -33,7 +33,7 @@ def _skip_reason():
         import pyspark  # noqa: F401 - only checks that it is installed
     except ImportError as e:
         return f"{e.name} is not installed (pip install 'surgery[spark]')"
-    from surgery.spark import java_available
+    from surgery.runners.spark import java_available
 
     return None if java_available() else "Java is not installed: the Spark tests need Java 17"
 
@@ -44,7 +44,7 @@ needs_spark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_re
 @pytest.fixture(scope="module")
 def spark():
     """One two-executor cluster for every test here; the executors run this interpreter on this checkout."""
-    from surgery.spark import spark_session
+    from surgery.runners.spark import spark_session
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
     # A failing task starts a fresh Python worker (TensorFlow imported again) for each attempt: two
@@ -97,7 +97,7 @@ def local(split_dir, data, tmp_path_factory):
 
 @needs_spark
 def test_bit_equal_to_the_local_runner_from_hdf5_and_parquet(spark, split_dir, data, local, tmp_path):
-    from surgery.spark import ParquetTable, run_precompute
+    from surgery.runners.spark import ParquetTable, run_precompute
 
     h5, parquet, _, ids = data
     _, expected, attrs = local
@@ -135,7 +135,7 @@ def test_bit_equal_to_the_local_runner_from_hdf5_and_parquet(spark, split_dir, d
 @needs_spark
 def test_preprocess_scales_on_the_executors_as_the_local_runner_does(spark, split_dir, data, local, tmp_path):
     from surgery import precompute
-    from surgery.spark import ParquetTable, run_precompute
+    from surgery.runners.spark import ParquetTable, run_precompute
 
     h5, parquet, _, _ = data
     precompute(split_dir, h5, "x", str(tmp_path / "local.h5"), batch_size=BATCH, preprocess="unit")
@@ -157,8 +157,8 @@ def _with_online_piece(split_dir: str, directory: str) -> str:
 
     from conftest import tf, v1
 
-    from surgery.freeze import freeze_graph, write_graph_def
-    from surgery.manifest import piece
+    from surgery.core.manifest import piece
+    from surgery.passes.freeze import freeze_graph, write_graph_def
 
     shutil.copytree(split_dir, directory)
     graph = tf.Graph()
@@ -179,7 +179,7 @@ def _with_online_piece(split_dir: str, directory: str) -> str:
 @needs_spark
 def test_cli_and_serving_from_parquet(spark, split_dir, data, local, tmp_path):
     """`--runner spark --out DIR.parquet`; OnlineServer serves from it as from the local runner's HDF5."""
-    from surgery.serve import OnlineServer
+    from surgery.runners.serve import OnlineServer
 
     _, parquet, _, _ = data
     out = tmp_path / "emb.parquet"
@@ -240,7 +240,7 @@ def _executor_pids(app_id: str) -> list:
 @needs_spark
 def test_an_executor_killed_mid_job_changes_nothing_and_a_rerun_is_clean(spark, split_dir, data, local, tmp_path,
                                                                       monkeypatch):
-    from surgery.spark import SLOW_ENV, ParquetTable, run_precompute
+    from surgery.runners.spark import SLOW_ENV, ParquetTable, run_precompute
 
     h5, _, _, _ = data
     monkeypatch.setenv(SLOW_ENV, "0.15")  # 16 blocks a task: a couple of seconds each, time to kill
@@ -291,7 +291,7 @@ def test_a_fresh_process_starts_spark_beside_tensorflow_and_leaves_no_jvm(split_
     """`surgery precompute --runner spark` in its own process starts the JVM in a thread while the
     graph loads: the run gives the local runner's rows. A bad GRAPH fails (exit 2, one line) without
     a JVM left behind, and so does a successful run once it has stopped Spark."""
-    from surgery.spark import ParquetTable
+    from surgery.runners.spark import ParquetTable
 
     _, parquet, _, _ = data
     marker = f"surgery-test-{os.getpid()}-{time.monotonic_ns()}"
@@ -327,7 +327,7 @@ def test_a_session_started_in_the_background_is_the_callers_active_session():
     code = (
         "from pyspark.sql import SparkSession\n"
         "from pyspark.sql.datasource import DataSource, DataSourceWriter, WriterCommitMessage\n"
-        "from surgery.spark import spark_session\n"
+        "from surgery.runners.spark import spark_session\n"
         "class W(DataSourceWriter):\n"
         "    def write(self, rows): return WriterCommitMessage()\n"
         "class S(DataSource):\n"
@@ -349,7 +349,7 @@ def test_the_jvm_is_asked_for_before_tensorflow_is_imported(split_dir, data, tmp
     the session before anything imports TensorFlow, or the two run one after the other (a stray
     import once made every Spark run 2.5 s longer). In a fresh interpreter, with no JVM started."""
     code = (
-        "import sys, surgery.spark as s\n"
+        "import sys, surgery.runners.spark as s\n"
         "class Asked(Exception): pass\n"
         "def starting_session(*a, **k):\n"
         "    raise Asked('tensorflow' in sys.modules)\n"
@@ -362,7 +362,7 @@ def test_the_jvm_is_asked_for_before_tensorflow_is_imported(split_dir, data, tmp
 
 @needs_spark
 def test_the_workers_come_with_tensorflow_and_the_warm_up_gives_sql_tasks_those_workers():
-    """On a local master the workers fork from `surgery.spark_daemon`, with TensorFlow imported
+    """On a local master the workers fork from `surgery.runners.spark_daemon`, with TensorFlow imported
     (without Keras: WORKER_ENV), so even the first SQL task's worker has it. `_warm_workers`
     starts them with an RDD job; that only helps if Spark hands the same workers to the SQL
     (mapInArrow) tasks, which holds while both give the workers the same environment: the three
@@ -370,7 +370,7 @@ def test_the_workers_come_with_tensorflow_and_the_warm_up_gives_sql_tasks_those_
     code = (
         "import os, sys\n"
         "import pyarrow as pa\n"
-        "from surgery.spark import _warm_workers, spark_session\n"
+        "from surgery.runners.spark import _warm_workers, spark_session\n"
         "def probe(batches):\n"
         "    for _ in batches: pass\n"
         "    yield pa.RecordBatch.from_pydict({'pid': [os.getpid()], 'tf': ['tensorflow' in sys.modules],\n"
@@ -398,7 +398,7 @@ def test_the_first_local_run_leaves_a_class_archive_that_later_runs_map(tmp_path
     ignored."""
     cache = tmp_path / "classes"
     code = ("import os\n"
-            "from surgery.spark import spark_session\n"
+            "from surgery.runners.spark import spark_session\n"
             "with spark_session('local[1]', {'spark.ui.enabled': 'false'}) as spark:\n"
             "    pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()\n"
             "    maps = open(f'/proc/{pid}/maps').read()\n"
@@ -455,7 +455,7 @@ def test_a_failed_job_leaves_nothing_and_the_rerun_is_clean(spark, split_dir, da
     fails (on each attempt), so the job fails: exit 2 naming the file and the rows, OUT untouched,
     no temporary directory. Mend the file and rerun: the local runner's rows."""
     from surgery import precompute
-    from surgery.spark import ParquetTable
+    from surgery.runners.spark import ParquetTable
 
     with h5py.File(data[0], "r") as f:
         x, ids = f["x"][:], f["ids"][:]

@@ -10,7 +10,7 @@ from conftest import run_cli, tf, v1
 from nets import dense, two_tower, vgg
 
 from surgery import CutError, load_model
-from surgery.split import split_model, write_split
+from surgery.passes.split import split_model, write_split
 
 
 def _save(directory, build, seed=0):

@@ -14,12 +14,12 @@ import pytest
 from conftest import cli, run_cli, run_graph_def, tf, v1
 from tf1_tagger import build_tagger
 
-from surgery.bind import bind, take_constant_switches
-from surgery.errors import SurgeryError
-from surgery.freeze import freeze_model
-from surgery.graph import read_graph_def
-from surgery.model import load_model
-from surgery.names import dropped_nodes
+from surgery.core.errors import SurgeryError
+from surgery.core.graph import read_graph_def
+from surgery.core.model import load_model
+from surgery.core.names import dropped_nodes
+from surgery.passes.bind import bind, take_constant_switches
+from surgery.passes.freeze import freeze_model
 
 OUT = "model/Sigmoid"
 PENULTIMATE = "model/penultimate/Relu"

@@ -1,4 +1,4 @@
-"""Every private TensorFlow API surgery uses lives in `surgery/tfcompat.py`; each is exercised here
+"""Every private TensorFlow API surgery uses lives in `surgery/core/tfcompat.py`; each is exercised here
 on a tiny graph, so a TensorFlow release that moves or changes one fails this file by name."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import re
 import numpy as np
 from conftest import tf, v1
 
-from surgery import tfcompat
+from surgery.core import tfcompat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,7 +99,7 @@ def test_save_slice_info_of_a_partitioned_variable():
 def test_fold_batch_norms_folds_into_the_conv_and_keeps_the_numbers():
     from conftest import run_graph_def
 
-    from surgery.graph import toposort
+    from surgery.core.graph import toposort
 
     rng = np.random.default_rng(0)
     graph = tf.Graph()
@@ -118,16 +118,16 @@ def test_fold_batch_norms_folds_into_the_conv_and_keeps_the_numbers():
 
 
 def test_tensorflow_without_its_eager_keras_import_still_runs_graphs_and_loads_keras_later():
-    """WITHOUT_KERAS (Spark's workers, see surgery.spark.WORKER_ENV) skips the Keras that `import
+    """WITHOUT_KERAS (Spark's workers, see surgery.runners.spark.WORKER_ENV) skips the Keras that `import
     tensorflow` loads eagerly; a graph still runs, and `tf.keras` still loads on first use."""
     import subprocess
     import sys
 
-    from surgery.spark import WORKER_ENV
+    from surgery.runners.spark import WORKER_ENV
 
     assert WORKER_ENV == {tfcompat.WITHOUT_KERAS: "1"}
     code = ("import sys\n"
-            "from surgery.tfcompat import tf\n"
+            "from surgery.core.tfcompat import tf\n"
             "loaded = 'keras' in sys.modules\n"
             "with tf.Graph().as_default():\n"
             "    x = tf.compat.v1.placeholder(tf.float32, [None, 2])\n"

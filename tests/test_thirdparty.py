@@ -159,7 +159,7 @@ def test_strict_agrees_with_audit(corpus, tmp_path):
 def test_optimize_check_skips_a_pass_that_changes_the_answer():
     """The per-pass check of `freeze --optimize`: a rewrite that changes the answer or drops a
     function the graph calls is caught (and the function library is carried over)."""
-    from surgery.optimize import _Check, _keep_functions
+    from surgery.passes.optimize import _Check, _keep_functions
 
     g = v1.Graph()
     with g.as_default():

@@ -1,4 +1,4 @@
-"""`surgery.weights`: every kind of weight source, built here with plain TensorFlow / Keras / h5py,
+"""`surgery.core.weights`: every kind of weight source, built here with plain TensorFlow / Keras / h5py,
 read back bit for bit; the model's own Saver; damaged checkpoints as plain errors (exit 2)."""
 
 from __future__ import annotations
@@ -11,9 +11,16 @@ import numpy as np
 import pytest
 from conftest import build_small_cnn, run_cli, tf, v1
 
-from surgery.errors import CheckpointError, ModelLoadError
-from surgery.model import load_model
-from surgery.weights import CheckpointSource, HDF5Weights, open_checkpoint, open_weights, restore_checkpoint, saver_for
+from surgery.core.errors import CheckpointError, ModelLoadError
+from surgery.core.model import load_model
+from surgery.core.weights import (
+    CheckpointSource,
+    HDF5Weights,
+    open_checkpoint,
+    open_weights,
+    restore_checkpoint,
+    saver_for,
+)
 
 RNG = np.random.default_rng(0)
 VALUES = {"net/w": RNG.normal(size=(5, 3)).astype(np.float32), "net/b": RNG.normal(size=(3,)).astype(np.float32),
@@ -211,7 +218,7 @@ def test_open_checkpoint_names_a_missing_shard(tmp_path):
 def test_write_checkpoint_streams_values_copies_and_a_base(tmp_path):
     """Arrays, tensors copied from another checkpoint and a whole base checkpoint, in shards of a
     few bytes, merged into one checkpoint that a Saver and the reader read back bit for bit."""
-    from surgery.weights import CheckpointCopy, CheckpointSource, write_checkpoint
+    from surgery.core.weights import CheckpointCopy, CheckpointSource, write_checkpoint
 
     rng = np.random.default_rng(0)
     base = {"vgg/w": rng.normal(size=(3, 4)).astype(np.float32), "vgg/step": np.int64(7)}

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from surgery import tfcompat
+from surgery.core import tfcompat
 
 tf = tfcompat.tf
 v1 = tf.compat.v1

@@ -33,10 +33,10 @@ import os
 
 import numpy as np
 
-from .data import RowsWithIds, rows_with_ids
-from .data import write_dataset as _write_dataset
-from .errors import DataError, ModelLoadError, SurgeryError
-from .files import atomic_path, write_text
+from ..core.errors import DataError, ModelLoadError, SurgeryError
+from ..core.files import atomic_path, write_text
+from ..data import RowsWithIds, rows_with_ids
+from ..data import write_dataset as _write_dataset
 
 INSTALL = "pip install 'surgery[beam]'"
 INDEX_FORMAT = "surgery-shards/1"
@@ -85,7 +85,7 @@ def resolve_graph(graph_path: str, *, inputs: str | None = None, outputs=None) -
     `precompute.load_offline_graph`, so both runners store the same datasets for the same
     arguments. Workers load the graph from its file, so GRAPH must be one on disk.
     """
-    from .manifest import is_pieces_dir
+    from ..core.manifest import is_pieces_dir
     from .precompute import load_offline_graph
 
     offline = load_offline_graph(graph_path, inputs=inputs, outputs=outputs)
@@ -157,11 +157,11 @@ class FrozenGraphModelHandler(ModelHandler):
         self.max_blocks_per_batch = max_blocks_per_batch
 
     def load_model(self):
-        from . import tfcompat
-        from .graph import graph_from_def, read_graph_def
+        from ..core import tfcompat
+        from ..core.graph import graph_from_def, read_graph_def
 
         if os.path.isdir(self.graph_file):  # a split's SavedModel piece, variables restored
-            from .savedmodel import load_session
+            from ..passes.savedmodel import load_session
 
             return load_session(self.graph_file)
         return tfcompat.tf.compat.v1.Session(graph=graph_from_def(read_graph_def(self.graph_file)))

@@ -28,12 +28,12 @@ import re
 
 import numpy as np
 
-from . import tfcompat
-from .errors import RestoreError
-from .files import atomic_files, write_bytes, write_text
-from .names import is_machinery
-from .weights import PART as _PART
-from .weights import (
+from ..core import tfcompat
+from ..core.errors import RestoreError
+from ..core.files import atomic_files, write_bytes, write_text
+from ..core.names import is_machinery
+from ..core.weights import PART as _PART
+from ..core.weights import (
     CheckpointSource,
     KerasWeights,
     SourceTensor,
@@ -240,7 +240,7 @@ class _TargetVar:
 def _target_variables(target) -> list[_TargetVar]:
     """Logical variables of a `Model` or `tf.Graph`: partitions grouped under their full
     name (`_save_slice_info`), local variables (never checkpointed) left out."""
-    from .model import Model
+    from ..core.model import Model
 
     if isinstance(target, Model):
         if target.is_frozen:
@@ -293,7 +293,7 @@ def _variable_objects(graph) -> dict:
 def _own_saver_keys(target) -> dict:
     """{variable: checkpoint key} where a `Model`'s saver stores a variable under another name
     (a `Saver({key: variable})`), so a model's own checkpoint restores without maps."""
-    from .model import Model
+    from ..core.model import Model
 
     if not isinstance(target, Model):
         return {}

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import graph as g
-from . import tfcompat
-from .errors import CutError, GraphTooBigError, SurgeryError
-from .graph import TOO_BIG_HINT, empty_like, tensor_info, write_graph_def
-from .names import VARIABLE_OP_TYPES, is_machinery, node_input_op, resolve_tensors, split_tensor_name
-from .weights import variable_reader
+from ..core import graph as g
+from ..core import tfcompat
+from ..core.errors import CutError, GraphTooBigError, SurgeryError
+from ..core.graph import TOO_BIG_HINT, empty_like, tensor_info, write_graph_def
+from ..core.names import VARIABLE_OP_TYPES, is_machinery, node_input_op, resolve_tensors, split_tensor_name
+from ..core.weights import variable_reader
 
 tf = tfcompat.tf
 
@@ -246,7 +246,7 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
     pruned structure is checked (imported into a scratch graph, size estimated against the
     2 GB limit) before any weight is read; weights are read when the result is written or its
     `graph_def` is first used. `optimize=True` also runs the inference passes of
-    `surgery.optimize` (constant and batch-norm folding, identity removal, training flags fixed).
+    `surgery.passes.optimize` (constant and batch-norm folding, identity removal, training flags fixed).
     `graph_def`, the GraphDef `graph` was imported from, saves copying large constants out of it.
     """
     out_tensors = _as_tensors(graph, outputs)

@@ -33,8 +33,8 @@ import os
 
 import numpy as np
 
-from . import tfcompat
-from .errors import DataError
+from ..core import tfcompat
+from ..core.errors import DataError
 
 tf = tfcompat.tf
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import shutil
 
-from . import tfcompat
-from .errors import ModelLoadError, SurgeryError
-from .files import atomic_path
-from .graph import graph_from_def, read_graph_def
-from .manifest import FILENAME, is_pieces_dir, piece_path, read_manifest
-from .names import parse_list
-from .savedmodel import SIGNATURE, signature, signature_key, variable_piece, write_saved_model
+from ..core import tfcompat
+from ..core.errors import ModelLoadError, SurgeryError
+from ..core.files import atomic_path
+from ..core.graph import graph_from_def, read_graph_def
+from ..core.manifest import FILENAME, is_pieces_dir, piece_path, read_manifest
+from ..core.names import parse_list
+from ..passes.savedmodel import SIGNATURE, signature, signature_key, variable_piece, write_saved_model
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -49,8 +49,8 @@ def export_frozen(graph_def, directory: str, *, inputs: list, outputs: list) -> 
 
 def _frozen_source(path: str):
     """(graph_def, inputs, outputs) of a frozen .pb/.pbtxt: its placeholders and likely outputs."""
-    from .model import load_model
-    from .report import likely_inputs, likely_outputs
+    from ..core.model import load_model
+    from ..passes.inspect import likely_inputs, likely_outputs
 
     model = load_model(path)
     if not model.is_frozen:
@@ -70,7 +70,7 @@ def export_model(model, directory: str, *, outputs, inputs=None, progress: bool 
 
 def _saved_model_keys(directory: str) -> dict:
     """The `serving_default` keys of a SavedModel piece written by `split`."""
-    from .model import load_model
+    from ..core.model import load_model
 
     sig = load_model(directory).signature_defs.get(SIGNATURE)
     if sig is None:
@@ -91,9 +91,9 @@ def export(graph: str, directory: str, *, outputs=None, inputs=None, tag_set: st
         raise SurgeryError("--set binds placeholders of one MODEL: it needs --outputs",
                            "name the tensors to export with --outputs, or bind them when you split or freeze")
     if outputs and not is_pieces_dir(graph):
-        from .bind import bind
-        from .freeze import freeze_model
-        from .model import load_model
+        from ..core.model import load_model
+        from ..passes.bind import bind
+        from ..passes.freeze import freeze_model
 
         model = bind(load_model(graph, tag_set=tag_set, signature=signature, trust_code=trust_code), set)
         if not model.is_frozen:

@@ -1,7 +1,7 @@
 """Precompute: run an offline piece over a dataset in batches into HDF5, streaming and resumable.
 
 Precomputing is why a graph is split: the heavy offline piece runs once over every row and
-its results are stored; requests are then answered by the online piece (`surgery.serve`).
+its results are stored; requests are then answered by the online piece (`surgery.runners.serve`).
 
 Speed. A read-ahead thread reads batch k+1 and a writer thread stores batch k-1 while the
 session runs batch k (bounded queues of two batches each, so memory stays bounded whatever
@@ -34,11 +34,11 @@ import time
 
 import numpy as np
 
-from . import tfcompat
-from .data import RowSource, check_feedable, open_ids, open_rows
-from .errors import DataError, OutputError, SurgeryError
-from .graph import graph_from_def
-from .names import parse_list, resolve_tensor, resolve_tensors, split_tensor_name
+from ..core import tfcompat
+from ..core.errors import DataError, OutputError, SurgeryError
+from ..core.graph import graph_from_def
+from ..core.names import parse_list, resolve_tensor, resolve_tensors, split_tensor_name
+from ..data import RowSource, check_feedable, open_ids, open_rows
 
 tf = tfcompat.tf
 
@@ -92,12 +92,12 @@ def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "
     """GRAPH as `precompute` takes it: a split directory (its `offline` piece), a frozen .pb,
     or any MODEL (frozen here with values read from its checkpoint); `set` binds placeholders
     ({name: value} or `T=VALUE` strings, see `bind.bind`)."""
-    from .bind import bind
-    from .freeze import freeze_model
-    from .graph import ancestors, tensor_info
-    from .manifest import is_pieces_dir, piece_digest, piece_path, read_manifest
-    from .model import load_model
-    from .report import likely_outputs
+    from ..core.graph import ancestors, tensor_info
+    from ..core.manifest import is_pieces_dir, piece_digest, piece_path, read_manifest
+    from ..core.model import load_model
+    from ..passes.bind import bind
+    from ..passes.freeze import freeze_model
+    from ..passes.inspect import likely_outputs
 
     default_inputs = default_outputs = None
     piece_file = None  # a split directory's piece: its digest is the piece's own (`OnlineServer` checks it)

@@ -23,12 +23,12 @@ import dataclasses
 
 import numpy as np
 
-from . import graph as g
-from . import tfcompat
-from .errors import SurgeryError
-from .names import node_input_op, resolve_op, split_tensor_name
+from ..core import graph as g
+from ..core import tfcompat
+from ..core.errors import SurgeryError
+from ..core.names import node_input_op, resolve_op, split_tensor_name
+from .inspect import shape_str
 from .optimize import take_constant_branches
-from .report import shape_str
 
 tf = tfcompat.tf
 
@@ -130,7 +130,7 @@ def bind(model, sets):
     """`model` (a `model.Model`) with each placeholder in `sets` ({name: value}) made a constant
     and the branches that makes unreachable removed; `model` itself is not changed. Names may be
     given in any form `inspect` lists (`is_training`, `is_training:0`, a unique suffix)."""
-    from .model import reimport
+    from ..core.model import reimport
 
     sets = parse_sets(sets)
     if not sets:

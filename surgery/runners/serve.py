@@ -17,12 +17,12 @@ import os
 
 import numpy as np
 
-from . import tfcompat
-from .errors import DataError, SurgeryError
-from .manifest import piece_digest, piece_path, read_manifest
-from .model import load_model
+from ..core import tfcompat
+from ..core.errors import DataError, SurgeryError
+from ..core.manifest import piece_digest, piece_path, read_manifest
+from ..core.model import load_model
+from ..core.weights import restore_checkpoint, saver_for
 from .precompute import PROGRESS
-from .weights import restore_checkpoint, saver_for
 
 tf = tfcompat.tf
 

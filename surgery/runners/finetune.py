@@ -28,18 +28,18 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from . import graph as g
-from . import tfcompat
-from .data import DEFAULT_PREPROCESS, check_feedable, open_labels, open_rows, spec_of
-from .errors import DataError, RestoreError, SurgeryError
-from .export import export_model
-from .files import atomic_path, write_text
-from .freeze import freeze_graph, write_graph_def
-from .manifest import piece, source_info, write_manifest
-from .model import Model, load_model
-from .restore import plan_restore
-from .splice import splice
-from .weights import CheckpointCopy, CheckpointSource, restore_checkpoint, write_checkpoint
+from ..core import graph as g
+from ..core import tfcompat
+from ..core.errors import DataError, RestoreError, SurgeryError
+from ..core.files import atomic_path, write_text
+from ..core.manifest import piece, source_info, write_manifest
+from ..core.model import Model, load_model
+from ..core.weights import CheckpointCopy, CheckpointSource, restore_checkpoint, write_checkpoint
+from ..data import DEFAULT_PREPROCESS, check_feedable, open_labels, open_rows, spec_of
+from ..exporters.export import export_model
+from ..passes.freeze import freeze_graph, write_graph_def
+from ..passes.restore import plan_restore
+from ..passes.splice import splice
 
 tf = tfcompat.tf
 v1 = tf.compat.v1

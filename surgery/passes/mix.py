@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from . import tfcompat
-from .errors import RestoreError, SurgeryError
+from ..core import tfcompat
+from ..core.errors import RestoreError, SurgeryError
+from ..core.graph import graph_from_def
+from ..core.model import Model, load_model
+from ..core.names import VARIABLE_OP_TYPES, is_machinery, resolve_tensor, resolve_tensors
+from ..core.weights import restore_checkpoint
 from .freeze import FrozenGraph, freeze_graph
-from .graph import graph_from_def
-from .model import Model, load_model
-from .names import VARIABLE_OP_TYPES, is_machinery, resolve_tensor, resolve_tensors
-from .weights import restore_checkpoint
 
 tf = tfcompat.tf
 v1 = tf.compat.v1

@@ -18,12 +18,12 @@ import os
 import re
 import shutil
 
-from . import graph as g
-from . import tfcompat
-from .errors import OutputError, SurgeryError
+from ..core import graph as g
+from ..core import tfcompat
+from ..core.errors import OutputError, SurgeryError
+from ..core.names import VARIABLE_OP_TYPES, node_input_op, resolve_tensors
+from ..core.weights import variable_reader
 from .freeze import STATE_WRITING_OPS, _check_cut_is_clean, _drop_machinery_control_inputs, _tensor_infos
-from .names import VARIABLE_OP_TYPES, node_input_op, resolve_tensors
-from .weights import variable_reader
 
 tf = tfcompat.tf
 v1 = tf.compat.v1

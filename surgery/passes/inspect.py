@@ -7,10 +7,10 @@ import re
 
 import numpy as np
 
-from . import tfcompat
-from .errors import SurgeryError
-from .graph import Index, ancestors, descendants, likely_output_nodes, tensor_info
-from .names import is_machinery
+from ..core import tfcompat
+from ..core.errors import SurgeryError
+from ..core.graph import Index, ancestors, descendants, likely_output_nodes, tensor_info
+from ..core.names import is_machinery
 
 tf = tfcompat.tf
 
@@ -284,7 +284,7 @@ def write_tensorboard(model, logdir: str) -> str:
     import shutil
     import tempfile
 
-    from .errors import OutputError
+    from ..core.errors import OutputError
 
     try:
         os.makedirs(logdir, exist_ok=True)

@@ -137,7 +137,7 @@ class ClassArchive:
         self.recording = False
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-        subprocess.Popen([sys.executable, "-c", "import sys, json; from surgery.classcache import build; "
+        subprocess.Popen([sys.executable, "-c", "import sys, json; from surgery.runners.classcache import build; "
                           "build(json.loads(sys.argv[1]))", json.dumps(spec)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env=env, start_new_session=True, close_fds=True)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from . import graph as g
-from . import tfcompat
-from .errors import SurgeryError
-from .names import VARIABLE_OP_TYPES, is_machinery, node_input_op, resolve_tensor
+from ..core import graph as g
+from ..core import tfcompat
+from ..core.errors import SurgeryError
+from ..core.names import VARIABLE_OP_TYPES, is_machinery, node_input_op, resolve_tensor
 
 tf = tfcompat.tf
 v1 = tf.compat.v1

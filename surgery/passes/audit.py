@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import graph as g
-from . import kerasfile
-from .errors import ModelLoadError
-from .names import is_machinery, node_input_op
+from ..core import graph as g
+from ..core import kerasfile
+from ..core.errors import ModelLoadError
+from ..core.names import is_machinery, node_input_op
 
 FILE_OPS = frozenset({
     "ReadFile", "WriteFile", "MatchingFiles", "Save", "SaveV2", "SaveSlices", "Restore", "RestoreV2",
@@ -182,8 +182,8 @@ def format_audit(report: dict) -> str:
 
 def audit_path(path: str, *, tag_set: str = "serve") -> list:
     """Reports for MODEL, or one per piece of a split directory (each piece's graph parsed only)."""
-    from .manifest import is_pieces_dir, piece_path, read_manifest
-    from .model import parse_model
+    from ..core.manifest import is_pieces_dir, piece_path, read_manifest
+    from ..core.model import parse_model
 
     if kerasfile.is_keras_file(path):
         return [audit_keras_file(path)]

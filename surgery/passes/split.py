@@ -22,16 +22,17 @@ import sys
 
 import numpy as np
 
-from . import graph as g
-from . import savedmodel, tfcompat
-from .errors import CutError, GraphTooBigError, OutputError
-from .files import atomic_path
+from ..core import graph as g
+from ..core import tfcompat
+from ..core.errors import CutError, GraphTooBigError, OutputError
+from ..core.files import atomic_path
+from ..core.graph import tensor_info, write_graph_def
+from ..core.manifest import FILENAME as MANIFEST
+from ..core.manifest import piece, source_info, write_manifest
+from ..core.names import VARIABLE_OP_TYPES, resolve_tensors, suggest
+from ..core.weights import restore_checkpoint, saver_for
+from . import savedmodel
 from .freeze import FrozenGraph, freeze_model
-from .graph import tensor_info, write_graph_def
-from .manifest import FILENAME as MANIFEST
-from .manifest import piece, source_info, write_manifest
-from .names import VARIABLE_OP_TYPES, resolve_tensors, suggest
-from .weights import restore_checkpoint, saver_for
 
 tf = tfcompat.tf
 
@@ -463,7 +464,7 @@ def _match_inputs(by_name: dict, specs: dict, flag: str) -> dict:
 def _verify_rows(path: str, specs: dict, n: int) -> dict:
     """The first `n` rows for each input from `path`: a `.npy` for the one data input, or an HDF5
     file with one dataset per input (named as the input op, e.g. `images` or `net/x`)."""
-    from .data import ArrayRows, check_feedable
+    from ..data import ArrayRows, check_feedable
 
     data_inputs = [name for name, spec in specs.items() if spec["shape"] != []]
     rows = {}
@@ -567,7 +568,7 @@ def verify_in_child(model, split: Split, directory: str, feeds: dict, *, toleran
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        proc = subprocess.run([sys.executable, "-c", "import sys; from surgery.split import _verify_child; "
+        proc = subprocess.run([sys.executable, "-c", "import sys; from surgery.passes.split import _verify_child; "
                                "sys.exit(_verify_child(sys.argv[1]))", work],
                               capture_output=True, text=True, env=env)
         result = os.path.join(work, "result.json")
@@ -600,9 +601,9 @@ def _verify_child(work: str) -> int:
     import json
     import types
 
+    from ..core.errors import SurgeryError
+    from ..core.model import load_model
     from .bind import bind
-    from .errors import SurgeryError
-    from .model import load_model
 
     with open(os.path.join(work, "spec.json")) as f:
         spec = json.load(f)

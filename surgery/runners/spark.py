@@ -13,7 +13,7 @@ module runs the offline piece there and writes the embeddings back to Parquet.
 Reading by path keeps the rows out of the JVM: on a local path Spark only schedules the blocks and
 writes the output, and the row numbers are the local runner's (files by path, rows in file order).
 
-Determinism. As on Beam (see `surgery.beam`), the unit handed to TensorFlow is a fixed block:
+Determinism. As on Beam (see `surgery.runners.beam`), the unit handed to TensorFlow is a fixed block:
 rows [k·batch_size, (k+1)·batch_size) of the global row grid, the blocks the local runner feeds.
 Partitions hold whole blocks, so the numbers do not depend on the partitioning, the number of
 executors or a retried task. Every output row carries its global row number (`row`).
@@ -50,9 +50,9 @@ import zipfile
 
 import numpy as np
 
+from ..core.errors import DataError, OutputError, SurgeryError
+from ..core.files import atomic_path
 from .classcache import ClassArchive
-from .errors import DataError, OutputError, SurgeryError
-from .files import atomic_path
 
 INSTALL = "pip install 'surgery[spark]'"
 DEFAULT_MASTER = "local[*]"
@@ -237,12 +237,12 @@ def starting_session(master: str | None = None, conf=None, warm_workers: bool = 
 
 
 def _preloading_daemon(pythonpath: str | None) -> dict:
-    """Settings that start Spark's Python workers from `surgery.spark_daemon`, which imports
+    """Settings that start Spark's Python workers from `surgery.runners.spark_daemon`, which imports
     TensorFlow once before it forks them (200k rows on `local[2]`: 13.3 -> 12.0 s, medians of 5).
     Only where the workers run this interpreter, on this machine: the daemon must import this
     `surgery`, so its directory goes on the workers' path."""
     home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return {"spark.python.daemon.module": "surgery.spark_daemon",
+    return {"spark.python.daemon.module": "surgery.runners.spark_daemon",
             "spark.executorEnv.PYTHONPATH": os.pathsep.join(filter(None, [home, pythonpath]))}
 
 
@@ -265,7 +265,7 @@ def _warm_workers(sc) -> list:
 
 
 def _import_on_worker(_):
-    from . import data, precompute  # noqa: F401 - TensorFlow, and what a task imports
+    from . import precompute  # noqa: F401 - TensorFlow, and what a task imports
 
     return iter([os.getpid()])
 
@@ -334,7 +334,7 @@ def path_source(data: str, key: str | None, ids: str | None, input_spec: dict, e
     """Parquet / HDF5 / .npy / TFRecord / image-folder rows by path, scaled as `preprocess` says and
     shaped and typed for `input_spec` (the piece's input): the one place that opens them. The driver
     checks every row (`check_rows`) before the job; the executors do not read them all again."""
-    from .data import rows_with_ids
+    from ..data import rows_with_ids
 
     source = rows_with_ids(data, key, ids, preprocess=preprocess, spec=input_spec)
     try:
@@ -364,7 +364,7 @@ _WORKER: dict = {}  # per Python worker: the loaded graph and the opened source,
 def _runner(plan: _Plan):
     key = ("runner", plan.sha256, json.dumps(plan.outputs, sort_keys=True), plan.input["name"])
     if key not in _WORKER:
-        from . import tfcompat
+        from ..core import tfcompat
         from .precompute import OfflineGraph, _Runner
 
         graph_def = tfcompat.tf.compat.v1.GraphDef()
@@ -422,7 +422,7 @@ def _run_blocks(plan: _Plan, x: np.ndarray, row0: int, ids):
 
 def _reporting(fn):
     """Run a worker generator; a SurgeryError crosses to the driver as a marked line."""
-    from .errors import SurgeryError as Error
+    from ..core.errors import SurgeryError as Error
 
     def wrapped(batches):
         try:
@@ -497,7 +497,7 @@ def _parquet_blocks(plan: _Plan):
 
 
 def _checked_run(plan: _Plan, rows, x, ids):
-    from .data import preprocess
+    from ..data import preprocess
 
     if not np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
         raise RuntimeError(f"rows {rows[0]}..{rows[-1]} are not contiguous in their partition")
@@ -537,7 +537,7 @@ def _parquet_input(spark, data: str, key: str, ids: str | None, offline, preproc
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType
 
-    from .data import check_feedable, flat_row_shape
+    from ..data import check_feedable, flat_row_shape
 
     try:
         df = spark.read.parquet(data)
@@ -665,7 +665,7 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
         if os.path.isfile(parquet_out):
             raise OutputError(f"{parquet_out} is a file", "pass a directory name ending in .parquet with --out")
     with starting_session(master, conf, warm_workers=True) as session:  # the JVM starts while TensorFlow imports
-        from .data import is_parquet, preprocess_mode  # imports TensorFlow: only once the JVM is starting
+        from ..data import is_parquet, preprocess_mode  # imports TensorFlow: only once the JVM is starting
         from .precompute import FORMAT, _output_layout, _Runner, load_offline_graph
 
         preprocess = preprocess_mode(preprocess)
@@ -928,7 +928,7 @@ def write_hdf5(parquet_dir: str, out_h5: str) -> str:
     and the local runner's provenance attributes, in row order."""
     import h5py
 
-    from .data import write_dataset as _write_dataset
+    from ..data import write_dataset as _write_dataset
 
     table = ParquetTable(parquet_dir)
     with atomic_path(out_h5) as tmp:

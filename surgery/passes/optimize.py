@@ -22,10 +22,10 @@ when it fails or changes the answer), and in tests/test_freeze.py.
 
 from __future__ import annotations
 
-from . import graph as g
-from . import tfcompat
-from .graph import grappler
-from .names import node_input_op
+from ..core import graph as g
+from ..core import tfcompat
+from ..core.graph import grappler
+from ..core.names import node_input_op
 
 tf = tfcompat.tf
 

@@ -35,11 +35,11 @@ import tempfile
 
 import numpy as np
 
-from . import tfcompat
-from .errors import DataError, ModelLoadError, SurgeryError
-from .files import stderr_to
-from .graph import descendants, graph_from_def
-from .names import node_input_op, parse_list, resolve_op, resolve_tensor, suggest
+from ..core import tfcompat
+from ..core.errors import DataError, ModelLoadError, SurgeryError
+from ..core.files import stderr_to
+from ..core.graph import descendants, graph_from_def
+from ..core.names import node_input_op, parse_list, resolve_op, resolve_tensor, suggest
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -188,7 +188,7 @@ def check_shapes(piece: Piece) -> None:
 def _row_sources(specs) -> list:
     """(path, key, array-like) for every dataset of every `--calibration` source: `FILE.h5`,
     `FILE.h5:KEY` or `FILE.npy`, read through `data.ArrayRows` like any other row source."""
-    from .data import ArrayRows, hdf5_datasets
+    from ..data import ArrayRows, hdf5_datasets
 
     found = []
     for spec in specs:
@@ -674,12 +674,12 @@ def load_pieces(graph: str, *, outputs=None, inputs=None, tag_set: str = "serve"
                 trust_code: bool = False, set=None) -> tuple:
     """(pieces, is_split_dir): a split/finetune directory's pieces, or one piece `model` from a
     frozen graph or any MODEL (frozen here, to `outputs` above `inputs` when given)."""
-    from .bind import bind
-    from .freeze import freeze_model
-    from .manifest import is_pieces_dir, read_manifest
-    from .manifest import load_pieces as load_manifest_pieces
-    from .model import load_model
-    from .report import likely_inputs, likely_outputs
+    from ..core.manifest import is_pieces_dir, read_manifest
+    from ..core.manifest import load_pieces as load_manifest_pieces
+    from ..core.model import load_model
+    from ..passes.bind import bind
+    from ..passes.freeze import freeze_model
+    from ..passes.inspect import likely_inputs, likely_outputs
 
     if is_pieces_dir(graph):
         if outputs or inputs or set:
@@ -713,8 +713,8 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
     written together. PATH is a file (`x.tflite`) for one piece, or a directory that gets
     `<piece>.tflite` per piece and a manifest. Returns the manifest (written or not).
     `float_from`: op names kept in float, with all after them, in an int8 file (`float_ops`)."""
-    from .files import atomic_path, write_bytes
-    from .manifest import FILENAME, FORMAT
+    from ..core.files import atomic_path, write_bytes
+    from ..core.manifest import FILENAME, FORMAT
 
     require(fmt)
     if allow_select_tf_ops and fmt != "tflite":

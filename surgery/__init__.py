@@ -1,14 +1,13 @@
 """surgery: transfer-learning graph surgery for TensorFlow graphs.
 
 This module only re-exports, lazily: `import surgery` is instant, and each public name imports
-its module (and TensorFlow) on first use. Each stage of the pipeline lives in its own module.
+its module (and TensorFlow) on first use. The modules live in folders that are the package's layers
+(`core`, `data`, `passes`, `exporters`, `runners`); these are the entry points most users need.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 # public name → the module that defines it
 _EXPORTS = {
@@ -46,19 +45,6 @@ def __getattr__(name: str):
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # resolved once
     return value
-
-
-class _Package(types.ModuleType):
-    """`surgery.precompute` and `surgery.splice` are functions, as `__all__` says, though modules
-    of the same names exist: importing such a module would bind the module here, so it is not."""
-
-    def __setattr__(self, name, value):
-        if isinstance(value, types.ModuleType) and _MODULE_OF.get(name) == name:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __dir__():

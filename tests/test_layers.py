@@ -88,6 +88,12 @@ def test_imports_go_down_only(module):
     assert not upward, f"surgery.{module} ({_layer(module)}) imports {upward} from a layer above it"
 
 
+@pytest.mark.parametrize("module", _modules())
+def test_no_private_names_cross_modules(module):
+    taken = {m: sorted(names) for m, names in _imports(module).items() if names}
+    assert not taken, f"surgery.{module} imports private names {taken}: make them public or move the code"
+
+
 def test_no_import_cycles():
     graph = {m: set(_imports(m)) for m in _modules()}
     state = {}  # module -> "visiting" | "done"

@@ -113,10 +113,11 @@ def piece_digest(path: str) -> str:
 
 def is_pieces_dir(path: str) -> bool:
     """A directory of frozen pieces (`split`'s output): a manifest and no model of its own."""
-    from .model import _latest_checkpoint, _saved_model_file
+    from .model import saved_model_file
+    from .weights import latest_checkpoint
 
     return (os.path.isdir(path) and os.path.exists(os.path.join(path, FILENAME))
-            and not _saved_model_file(path) and _latest_checkpoint(path) is None)
+            and not saved_model_file(path) and latest_checkpoint(path) is None)
 
 
 def load_pieces(directory: str) -> dict:

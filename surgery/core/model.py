@@ -25,8 +25,7 @@ from .errors import ModelLoadError
 from .legacy import clean_collections, import_leniently
 from .names import VARIABLE_OP_TYPES, carry_notes, remember_ambiguous, remember_traced
 from .tf2 import flatten_function, flatten_tf2, serving_signature
-from .weights import is_checkpoint, open_checkpoint
-from .weights import latest_checkpoint as _latest_checkpoint
+from .weights import is_checkpoint, latest_checkpoint, open_checkpoint
 
 tf = tfcompat.tf
 
@@ -280,9 +279,9 @@ def _load(path: str, tag_set: str, *, imported: bool, signature: str | None = No
     if not os.path.exists(path) and not os.path.exists(path + ".index") and not os.path.exists(path + ".meta"):
         raise ModelLoadError(f"no such file or directory: {path}", _close_paths_hint(path))
     if os.path.isdir(path):
-        if _saved_model_file(path):
+        if saved_model_file(path):
             return _load_saved_model(path, tag_set, imported, signature)
-        prefix = _latest_checkpoint(path)
+        prefix = latest_checkpoint(path)
         if prefix is None:
             raise ModelLoadError(
                 f"{path} holds no model (no saved_model.pb, no checkpoint, no .meta)",
@@ -325,7 +324,7 @@ def _close_paths_hint(path: str) -> str:
     return "check the path"
 
 
-def _saved_model_file(directory: str) -> str | None:
+def saved_model_file(directory: str) -> str | None:
     for name in ("saved_model.pb", "saved_model.pbtxt"):
         if os.path.isfile(os.path.join(directory, name)):
             return os.path.join(directory, name)
@@ -380,7 +379,7 @@ def _load_saved_model(directory: str, tag_set: str, imported: bool, signature: s
                       output_order=None) -> Model:
     from tensorflow.core.protobuf import saved_model_pb2
 
-    file = _saved_model_file(directory)
+    file = saved_model_file(directory)
     sm = g.read_proto(saved_model_pb2.SavedModel(), file, text=file.endswith(".pbtxt"), what="SavedModel")
     tags = {t.strip() for t in tag_set.split(",") if t.strip()}
     chosen = [mg for mg in sm.meta_graphs if set(mg.meta_info_def.tags) == tags]

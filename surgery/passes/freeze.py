@@ -226,7 +226,7 @@ def strip_training_nodes(graph_def, *, protected=(), constants=()) -> object:
     return g.clear_devices(gd)
 
 
-def _drop_machinery_control_inputs(graph_def):
+def drop_machinery_control_inputs(graph_def):
     """Without the control edges from savers, initialisers, summaries and update ops, so pruning to
     the outputs does not drag training machinery along."""
     return g.drop_control_edges(graph_def, [n.name for n in graph_def.node
@@ -257,10 +257,10 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
     gd, replaced = g.cut(structure, in_tensors)
     del structure
     stripped = stateful_on_path(gd, [replaced.get(t.name, t.name) for t in out_tensors])
-    gd = _drop_machinery_control_inputs(gd)
+    gd = drop_machinery_control_inputs(gd)
     out_names = [replaced.get(t.name, t.name) for t in out_tensors]
     gd = g.prune(gd, out_names)
-    _check_cut_is_clean(gd, in_tensors, replaced)
+    check_cut_is_clean(gd, in_tensors, replaced)
     variables = [n.name for n in gd.node if n.op in VARIABLE_OP_TYPES]
     if variables and read_variable is None:
         raise SurgeryError(f"the graph has {len(variables)} variables but no checkpoint to read them from",
@@ -269,7 +269,7 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
     protected = {node_input_op(n) for n in out_names} | {node_input_op(p) for p in replaced.values()}
     skeleton = strip_training_nodes(gd, protected=protected, constants=constants)
     constants.update({n.name: held[n.name] for n in skeleton.node if n.name in held})
-    infos = _tensor_infos(skeleton, out_names)
+    infos = tensor_infos(skeleton, out_names)
     frozen = FrozenGraph(inputs=infos[0], outputs=infos[1], skeleton=skeleton, constants=constants,
                          read_variable=read_variable, cut=replaced)
     size = frozen.estimated_bytes
@@ -282,7 +282,7 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
 
         graph_def = optimize_for_inference(frozen.graph_def, [t["name"] for t in frozen.inputs], out_names,
                                            notes=notes)
-        frozen = FrozenGraph(graph_def, *_tensor_infos(graph_def, out_names), cut=replaced)
+        frozen = FrozenGraph(graph_def, *tensor_infos(graph_def, out_names), cut=replaced)
     frozen.stripped_stateful = stripped
     if stripped:
         listed = ", ".join(f"{s['name']} ({s['op']})" for s in stripped[:5]) + (" …" if len(stripped) > 5 else "")
@@ -301,7 +301,7 @@ def stateful_on_path(graph_def, outputs) -> list:
         n.op in STATE_WRITING_OPS or n.op.startswith(("Queue", "Stack")) or n.op.endswith("EnqueueV2"))]
 
 
-def _tensor_infos(graph_def, out_names) -> tuple:
+def tensor_infos(graph_def, out_names) -> tuple:
     """([placeholder infos], [output infos]) of `graph_def`, imported into a scratch graph; a
     skeleton's value-less constants import cheaply, so this checks the structure before weights are read."""
     try:
@@ -314,7 +314,7 @@ def _tensor_infos(graph_def, out_names) -> tuple:
             [tensor_info(scratch.get_tensor_by_name(g.tensor_name(n))) for n in out_names])
 
 
-def _check_cut_is_clean(graph_def, in_tensors, replaced):
+def check_cut_is_clean(graph_def, in_tensors, replaced):
     """A cut op with several outputs must have all its used outputs cut."""
     cut_ops = {t.op.name: t for t in in_tensors if replaced[t.name] == f"{t.op.name}:0" and t.op.type != "Placeholder"}
     for node in graph_def.node:

@@ -23,7 +23,7 @@ from ..core import tfcompat
 from ..core.errors import OutputError, SurgeryError
 from ..core.names import VARIABLE_OP_TYPES, node_input_op, resolve_tensors
 from ..core.weights import variable_reader
-from .freeze import STATE_WRITING_OPS, _check_cut_is_clean, _drop_machinery_control_inputs, _tensor_infos
+from .freeze import STATE_WRITING_OPS, check_cut_is_clean, drop_machinery_control_inputs, tensor_infos
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -120,10 +120,10 @@ def variable_piece(model, outputs, *, inputs=()) -> VariablePiece:
     if not out_tensors:
         raise SurgeryError("no outputs given", "name the tensors to keep with --outputs, e.g. --outputs predictions")
     gd, replaced = g.cut(model.graph_def, in_tensors)
-    gd = _drop_machinery_control_inputs(gd)
+    gd = drop_machinery_control_inputs(gd)
     out_names = [replaced.get(t.name, t.name) for t in out_tensors]
     gd = g.prune(gd, out_names)
-    _check_cut_is_clean(gd, in_tensors, replaced)
+    check_cut_is_clean(gd, in_tensors, replaced)
     for node in gd.node:
         if node.op in STATE_WRITING_OPS:
             raise SurgeryError(f"cannot export '{node.name}' ({node.op}): it writes a variable the outputs need",
@@ -139,7 +139,7 @@ def variable_piece(model, outputs, *, inputs=()) -> VariablePiece:
         for node in gd.node:
             if node.op in VARIABLE_OP_TYPES:
                 _check_stored_shape(node, read, model.checkpoint)
-    infos = _tensor_infos(gd, out_names)
+    infos = tensor_infos(gd, out_names)
     return VariablePiece(gd, infos[0], infos[1], cut=replaced, read_variable=read)
 
 

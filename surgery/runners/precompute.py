@@ -198,9 +198,9 @@ def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None =
         feed_dtype = check_feedable(source, offline.input)
         if ids:
             id_source = open_ids(data, ids, source)
-        with _Runner(offline) as runner:
+        with Runner(offline) as runner:
             probe = runner.run(source.read(0, 1).astype(feed_dtype, copy=False), 0, 1)
-            layout = _output_layout(offline, probe)
+            layout = output_layout(offline, probe)
             provenance = {
                 "format": FORMAT, "graph": offline.path, "graph_sha256": offline.sha256,
                 "input_tensor": offline.input["name"],
@@ -234,7 +234,7 @@ def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None =
             id_source.close()
 
 
-class _Runner:
+class Runner:
     """One session over the frozen graph, called through `tfcompat.fast_callable` (TensorFlow's
     `CallableOptions` path): `Session.run`'s per-call feed/fetch parsing would show at small batches."""
 
@@ -262,7 +262,7 @@ class _Runner:
         self.session.close()
 
 
-def _output_layout(offline: OfflineGraph, probe: list) -> dict:
+def output_layout(offline: OfflineGraph, probe: list) -> dict:
     layout = {}
     for o, value in zip(offline.outputs, probe):
         value = np.asarray(value)
@@ -412,7 +412,7 @@ def _items(q: queue.Queue, stop: threading.Event, count: int):
         yield item
 
 
-def _run_batches(work, runner: _Runner, source: RowSource, feed_dtype, layout: dict, done: int, batch_size: int,
+def _run_batches(work, runner: Runner, source: RowSource, feed_dtype, layout: dict, done: int, batch_size: int,
                  progress: bool) -> int:
     """Read-ahead thread → session (this thread) → writer thread, two batches in flight each way."""
     rows = len(source)

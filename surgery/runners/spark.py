@@ -365,14 +365,14 @@ def _runner(plan: _Plan):
     key = ("runner", plan.sha256, json.dumps(plan.outputs, sort_keys=True), plan.input["name"])
     if key not in _WORKER:
         from ..core import tfcompat
-        from .precompute import OfflineGraph, _Runner
+        from .precompute import OfflineGraph, Runner
 
         graph_def = tfcompat.tf.compat.v1.GraphDef()
         graph_def.ParseFromString(plan.graph.value)
         from pyspark import TaskContext
 
         task = TaskContext.get()  # TensorFlow's threads: the task's CPUs, not every core of the machine
-        _WORKER[key] = _Runner(OfflineGraph("", graph_def, plan.sha256, plan.input, plan.outputs),
+        _WORKER[key] = Runner(OfflineGraph("", graph_def, plan.sha256, plan.input, plan.outputs),
                                threads=task.cpus() if task is not None else None)
     return _WORKER[key]
 
@@ -666,7 +666,7 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
             raise OutputError(f"{parquet_out} is a file", "pass a directory name ending in .parquet with --out")
     with starting_session(master, conf, warm_workers=True) as session:  # the JVM starts while TensorFlow imports
         from ..data import is_parquet, preprocess_mode  # imports TensorFlow: only once the JVM is starting
-        from .precompute import FORMAT, _output_layout, _Runner, load_offline_graph
+        from .precompute import FORMAT, Runner, load_offline_graph, output_layout
 
         preprocess = preprocess_mode(preprocess)
         offline = load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set, set=set)
@@ -678,8 +678,8 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
             rows, feed_dtype, row_shape, id_type, fingerprints = _path_input(data, key, ids, offline, preprocess)
             source = (os.path.abspath(data) if not any(c in data for c in "*?[") else data, key,
                       os.path.abspath(ids) if ids and data.endswith(".npy") else ids)
-        with _Runner(offline) as runner:  # the layout, from one row of zeros
-            layout = _output_layout(offline, runner.run(np.zeros([1, *row_shape], feed_dtype), 0, 1))
+        with Runner(offline) as runner:  # the layout, from one row of zeros
+            layout = output_layout(offline, runner.run(np.zeros([1, *row_shape], feed_dtype), 0, 1))
         for name, spec in layout.items():
             if np.dtype(spec["dtype"]).name not in _NUMPY_TO_SPARK:
                 raise DataError(f"output {spec['tensor']} is {np.dtype(spec['dtype']).name}",

@@ -4,7 +4,7 @@
 
 1. Split the backbone at fc7 with `surgery split` (offline: image → fc7; online: fc7 → predictions).
    Without `split` in this version, the whole MODEL is frozen to fc7 instead.
-2. `surgery.runners.precompute` runs the offline piece over every target image (`target/x`) into
+2. `surgery.precompute` runs the offline piece over every target image (`target/x`) into
    `fc7.h5`, ids (`target/ids`) copied alongside. Interrupt it and run again: it resumes.
 3. Nearest neighbours by cosine similarity of the embeddings: a few queries printed, and the
    fraction of neighbours that share the query's label (`target/y`) against chance. The backbone

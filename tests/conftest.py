@@ -17,9 +17,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# No Spark class archive built in the background while tests run (surgery/runners/classcache.py): it would
-# take a core for half a minute at a moment no test chooses. test_spark builds one on purpose.
-os.environ.setdefault("SURGERY_SPARK_CLASS_CACHE", "off")
 
 from surgery.core import tfcompat  # noqa: E402
 

@@ -115,26 +115,3 @@ def test_fold_batch_norms_folds_into_the_conv_and_keeps_the_numbers():
     feed = {"x:0": rng.standard_normal((1, 4, 4, 2)).astype(np.float32)}
     np.testing.assert_allclose(run_graph_def(toposort(folded), feed, "y:0"), run_graph_def(gd, feed, "y:0"), rtol=1e-4,
                                atol=1e-5)
-
-
-def test_tensorflow_without_its_eager_keras_import_still_runs_graphs_and_loads_keras_later():
-    """WITHOUT_KERAS (Spark's workers, see surgery.runners.spark.WORKER_ENV) skips the Keras that `import
-    tensorflow` loads eagerly; a graph still runs, and `tf.keras` still loads on first use."""
-    import subprocess
-    import sys
-
-    from surgery.runners.spark import WORKER_ENV
-
-    assert WORKER_ENV == {tfcompat.WITHOUT_KERAS: "1"}
-    code = ("import sys\n"
-            "from surgery.core.tfcompat import tf\n"
-            "loaded = 'keras' in sys.modules\n"
-            "with tf.Graph().as_default():\n"
-            "    x = tf.compat.v1.placeholder(tf.float32, [None, 2])\n"
-            "    with tf.compat.v1.Session() as s: y = s.run(tf.reduce_sum(x), {x: [[1, 2]]})\n"
-            "print(loaded, y, tf.keras.layers.Dense(3)(tf.ones([1, 2])).shape)\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for flag, keras in (("1", False), ("0", True)):
-        env = dict(os.environ, PYTHONPATH=root, **{tfcompat.WITHOUT_KERAS: flag})
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-        assert r.returncode == 0 and r.stdout.strip() == f"{keras} 3.0 (1, 3)", r.stdout + r.stderr[-2000:]

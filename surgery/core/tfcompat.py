@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 
 from .files import stderr_to
 
@@ -15,20 +14,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
 
 
-WITHOUT_KERAS = "SURGERY_TF_WITHOUT_KERAS"  # "1": where only GraphDefs run (Spark's Python workers)
-
-
 def _import_tensorflow_quietly():
     """Import TensorFlow with fd 2 pointed at /dev/null: its C++ start-up lines (absl, CUDA
-    probing) ignore TF_CPP_MIN_LOG_LEVEL. `TF_CPP_MIN_LOG_LEVEL=0` (the CLI's --verbose) keeps them.
-    With WITHOUT_KERAS=1 the Keras that `import tensorflow` loads eagerly (its optimizers, and
-    matplotlib through them: ~0.9 s of ~2.7 s) is skipped; `tf.keras` still loads on first use."""
+    probing) ignore TF_CPP_MIN_LOG_LEVEL. `TF_CPP_MIN_LOG_LEVEL=0` (the CLI's --verbose) keeps them."""
     with contextlib.ExitStack() as stack:
         if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0":
             stack.enter_context(stderr_to(os.devnull))
-        if os.environ.get(WITHOUT_KERAS) == "1" and "keras" not in sys.modules:
-            sys.modules["keras"] = None  # TensorFlow's `import keras.src.optimizers` fails, and it goes on
-            stack.callback(lambda: sys.modules.get("keras", 0) is None and sys.modules.pop("keras"))
         import tensorflow
     return tensorflow
 

@@ -52,7 +52,6 @@ import numpy as np
 
 from ..core.errors import DataError, OutputError, SurgeryError
 from ..core.files import atomic_path
-from .classcache import ClassArchive
 
 INSTALL = "pip install 'surgery[spark]'"
 DEFAULT_MASTER = "local[*]"
@@ -70,9 +69,6 @@ READ_BLOCKS = 16  # path sources: blocks read per call on an executor
 # minutes never earns back C2's compile time. C1 only and the serial collector: 200k rows of the
 # benchmark in 18.7 s instead of 21.7 s on two cores (medians of 3), 1M rows no slower.
 LOCAL_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-# The executors' Python workers only run a frozen GraphDef: TensorFlow without its eager Keras
-# import (tfcompat.WITHOUT_KERAS; ~0.9 s off each worker's start).
-WORKER_ENV = {"SURGERY_TF_WITHOUT_KERAS": "1"}
 SLOW_ENV = "SURGERY_SPARK_SLOW_BLOCK_S"  # testing: executors sleep this long after each block
 MARK = "surgery-error"  # a task's SurgeryError crosses to the driver as MARK[message|hint]
 _ERROR = re.compile(re.escape(MARK) + r"\[(.*?)\|(.*?)\]", re.S)
@@ -143,143 +139,42 @@ def _log4j_file() -> str:
 def spark_session(master: str | None = None, conf=None):
     """The active SparkSession if there is one (left running), else a new one on `master`
     (stopped at the end). A local master runs the executors' Python on this interpreter."""
-    with starting_session(master, conf) as session:
-        yield session()
-
-
-@contextlib.contextmanager
-def starting_session(master: str | None = None, conf=None, warm_workers: bool = False):
-    """`spark_session`, started in a background thread: yields a function that waits for the
-    session. Spark's JVM takes seconds to start, and so do TensorFlow's import and the graph's
-    load: the caller does those meanwhile (and, with `warm_workers` on a local master, so do the
-    Python workers: `_warm_workers`). A session this call started is stopped at the end, also
-    when the caller fails before asking for it."""
     require_spark()
-    from pyspark import SparkContext
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
     from pyspark.sql import SparkSession
 
-    if SparkContext._active_spark_context is not None:  # started by the caller, in any thread
-        yield SparkSession.builder.getOrCreate
+    if SparkContext._active_spark_context is not None:  # started by the caller
+        yield SparkSession.builder.getOrCreate()
         return
     master = master or DEFAULT_MASTER
     scratch = os.path.join(tempfile.gettempdir(), f"surgery-spark-{os.getuid()}")
     os.makedirs(scratch, exist_ok=True)
-    local = master.startswith("local")  # one machine: tuned for start-up (JVM flags, class archive, warm workers)
+    local = master.startswith("local")
     if local:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("SPARK_WORKER_DIR", os.path.join(scratch, "work"))  # local-cluster executor logs
     jvm = f"-Dlog4j2.configurationFile=file:{_log4j_file()}" + (" " + LOCAL_JVM if local else "")
-    user = parse_conf(conf)
-    # A local driver maps Spark's classes from an archive made after the first run (see classcache).
-    archive = ClassArchive.for_this_spark() if local and \
-        "spark.driver.extraJavaOptions" not in user else None
-    driver_jvm = " ".join(filter(None, [jvm, archive and archive.jvm_options()]))
     settings = {"spark.master": master, "spark.app.name": "surgery precompute", "spark.ui.showConsoleProgress": "false",
-                "spark.driver.extraJavaOptions": driver_jvm, "spark.executor.extraJavaOptions": jvm,
-                **{f"spark.executorEnv.{k}": v for k, v in WORKER_ENV.items()}, **user}
-    if local and "spark.python.daemon.module" not in user and \
-            os.path.realpath(os.environ["PYSPARK_PYTHON"]) == os.path.realpath(sys.executable):
-        settings.update(_preloading_daemon(user.get("spark.executorEnv.PYTHONPATH")))
+                "spark.driver.extraJavaOptions": jvm, "spark.executor.extraJavaOptions": jvm, **parse_conf(conf)}
     log = os.path.join(scratch, f"driver-{os.getpid()}.log")
-
-    def start():
-        from pyspark import SparkConf
-        from pyspark.java_gateway import launch_gateway
-
-        spark_conf = SparkConf().setAll(list(settings.items()))
-        try:  # the JVM's start-up notices and logs go to `log` (its own stderr: no fd of ours is touched)
-            with open(log, "ab") as stderr:
-                gateway = launch_gateway(spark_conf, popen_kwargs={"stderr": stderr})
-            sc = SparkContext(conf=spark_conf, gateway=gateway)
-        except Exception as e:
-            if archive:
-                archive.release()
-            raise SurgeryError(f"cannot start Spark on {master}: {_first_line(e)}", "check --spark-master, "
-                               f"--spark-conf and the Java installation; Spark's log: {log}") from e
-        sc.setLogLevel("ERROR")
-        if archive:
-            archive.build_after(sc._jvm)
-        if warm_workers and local:
-            threading.Thread(target=_warm_workers, args=(sc,), name="spark-warm-workers", daemon=True).start()
-        return sc
-
-    started = concurrent.futures.Future()
-
-    def run():
-        try:
-            started.set_result(start())
-        except BaseException as e:
-            started.set_exception(e)
-
-    threading.Thread(target=run, name="spark-start", daemon=True).start()
-    sessions = []
-
-    def session():  # made in the caller's thread: the JVM keeps the active session per thread
-        started.result()
-        sessions[:] = [SparkSession.builder.getOrCreate()]
-        return sessions[0]
-
-    def stop(_=None):
-        if started.exception() is None:  # waits for the start to finish
-            _stop(sessions[0] if sessions else started.result())
-            with contextlib.suppress(OSError):  # kept only when the JVM failed to start (the error names it)
-                os.remove(log)
-
+    spark_conf = SparkConf().setAll(list(settings.items()))
+    try:  # the JVM's start-up notices and logs go to `log` (its own stderr: no fd of ours is touched)
+        with open(log, "ab") as stderr:
+            gateway = launch_gateway(spark_conf, popen_kwargs={"stderr": stderr})
+        sc = SparkContext(conf=spark_conf, gateway=gateway)
+    except Exception as e:
+        raise SurgeryError(f"cannot start Spark on {master}: {_first_line(e)}", "check --spark-master, "
+                           f"--spark-conf and the Java installation; Spark's log: {log}") from e
+    sc.setLogLevel("ERROR")
+    spark = SparkSession.builder.getOrCreate()
     try:
-        yield session
-    except BaseException:
-        # The caller failed (a typo in GRAPH, a bad column): do not wait seconds for the JVM to come
-        # up. It is stopped once it is up, or dies with this process (its stdin pipe closes).
-        started.add_done_callback(stop)
-        raise
-    stop()
-
-
-def _preloading_daemon(pythonpath: str | None) -> dict:
-    """Settings that start Spark's Python workers from `surgery.runners.spark_daemon`, which imports
-    TensorFlow once before it forks them (200k rows on `local[2]`: 13.3 -> 12.0 s, medians of 5).
-    Only where the workers run this interpreter, on this machine: the daemon must import this
-    `surgery`, so its directory goes on the workers' path."""
-    home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return {"spark.python.daemon.module": "surgery.runners.spark_daemon",
-            "spark.executorEnv.PYTHONPATH": os.pathsep.join(filter(None, [home, pythonpath]))}
-
-
-def _warm_workers(sc) -> list:
-    """Start the Python workers and import TensorFlow in them now, while the driver still imports
-    it and loads the graph: a job of one task per slot that only imports (~2 s off a local run).
-    The job's tasks then find the workers ready: Spark reuses a worker for any task whose worker
-    environment is the same, and an SQL task's adds SPARK_SIMPLIFIED_TRACEBACK=1 to the
-    SparkContext's, so this RDD job adds it too (tests/test_spark.py checks that the workers are
-    shared). An RDD job, not SQL: planning a query costs the JVM a second that start-up has not got.
-    Best effort: a failure here shows again, with its message, in the job itself. Returns the
-    workers' process ids (none after a failure)."""
-    try:
-        _ship_code(sc)
-        sc.environment.setdefault("SPARK_SIMPLIFIED_TRACEBACK", "1")
-        slots = sc.defaultParallelism
-        return sc.parallelize(range(slots), slots).mapPartitions(_import_on_worker).collect()
-    except Exception:
-        return []
-
-
-def _import_on_worker(_):
-    from . import precompute  # noqa: F401 - TensorFlow, and what a task imports
-
-    return iter([os.getpid()])
-
-
-def _stop(spark) -> None:
-    """`stop()` a SparkSession or SparkContext without waiting for pyspark's accumulator server:
-    its request handler looks for the shutdown flag once a second, so `stop()` spent 0.8 s of a
-    1.0 s stop waiting for it. The JVM stops now; the server closes in a thread of its own."""
-    sc = getattr(spark, "sparkContext", spark)
-    server = getattr(sc, "_accumulatorServer", None)
-    sc._accumulatorServer = None
-    spark.stop()
-    if server is not None:
-        threading.Thread(target=server.shutdown, name="spark-accumulators-stop", daemon=True).start()
+        yield spark
+    finally:
+        spark.stop()
+        with contextlib.suppress(OSError):  # kept only when the JVM failed to start (the error names it)
+            os.remove(log)
 
 
 def _first_line(e: BaseException) -> str:
@@ -289,13 +184,13 @@ def _first_line(e: BaseException) -> str:
 
 def _ship_code(sc) -> None:
     """Zip this `surgery` package and add it to the executors' Python path (once per content)."""
-    package = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        for path in sorted(glob.glob(os.path.join(package, "*.py"))):
-            info = zipfile.ZipInfo(os.path.join("surgery", os.path.basename(path)), (1980, 1, 1, 0, 0, 0))
+        for path in sorted(glob.glob(os.path.join(package, "**", "*.py"), recursive=True)):
+            name = os.path.join("surgery", os.path.relpath(path, package))
             with open(path, "rb") as f:
-                z.writestr(info, f.read())
+                z.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), f.read())
     data = buf.getvalue()
     target = os.path.join(tempfile.gettempdir(), f"surgery-{hashlib.sha256(data).hexdigest()[:16]}.zip")
     if not os.path.exists(target):
@@ -664,14 +559,15 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
         parquet_out = os.path.abspath(parquet_out)
         if os.path.isfile(parquet_out):
             raise OutputError(f"{parquet_out} is a file", "pass a directory name ending in .parquet with --out")
-    with starting_session(master, conf, warm_workers=True) as session:  # the JVM starts while TensorFlow imports
-        from ..data import is_parquet, preprocess_mode  # imports TensorFlow: only once the JVM is starting
-        from .precompute import FORMAT, Runner, load_offline_graph, output_layout
+    from ..data import is_parquet, preprocess_mode
+    from .precompute import FORMAT, Runner, load_offline_graph, output_layout
+
+    with spark_session(master, conf) as spark:
 
         preprocess = preprocess_mode(preprocess)
         offline = load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set, set=set)
         if spark_reads(data):
-            frame, rows, feed_dtype, row_shape, id_type, fps = _parquet_input(session(), data, key, ids, offline,
+            frame, rows, feed_dtype, row_shape, id_type, fps = _parquet_input(spark, data, key, ids, offline,
                                                                               preprocess)
             source, fingerprints = None, [fps, ""]
         else:
@@ -688,7 +584,6 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
         if ids_column and (ids_column == ROW or ids_column in layout):
             raise SurgeryError(f"the id column '{ids_column}' has the name of an output column",
                                "rename the output with --outputs T=NAME")
-        spark = session()
         sc = spark.sparkContext
         blocks = -(-rows // batch_size)
         slots = sc.defaultParallelism  # whole rounds of tasks: no slot idles through the last round

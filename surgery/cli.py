@@ -483,10 +483,10 @@ VERIFIED_AGAINST = {"graph": "the original graph", "checkpoint": "the original g
 
 def _cmd_split(args):
     from .core.errors import SurgeryError
+    from .core.graph import shape_str
     from .core.model import load_model
     from .exporters.runtimes import parse_input_shapes
     from .passes.bind import bind
-    from .passes.inspect import shape_str
     from .passes.split import split_model, write_split
 
     if args.verify < 0:
@@ -624,8 +624,9 @@ def _cmd_export(args):
 
 def _export_runtime(args):
     """`export --tflite/--onnx`: convert each piece, verify it in its runtime, print sizes and differences."""
+    from .core.graph import shape_str
     from .exporters.runtimes import TOP1_HINT_BELOW, export_runtime
-    from .passes.inspect import human_bytes, shape_str
+    from .passes.inspect import human_bytes
 
     say = _sayer(args)
     fmt, path = ("tflite", args.tflite) if args.tflite else ("onnx", args.onnx)

@@ -46,6 +46,13 @@ def _input_tensor(inp: str) -> str:
     return op if not idx else f"{op}:{idx}"
 
 
+def shape_str(shape) -> str:
+    """`[?, 224, 224, 3]`, or `<unknown rank>`: how every report and summary prints a shape."""
+    if shape is None:
+        return "<unknown rank>"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
 def tensor_info(tensor) -> dict:
     """`{name, dtype, shape}` of a tf.Tensor, unknown dims as None: the form manifests and reports use."""
     shape = tensor.shape
@@ -692,6 +699,6 @@ def grappler(graph_def, inputs, outputs, passes=GRAPPLER_PASSES):
     return tfcompat.optimize_graph(config, meta_graph)
 
 
-__all__ = ["Index", "ancestors", "descendants", "replace_uses", "bypass", "remove", "drop_control_edges", "cut", "prune", "rename",
+__all__ = ["Index", "shape_str", "ancestors", "descendants", "replace_uses", "bypass", "remove", "drop_control_edges", "cut", "prune", "rename",
            "toposort", "clear_devices", "read_graph_def", "read_proto", "write_graph_def", "graph_from_def", "tensor_info",
            "likely_output_nodes", "empty_like", "validate_constants", "grappler"]

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..core import tfcompat
 from ..core.errors import DataError
+from ..core.graph import shape_str
 
 tf = tfcompat.tf
 
@@ -55,10 +56,6 @@ def spec_of(tensor) -> dict:
     return {"name": tensor.name, "dtype": tensor.dtype.base_dtype.name, "shape": shape}
 
 
-def _shape_text(shape) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
 def check_feedable(rows, spec: dict, where: str = "", *, every_row: bool = True) -> np.dtype:
     """The numpy dtype to feed `rows` (an array or a `RowSource`) to input `spec` as, or
     `DataError`: no rows, a fixed batch size, another row shape, a dtype that numpy does not
@@ -77,7 +74,7 @@ def check_feedable(rows, spec: dict, where: str = "", *, every_row: bool = True)
                             "freeze the graph with a [None, ...] input to run it in batches")
         row, want_row = shape[1:], want_shape[1:]
         if len(row) != len(want_row) or any(w is not None and w != r for r, w in zip(row, want_row)):
-            raise DataError(f"{described} does not fit input {spec['name']} {_shape_text(want_shape)}",
+            raise DataError(f"{described} does not fit input {spec['name']} {shape_str(want_shape)}",
                             "pass the dataset this graph was built for, or another input tensor")
     if dtype == want or (dtype.kind != "O" and (np.can_cast(dtype, want, "safe")
                                               or (dtype == np.uint8 and want.kind == "f"))):
@@ -112,7 +109,7 @@ def preprocess(rows: np.ndarray, how: str | None) -> np.ndarray:
     return x / np.float32(255.0)
 
 
-def _is_image(data: bytes) -> bool:
+def is_image(data: bytes) -> bool:
     return data.startswith(_IMAGE_SIGNATURES)
 
 
@@ -134,12 +131,12 @@ def decode_image(data: bytes, size, channels: int | None, dtype: np.dtype, where
     return image.astype(dtype, copy=False)
 
 
-def _image_target(spec: dict | None, how: str) -> tuple:
+def image_target(spec: dict | None, how: str) -> tuple:
     """(size, channels, dtype) images are decoded to for input `spec`: uint8 only for an integer
     input fed as stored, else float32."""
     shape = (spec or {}).get("shape") or [None, None, None, None]
     if len(shape) != 4:
-        raise DataError(f"input {spec['name']} takes rows of shape {_shape_text(shape[1:])}, not images",
+        raise DataError(f"input {spec['name']} takes rows of shape {shape_str(shape[1:])}, not images",
                         "feed images to an input shaped [batch, height, width, channels]")
     integer = spec is not None and np.dtype(tf.as_dtype(spec["dtype"]).as_numpy_dtype).kind in "iu"
     dtype = np.dtype(np.uint8) if integer and (how or DEFAULT_PREPROCESS) == "none" else np.dtype(np.float32)
@@ -335,8 +332,8 @@ class TFRecordRows(RowSource):
         want = np.dtype(tf.as_dtype(self.spec["dtype"]).as_numpy_dtype) if self.spec else None
         where = f"feature '{self.key}' of record {row} in {self.pattern}"
         if kind == "bytes_list":
-            if len(values) == 1 and _is_image(values[0]):
-                size, channels, dtype = _image_target(self.spec, self.preprocess)
+            if len(values) == 1 and is_image(values[0]):
+                size, channels, dtype = image_target(self.spec, self.preprocess)
                 return decode_image(values[0], size, channels, dtype, where)
             if want is None:  # no input to shape it for (ids): the bytes themselves
                 return np.asarray(values[0] if len(values) == 1 else b"".join(values))
@@ -347,7 +344,7 @@ class TFRecordRows(RowSource):
             size = int(np.prod([d for d in row_shape or [] if d is not None] or [1])) * want.itemsize
             if len(raw) % want.itemsize or (row_shape and None not in row_shape and len(raw) != size):
                 raise DataError(f"{where} holds {len(raw)} bytes: not an image, nor one row of {want.name} "
-                                f"{_shape_text(row_shape or [])}", "store encoded images, or whole rows of raw values")
+                                f"{shape_str(row_shape or [])}", "store encoded images, or whole rows of raw values")
             value = np.frombuffer(raw, dtype=want)
         else:
             value = np.asarray(values, dtype=np.float32 if kind == "float_list" else np.int64)
@@ -358,7 +355,7 @@ class TFRecordRows(RowSource):
             return value.reshape(shape)
         except ValueError as e:
             raise DataError(f"{where} has {value.size} values, which do not make a row of shape "
-                            f"{_shape_text(row_shape)}", "store one whole row per record") from e
+                            f"{shape_str(row_shape)}", "store one whole row per record") from e
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         return np.stack([self._parse(ex, start + k) for k, ex in enumerate(self._records(start, stop))])
@@ -401,7 +398,7 @@ class ImageFolderRows(RowSource):
             self.files.extend(found)
             labels.extend([label] * len(found))
         self._labels = np.asarray(labels, np.int64)
-        self.size, self.channels, self.image_dtype = _image_target(spec, self.preprocess)
+        self.size, self.channels, self.image_dtype = image_target(spec, self.preprocess)
         first = self._read(0, 1)
         self.shape = (len(self.files), *first.shape[1:])
         self.dtype = np.dtype(np.float32) if self.preprocess != "none" else first.dtype

@@ -26,8 +26,8 @@ import numpy as np
 from ..core import graph as g
 from ..core import tfcompat
 from ..core.errors import SurgeryError
+from ..core.graph import shape_str
 from ..core.names import node_input_op, resolve_op, split_tensor_name
-from .inspect import shape_str
 from .optimize import take_constant_branches
 
 tf = tfcompat.tf

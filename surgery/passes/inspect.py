@@ -9,7 +9,7 @@ import numpy as np
 
 from ..core import tfcompat
 from ..core.errors import SurgeryError
-from ..core.graph import Index, ancestors, descendants, likely_output_nodes, tensor_info
+from ..core.graph import Index, ancestors, descendants, likely_output_nodes, shape_str, tensor_info
 from ..core.names import is_machinery
 
 tf = tfcompat.tf
@@ -205,13 +205,6 @@ def human_bytes(n: int) -> str:
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1024
     return f"{n} B"
-
-
-def shape_str(shape) -> str:
-    """`[?, 224, 224, 3]`, or `<unknown rank>`: how every report and summary prints a shape."""
-    if shape is None:
-        return "<unknown rank>"
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def _table(rows, indent="  ") -> list[str]:

@@ -141,33 +141,32 @@ def _set_arg(p) -> None:
                         "it is no longer an input, and conditionals on it keep only the branch taken")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="surgery", description="Transfer-learning graph surgery for TensorFlow graphs.",
-                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_common(False)])
-    parser.add_argument("--version", action="version", version=f"surgery {version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    common = _common(True)
+def _data_args(p, key_flag: str, *, preprocess: bool = False) -> None:
+    """The rows a command reads: --data, the key that picks them (--x or --key), and --preprocess."""
+    p.add_argument("--data", required=True, metavar="SRC",
+                   help="input rows: HDF5, .npy, TFRecord files (path or glob), Parquet (file or directory) "
+                        "or an image folder (one sub-directory per class)")
+    p.add_argument(key_flag, metavar="KEY", help="HDF5 dataset / TFRecord feature / Parquet column(s) A or A,B,.. "
+                   "of the inputs (default: none; not needed for .npy or an image folder)")
+    if preprocess:
+        _preprocess_arg(p)
 
-    def add(name, func, help_text, example):
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog="example:\n  " + example,
-                           formatter_class=_Formatter, parents=[common])
-        p.set_defaults(func=func)
-        return p
 
-    p = add("inspect", _cmd_inspect, "report format, nodes, op histogram, inputs, outputs, variables and parameters",
-            "surgery inspect data/models/vgg --tensors 'fc[67]'")
+def _preprocess_arg(p) -> None:
+    p.add_argument("--preprocess", choices=["none", "vgg", "inception", "unit"],
+                   help="scale the inputs: vgg subtracts ImageNet means, inception to [-1,1], unit to [0,1] "
+                        "(default: none)")
+
+
+def _inspect_args(p) -> None:
     _model_arg(p)
     p.add_argument("--tensors", metavar="REGEX", help="also list tensors whose names match REGEX")
     p.add_argument("--tensorboard", metavar="LOGDIR",
                    help="also write the graph to LOGDIR for `tensorboard --logdir LOGDIR` (Graphs tab; "
                         "pip install 'surgery[viz]')")
 
-    p = add("freeze", _cmd_freeze, "variables → constants, pruned to the outputs, training nodes stripped",
-            "surgery freeze data/models/vgg --outputs predictions --out vgg.pb\n"
-            "  surgery freeze data/models/vgg --inputs fc7 --outputs predictions --optimize --out head.pb\n"
-            "  surgery freeze vgg.pb --outputs fc7 --out trunk.pbtxt   # re-prune a frozen graph, as text\n"
-            "  cat vgg.pb | surgery freeze - --outputs fc7 --out - > trunk.pb")
+
+def _freeze_args(p) -> None:
     _model_arg(p)
     p.add_argument("--outputs", required=True, metavar="T[,..]", help="tensors to keep")
     p.add_argument("--inputs", metavar="T[,..]",
@@ -178,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="store_true", help="write a text GraphDef (implied by an --out ending in .pbtxt)")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the GraphDef; - for stdout")
 
-    p = add("restore", _cmd_restore, "fill MODEL's variables from a checkpoint or HDF5 weights file, scopes remapped",
-            "surgery restore net.meta --from vgg_16.ckpt --map vgg_16/=net/vgg_16/ --exclude fc8 --out net.ckpt")
+
+def _restore_args(p) -> None:
     _model_arg(p)
     p.add_argument("--from", dest="source", required=True, metavar="SOURCE", help="checkpoint or HDF5 weights file")
     p.add_argument("--map", action="append", default=[], metavar="OLD=NEW",
@@ -191,25 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing", action="store_true", help="keep initial values for variables with no source")
     p.add_argument("--out", required=True, metavar="PREFIX", help="checkpoint prefix to write (+ .meta)")
 
-    p = add("finetune", _cmd_finetune, "splice a head above a tensor behind stop_gradient and train it",
-            "surgery finetune data/models/vgg --at fc7 --head dense:5 --data data/shapes.h5 "
-            "--x target/x --y target/y --out runs/ft")
+
+def _finetune_args(p) -> None:
     _model_arg(p)
     p.add_argument("--at", required=True, metavar="TENSOR", help="splice the head above this tensor")
     _set_arg(p)
     p.add_argument("--head", required=True, metavar="SPEC",
                    help="layers, comma-separated: dense:UNITS[:ACTIVATION], dropout:RATE, flatten; "
                         "e.g. dense:256:relu,dropout:0.5,dense:5 (the last dense's units are the classes)")
-    p.add_argument("--data", required=True, metavar="SRC",
-                   help="training data: HDF5, .npy, TFRecord files (path or glob), Parquet (file or directory) "
-                        "or an image folder (one sub-directory per class)")
-    p.add_argument("--x", metavar="KEY", help="HDF5 dataset / TFRecord feature / Parquet column(s) A or A,B,.. "
-                   "of the inputs (default: none; not needed for .npy or an image folder)")
+    _data_args(p, "--x")
     p.add_argument("--y", metavar="KEY", help="integer labels: HDF5 dataset / TFRecord feature / Parquet column / "
                    "a second .npy (default: none; an image folder labels by sub-directory)")
-    p.add_argument("--preprocess", choices=["none", "vgg", "inception", "unit"],
-                   help="scale the inputs: vgg subtracts ImageNet means, inception to [-1,1], unit to [0,1] "
-                        "(default: none)")
+    _preprocess_arg(p)
     p.add_argument("--epochs", type=int, default=5, metavar="N", help="passes over the training rows")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="rows per training step")
     p.add_argument("--lr", type=float, default=1e-3, metavar="F", help="learning rate")
@@ -228,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory to write (model.ckpt*, frozen.pb, manifest.json; history.png with matplotlib); "
                         "appears only when complete")
 
-    p = add("split", _cmd_split, "cut a graph into an offline piece and an online piece fed by placeholders",
-            "surgery split data/models/vgg --cut fc7 --outputs predictions --out pieces")
+
+def _split_args(p) -> None:
     _model_arg(p)
     p.add_argument("--cut", required=True, metavar="T[,..]", help="tensors where the graph is cut")
     p.add_argument("--outputs", required=True, metavar="T[,..]", help="the online piece's outputs")
@@ -249,19 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory to write (offline.pb or offline/, online.pb or online/, manifest.json), "
                         "all or nothing")
 
-    p = add("precompute", _cmd_precompute, "run an offline piece over a dataset in batches into HDF5 (resumable)",
-            "surgery precompute pieces --data data/shapes.h5 --key target/x --ids target/ids --out fc7.h5\n"
-            "  surgery precompute data/models/vgg --outputs fc7=fc7,fc6 --data data/shapes.h5 --key target/x "
-            "--out fc.h5")
+
+def _precompute_args(p) -> None:
     _model_arg(p, "GRAPH", "a split directory, a frozen .pb, or any MODEL")
-    p.add_argument("--data", required=True, metavar="SRC",
-                   help="input rows: HDF5, .npy, TFRecord files (path or glob), Parquet (file or directory) "
-                        "or an image folder")
-    p.add_argument("--key", metavar="KEY", help="HDF5 dataset / TFRecord feature / Parquet column(s) A or A,B,.. "
-                   "of the inputs (default: none; not needed for .npy or an image folder)")
-    p.add_argument("--preprocess", choices=["none", "vgg", "inception", "unit"],
-                   help="scale the inputs: vgg subtracts ImageNet means, inception to [-1,1], unit to [0,1] "
-                        "(default: none)")
+    _data_args(p, "--key", preprocess=True)
     p.add_argument("--ids", metavar="KEY", help="dataset key of row ids to copy alongside (default: no ids)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="rows per session run")
     p.add_argument("--inputs", metavar="T", help="input tensor (default: the graph's one input)")
@@ -284,14 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spark-conf", action="append", default=[], metavar="K=V",
                    help="Spark setting, repeatable: spark.executor.memory=4g, spark.executor.instances=8 (default: none)")
 
-    p = add("export", _cmd_export, "write frozen pieces as SavedModels, .tflite or .onnx files, each verified",
-            "surgery export pieces --saved-model serving   # serving/offline, serving/online\n"
-            "  surgery export head.pb --saved-model serving/head\n"
-            "  surgery export pieces --tflite mobile/   # mobile/offline.tflite, mobile/online.tflite\n"
-            "  surgery export pieces/online.pb --tflite head.tflite --quantize int8 --calibration fc7.h5 \\\n"
-            "      --float-from head/logits --per-tensor   # int8, with the logits layer in float\n\n"
-            "signature keys are the tensor names with '/' and ':' made '_' (item_tower/embedding:0 → "
-            "item_tower_embedding)")
+
+def _export_args(p) -> None:
     _model_arg(p, "GRAPH", "a frozen .pb/.pbtxt, a directory with manifest.json (one file per piece), or with "
                            "--outputs any MODEL")
     where = p.add_mutually_exclusive_group(required=True)
@@ -327,9 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "quantized files are only reported)")
     p.add_argument("--verify", type=int, default=100, metavar="N", help="rows to verify on (0: skip)")
 
-    p = add("audit", _cmd_audit, "list ops that touch files, the network or Python (exit 3 when flagged)",
-            "surgery audit downloaded.pb")
+
+def _audit_args(p) -> None:
     _model_arg(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="surgery", description="Transfer-learning graph surgery for TensorFlow graphs.",
+                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_common(False)])
+    parser.add_argument("--version", action="version", version=f"surgery {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    common = _common(True)
+    for name, func, add_args, help_text, example in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog="example:\n  " + example,
+                           formatter_class=_Formatter, parents=[common])
+        p.set_defaults(func=func)
+        add_args(p)
     return parser
 
 
@@ -799,3 +790,36 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# (command, what runs it, its arguments, help, examples), in the order `surgery --help` lists them
+COMMANDS = [
+    ("inspect", _cmd_inspect, _inspect_args, "report format, nodes, op histogram, inputs, outputs, variables and parameters",
+            "surgery inspect data/models/vgg --tensors 'fc[67]'"),
+    ("freeze", _cmd_freeze, _freeze_args, "variables → constants, pruned to the outputs, training nodes stripped",
+            "surgery freeze data/models/vgg --outputs predictions --out vgg.pb\n"
+            "  surgery freeze data/models/vgg --inputs fc7 --outputs predictions --optimize --out head.pb\n"
+            "  surgery freeze vgg.pb --outputs fc7 --out trunk.pbtxt   # re-prune a frozen graph, as text\n"
+            "  cat vgg.pb | surgery freeze - --outputs fc7 --out - > trunk.pb"),
+    ("restore", _cmd_restore, _restore_args, "fill MODEL's variables from a checkpoint or HDF5 weights file, scopes remapped",
+            "surgery restore net.meta --from vgg_16.ckpt --map vgg_16/=net/vgg_16/ --exclude fc8 --out net.ckpt"),
+    ("finetune", _cmd_finetune, _finetune_args, "splice a head above a tensor behind stop_gradient and train it",
+            "surgery finetune data/models/vgg --at fc7 --head dense:5 --data data/shapes.h5 "
+            "--x target/x --y target/y --out runs/ft"),
+    ("split", _cmd_split, _split_args, "cut a graph into an offline piece and an online piece fed by placeholders",
+            "surgery split data/models/vgg --cut fc7 --outputs predictions --out pieces"),
+    ("precompute", _cmd_precompute, _precompute_args, "run an offline piece over a dataset in batches into HDF5 (resumable)",
+            "surgery precompute pieces --data data/shapes.h5 --key target/x --ids target/ids --out fc7.h5\n"
+            "  surgery precompute data/models/vgg --outputs fc7=fc7,fc6 --data data/shapes.h5 --key target/x "
+            "--out fc.h5"),
+    ("export", _cmd_export, _export_args, "write frozen pieces as SavedModels, .tflite or .onnx files, each verified",
+            "surgery export pieces --saved-model serving   # serving/offline, serving/online\n"
+            "  surgery export head.pb --saved-model serving/head\n"
+            "  surgery export pieces --tflite mobile/   # mobile/offline.tflite, mobile/online.tflite\n"
+            "  surgery export pieces/online.pb --tflite head.tflite --quantize int8 --calibration fc7.h5 \\\n"
+            "      --float-from head/logits --per-tensor   # int8, with the logits layer in float\n\n"
+            "signature keys are the tensor names with '/' and ':' made '_' (item_tower/embedding:0 → "
+            "item_tower_embedding)"),
+    ("audit", _cmd_audit, _audit_args, "list ops that touch files, the network or Python (exit 3 when flagged)",
+            "surgery audit downloaded.pb"),
+]

@@ -21,7 +21,7 @@ _EXPORTS = {
     "core.names": ["resolve_op", "resolve_tensor", "resolve_tensors"],
     "passes.split": ["Split", "split_model", "write_split"],
     "passes.splice": ["Dense", "Dropout", "Flatten", "Splice", "parse_head", "splice"],
-    "runners.finetune": ["FinetuneResult", "finetune"],
+    "runners.finetune": ["FinetuneConfig", "FinetuneResult", "finetune"],
     "runners.precompute": ["load_offline_graph", "precompute"],
     "runners.serve": ["OnlineServer"],
     "passes.restore": ["RestorePlan", "open_source", "plan_restore", "restore_into_session", "restore_model",

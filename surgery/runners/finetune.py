@@ -116,13 +116,96 @@ def _restore_plan(model: Model, variables) -> dict:
     return {keys[v.op.name]: v for v in variables if v.op.name in keys}
 
 
-def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key: str | None = None, out: str,
-             epochs: int = 5, batch_size: int = 64, lr: float = 1e-3, optimizer: str = "adam", train_scopes=(),
-             val_split: float = 0.2, cache_bottlenecks: bool = False, seed: int = 0, preprocess: str | None = None,
-             tensorboard: str | None = None, save_seconds: float = SAVE_SECONDS, cache_memory: int | None = None,
-             progress: bool = True, on_epoch=None) -> FinetuneResult:
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """What a fine-tuning run is asked to do. One record serves twice: its fields (less `epochs`,
+    which a rerun may raise to train on) key the resume state, and they are the manifest's record."""
+
+    at: str
+    head: object  # a --head spec, or a list of splice layers
+    data: str
+    x_key: str | None = None
+    y_key: str | None = None
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    train_scopes: tuple = ()
+    val_split: float = 0.2
+    cache_bottlenecks: bool = False
+    seed: int = 0
+    preprocess: str | None = None
+    tensorboard: str | None = None
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise SurgeryError(f"--epochs {self.epochs} / --batch-size {self.batch_size} must be at least 1",
+                               "e.g. --epochs 5")
+        if not 0 <= self.val_split < 1:
+            raise SurgeryError(f"--val-split {self.val_split} must be in [0, 1)", "e.g. --val-split 0.2")
+        object.__setattr__(self, "train_scopes", tuple(self.train_scopes))
+
+    @property
+    def head_text(self) -> str:
+        return self.head if isinstance(self.head, str) else repr(self.head)
+
+    def fingerprint(self, model_key: list, at_name: str, data_sha256: str) -> dict:
+        """What decides the numbers an epoch computes: a saved state with another is not resumed."""
+        return {"model": model_key, "at": at_name, "head": self.head_text,
+                "data": [os.path.abspath(self.data), data_sha256], "x": self.x_key,
+                "preprocess": self.preprocess or DEFAULT_PREPROCESS, "y": self.y_key, "batch_size": self.batch_size,
+                "lr": self.lr, "optimizer": self.optimizer, "train_scopes": list(self.train_scopes),
+                "val_split": self.val_split, "seed": self.seed, "cache": self.cache_bottlenecks}
+
+    def record(self) -> dict:
+        """The run's arguments as the manifest keeps them."""
+        return {"data": os.path.abspath(self.data), "x": self.x_key, "y": self.y_key,
+                "preprocess": self.preprocess or DEFAULT_PREPROCESS, "epochs": self.epochs,
+                "batch_size": self.batch_size, "lr": self.lr, "optimizer": self.optimizer,
+                "val_split": self.val_split, "seed": self.seed, "cache_bottlenecks": self.cache_bottlenecks,
+                "tensorboard": os.path.abspath(self.tensorboard) if self.tensorboard else None}
+
+
+@dataclasses.dataclass
+class _Run:
+    """A prepared run: the spliced graph, its rows and labels, the train/validation split, the
+    savers, and where its progress is kept."""
+
+    model: Model
+    config: FinetuneConfig
+    sp: object  # splice.Splice
+    x: np.ndarray | None  # the rows in memory, when not training on cached bottlenecks
+    y: np.ndarray
+    classes: list | None
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    pretrained: dict  # {checkpoint key: variable} of the backbone below the boundary
+    state_vars: list  # everything else: what an epoch changes
+    savers: dict  # restorer, init_state, state_saver, final_saver
+    session_config: object
+    work: str
+    fingerprint: dict
+    state: dict | None
+    cache: _Cache | None
+    head_only: bool
+
+    def open_session(self, with_backbone: bool):
+        graph, savers = self.sp.graph, self.savers
+        sess = v1.Session(graph=graph, config=self.session_config)
+        with graph.as_default():  # Saver.restore is eager outside
+            sess.run(savers["init_state"])
+            if with_backbone and savers["restorer"]:  # assigned into uninitialised variables: moved, not copied
+                restore_checkpoint(savers["restorer"], sess, self.model.checkpoint)
+            if self.state:
+                restore_checkpoint(savers["state_saver"], sess, os.path.join(self.work, self.state["checkpoint"]))
+        return sess
+
+
+def finetune(model, *, out: str, config: FinetuneConfig | None = None, save_seconds: float = SAVE_SECONDS,
+             cache_memory: int | None = None, progress: bool = True, on_epoch=None, **options) -> FinetuneResult:
     """Splice `head` above `at`, train it on `data`, write `out/` (see the module docstring).
 
+    The run is a `FinetuneConfig`, passed whole or as its fields (`at=`, `head=`, `data=`, ...).
     `data`: HDF5 (`x_key`/`y_key` datasets), `.npy` (`y_key` a second `.npy`), TFRecord files
     (`x_key`/`y_key` features) or an image folder (labels from its sorted sub-directories),
     scaled as `preprocess` says (`data.PREPROCESS`).
@@ -133,93 +216,91 @@ def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key
     `cache_memory` bytes (default: a quarter of the free memory) is read from disk in batches.
     Everything is checked (names, data keys, labels, restore plan) before anything is written.
     """
-    if epochs < 1 or batch_size < 1:
-        raise SurgeryError(f"--epochs {epochs} / --batch-size {batch_size} must be at least 1", "e.g. --epochs 5")
-    if not 0 <= val_split < 1:
-        raise SurgeryError(f"--val-split {val_split} must be in [0, 1)", "e.g. --val-split 0.2")
-    if isinstance(model, str):
-        model = load_model(model)
-    sp = splice(model, at, head, train_scopes=train_scopes, optimizer=optimizer, lr=lr, seed=seed)
+    config = config or FinetuneConfig(**options)
+    run = _prepare(load_model(model) if isinstance(model, str) else model, config, out, cache_memory, progress)
+    history, initial, start, trained = _train(run, save_seconds, progress, on_epoch)
+    return _write_output(run, out, history, initial, start, trained, progress)
+
+
+def _prepare(model: Model, config: FinetuneConfig, out: str, cache_memory: int | None, progress: bool) -> _Run:
+    """Splice, open and check the data, plan the restore, split the rows, build the savers, find a
+    saved state to resume, and cache the bottlenecks when asked: all before training starts."""
+    sp = splice(model, config.at, config.head, train_scopes=config.train_scopes, optimizer=config.optimizer,
+                lr=config.lr, seed=config.seed)
     spec = spec_of(sp.input)
-    with open_rows(data, x_key, spec=spec, preprocess=preprocess) as source:
-        y = open_labels(data, y_key, source)
+    data = config.data
+    with open_rows(data, config.x_key, spec=spec, preprocess=config.preprocess) as source:
+        y = open_labels(data, config.y_key, source)
         if len(source) < 2:
             raise DataError(f"{source.where} has {len(source)} rows", "fine-tuning needs a dataset")
         feed_dtype = check_feedable(source, spec)
         # through the graph the rows are fed in shuffled batches from memory; a cached run only streams them once
-        x = None if cache_bottlenecks else source.read(0, len(source)).astype(feed_dtype, copy=False)
+        x = None if config.cache_bottlenecks else source.read(0, len(source)).astype(feed_dtype, copy=False)
         classes, data_sha256 = source.classes, source.fingerprint()
-        check_labels(y, sp.num_classes, f"{data}:{y_key}" if y_key and classes is None else data)
+        check_labels(y, sp.num_classes, f"{data}:{config.y_key}" if config.y_key and classes is None else data)
         if sp.original_variables and not model.checkpoint:
             raise SurgeryError(f"{model.path} has no checkpoint with the pretrained weights",
                                "pass the checkpoint prefix or its directory, not the .meta alone")
         plan = _restore_plan(model, sp.original_variables)
 
-        order = np.random.default_rng(seed).permutation(len(y))
-        n_val = int(round(len(y) * val_split))
+        order = np.random.default_rng(config.seed).permutation(len(y))
+        n_val = int(round(len(y) * config.val_split))
         val_idx, train_idx = np.sort(order[:n_val]), order[n_val:]
         if len(train_idx) == 0:
-            raise SurgeryError(f"--val-split {val_split} leaves no training rows", "lower --val-split")
+            raise SurgeryError(f"--val-split {config.val_split} leaves no training rows", "lower --val-split")
 
         work = work_dir(out)
-        fingerprint = {"model": _file_key(model.checkpoint + (".index" if os.path.exists(model.checkpoint + ".index")
-                                                               else "")) if model.checkpoint else _file_key(model.path),
-                       "at": sp.at.name, "head": head if isinstance(head, str) else repr(head),
-                       "data": [os.path.abspath(data), data_sha256], "x": x_key,
-                       "preprocess": preprocess or DEFAULT_PREPROCESS, "y": y_key, "batch_size": batch_size,
-                       "lr": lr, "optimizer": optimizer, "train_scopes": list(train_scopes), "val_split": val_split,
-                       "seed": seed, "cache": cache_bottlenecks}
+        model_key = _file_key(model.checkpoint + (".index" if os.path.exists(model.checkpoint + ".index") else "")) \
+            if model.checkpoint else _file_key(model.path)
+        fingerprint = config.fingerprint(model_key, sp.at.name, data_sha256)
         state = _load_state(work, fingerprint)
 
-        graph = sp.graph
         # The backbone below the boundary never changes: it comes from the pretrained checkpoint, at
         # the start, on resume and into the output. Epoch state is everything else (head, opened
         # layers, optimizer slots, step, and any variable the checkpoint does not hold).
         frozen = {v.op.name for v in sp.original_variables} - {v.op.name for v in sp.opened_variables}
         pretrained = {key: v for key, v in plan.items() if v.op.name in frozen}
         restored = {v.op.name for v in pretrained.values()}
-        state_vars = [v for v in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES) if v.op.name not in restored]
-        with graph.as_default():
-            restorer = v1.train.Saver(var_list=pretrained, name="restore_pretrained") if pretrained else None
-            init_state = v1.variables_initializer(state_vars)
-            state_saver = v1.train.Saver(var_list=state_vars, max_to_keep=2, save_relative_paths=True,
-                                         name="epoch_saver")
-            final_saver = v1.train.Saver(max_to_keep=1, save_relative_paths=True, name="saver")
-        config = v1.ConfigProto()
-        if cache_bottlenecks and sp.opened_variables:
+        state_vars = [v for v in sp.graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES) if v.op.name not in restored]
+        with sp.graph.as_default():
+            savers = {"restorer": v1.train.Saver(var_list=pretrained, name="restore_pretrained") if pretrained else None,
+                      "init_state": v1.variables_initializer(state_vars),
+                      "state_saver": v1.train.Saver(var_list=state_vars, max_to_keep=2, save_relative_paths=True,
+                                                    name="epoch_saver"),
+                      "final_saver": v1.train.Saver(max_to_keep=1, save_relative_paths=True, name="saver")}
+        session_config = v1.ConfigProto()
+        if config.cache_bottlenecks and sp.opened_variables:
             # Grappler's constant folding (with its dependency optimizer) makes the gradient of an opened
             # layer wait on the placeholder *under* a fed PlaceholderWithDefault ("must feed 'input'").
             from tensorflow.core.protobuf import rewriter_config_pb2
 
-            config.graph_options.rewrite_options.constant_folding = rewriter_config_pb2.RewriterConfig.OFF
-
-        def open_session(with_backbone: bool):
-            sess = v1.Session(graph=graph, config=config)
-            with graph.as_default():  # Saver.restore is eager outside
-                sess.run(init_state)
-                if with_backbone and restorer:  # assigned into uninitialised variables: moved, not copied
-                    restore_checkpoint(restorer, sess, model.checkpoint)
-                if state:
-                    restore_checkpoint(state_saver, sess, os.path.join(work, state["checkpoint"]))
-            return sess
+            session_config.graph_options.rewrite_options.constant_folding = rewriter_config_pb2.RewriterConfig.OFF
+        run = _Run(model, config, sp, x, y, classes, train_idx, val_idx, pretrained, state_vars, savers,
+                   session_config, work, fingerprint, state, None,
+                   head_only=config.cache_bottlenecks and not sp.opened_variables)
 
         fresh_work = not os.path.isdir(work)
         os.makedirs(work, exist_ok=True)
-        head_only = cache_bottlenecks and not sp.opened_variables
         try:
-            cache = None
-            if cache_bottlenecks:
+            if config.cache_bottlenecks:
                 path = _cache_path(sp, work, fingerprint)
                 if not os.path.exists(path):  # eager outside the graph: images decode
-                    _write_bottlenecks(open_session(True), sp, source, feed_dtype, path, progress)
-                cache = _Cache(path, len(sp.bottlenecks), cache_memory)
+                    _write_bottlenecks(run.open_session(True), sp, source, feed_dtype, path, progress)
+                run.cache = _Cache(path, len(sp.bottlenecks), cache_memory)
         except SurgeryError:
             if fresh_work:  # bad data found while streaming it: leave nothing behind
                 shutil.rmtree(work, ignore_errors=True)
             raise
+    return run
 
-    with graph.as_default(), contextlib.ExitStack() as stack:  # Saver.save is eager outside
-        sess = stack.enter_context(contextlib.closing(open_session(not head_only)))
+
+def _train(run: _Run, save_seconds: float, progress: bool, on_epoch) -> tuple:
+    """The epochs, from a fresh start or the saved state: (history, initial val accuracy, first
+    epoch run, {variable: trained value})."""
+    sp, cache, y, config = run.sp, run.cache, run.y, run.config
+    batch_size, epochs = config.batch_size, config.epochs
+    with sp.graph.as_default(), contextlib.ExitStack() as stack:  # Saver.save is eager outside
+        sess = stack.enter_context(contextlib.closing(run.open_session(not run.head_only)))
         if cache is not None:
             stack.callback(cache.close)
         train_step = sess.make_callable([sp.train_op, sp.loss, sp.accuracy],
@@ -227,7 +308,7 @@ def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key
         eval_step = sess.make_callable([sp.loss, sp.probabilities], feed_list=[sp.labels, *_fed(sp, cache)])
 
         def inputs(idx):
-            return cache.read(idx) if cache is not None else [x[idx]]
+            return cache.read(idx) if cache is not None else [run.x[idx]]
 
         def evaluate(idx, desc):
             """(accuracy, mean loss) on rows `idx`, or (None, None)."""
@@ -241,19 +322,19 @@ def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key
                 total += float(loss) * len(b)
             return correct / len(idx), total / len(idx)
 
-        if state:
-            history, initial, start = state["history"], state["initial_val_accuracy"], state["epoch"]
+        if run.state:
+            history, initial, start = run.state["history"], run.state["initial_val_accuracy"], run.state["epoch"]
         else:
             history, start = [], 0
-            initial = evaluate(val_idx, "evaluate (before)")[0]
-            _save_state(work, fingerprint, 0, None, history, initial)
-        writer = _summary_writer(tensorboard, graph, start) if tensorboard else None
+            initial = evaluate(run.val_idx, "evaluate (before)")[0]
+            _save_state(run.work, run.fingerprint, 0, None, history, initial)
+        writer = _summary_writer(config.tensorboard, sp.graph, start) if config.tensorboard else None
         if writer is not None:
             stack.callback(writer.close)
         last_save = time.monotonic()
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
-            perm = np.random.default_rng([seed, epoch]).permutation(train_idx)
+            perm = np.random.default_rng([config.seed, epoch]).permutation(run.train_idx)
             bar = tqdm(range(0, len(perm), batch_size), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                        leave=False, disable=not progress)
             total_loss = total_correct = seen = 0
@@ -265,28 +346,35 @@ def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key
                 seen += len(b)
                 if progress:
                     bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.3f}", refresh=False)
-            val_accuracy, val_loss = evaluate(val_idx, f"evaluate epoch {epoch + 1}")
+            val_accuracy, val_loss = evaluate(run.val_idx, f"evaluate epoch {epoch + 1}")
             record = {"epoch": epoch + 1, "loss": total_loss / seen, "accuracy": total_correct / seen,
                       "val_loss": val_loss, "val_accuracy": val_accuracy, "seconds": time.perf_counter() - t0}
             history.append(record)
             if writer is not None:
-                _write_scalars(writer, record, lr)
+                _write_scalars(writer, record, config.lr)
             if epoch + 1 == epochs or time.monotonic() - last_save >= save_seconds:
-                prefix = state_saver.save(sess, os.path.join(work, "epoch.ckpt"), global_step=epoch + 1,
-                                          write_meta_graph=False)
-                _save_state(work, fingerprint, epoch + 1, os.path.basename(prefix), history, initial)
+                prefix = run.savers["state_saver"].save(sess, os.path.join(run.work, "epoch.ckpt"),
+                                                        global_step=epoch + 1, write_meta_graph=False)
+                _save_state(run.work, run.fingerprint, epoch + 1, os.path.basename(prefix), history, initial)
                 last_save = time.monotonic()
             if on_epoch:
                 on_epoch(record)
-        trained = dict(zip([v.op.name for v in state_vars], sess.run(state_vars)))
+        trained = dict(zip([v.op.name for v in run.state_vars], sess.run(run.state_vars)))
+    return history, initial, start, trained
 
+
+def _write_output(run: _Run, out: str, history: list, initial, start: int, trained: dict,
+                  progress: bool) -> FinetuneResult:
+    """`out/`, all or nothing: the checkpoint, `frozen.pb`, the SavedModel, the curves and the
+    manifest; then the work directory goes."""
+    sp, model = run.sp, run.model
     names = sp.names()
     trainable = [v.op.name for v in sp.var_list]
     final = history[-1]["val_accuracy"] if history else initial
     with atomic_path(out, directory=True) as tmp:
-        prefix = _write_final_checkpoint(graph, final_saver, os.path.join(tmp, CHECKPOINT), trained, pretrained,
-                                         model.checkpoint, progress)
-        frozen_graph = freeze_graph(graph, [sp.probabilities], read_variable=CheckpointSource(prefix).read)
+        prefix = _write_final_checkpoint(sp.graph, run.savers["final_saver"], os.path.join(tmp, CHECKPOINT), trained,
+                                         run.pretrained, model.checkpoint, progress)
+        frozen_graph = freeze_graph(sp.graph, [sp.probabilities], read_variable=CheckpointSource(prefix).read)
         write_graph_def(frozen_graph, os.path.join(tmp, FROZEN))
         # For TF Serving / tf.saved_model.load: the checkpoint just written, pruned to the
         # probabilities, its variables copied tensor by tensor (the backbone is never held twice).
@@ -294,19 +382,14 @@ def finetune(model, *, at: str, head, data: str, x_key: str | None = None, y_key
         plot_history(history, os.path.join(tmp, HISTORY_PNG))
         manifest = write_manifest(
             tmp, source=source_info(model), pieces={"model": piece(FROZEN, frozen_graph)}, checkpoint=CHECKPOINT,
-            finetune={"at": sp.at.name, "head": head if isinstance(head, str) else repr(head),
-                      "boundary": sp.boundary, "names": names, "trainable": trainable,
-                      "fixed": list(sp.fixed_variables),
-                      "num_classes": sp.num_classes, "classes": classes, "data": os.path.abspath(data),
-                      "x": x_key, "y": y_key, "preprocess": preprocess or DEFAULT_PREPROCESS,
-                      "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-                      "val_split": val_split, "seed": seed, "cache_bottlenecks": cache_bottlenecks,
-                      "tensorboard": os.path.abspath(tensorboard) if tensorboard else None,
+            finetune={"at": sp.at.name, "head": run.config.head_text, "boundary": sp.boundary, "names": names,
+                      "trainable": trainable, "fixed": list(sp.fixed_variables), "num_classes": sp.num_classes,
+                      "classes": run.classes, **run.config.record(),
                       "initial_val_accuracy": initial, "val_accuracy": final, "history": history})
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(run.work, ignore_errors=True)
     return FinetuneResult(out=os.path.abspath(out), names=names, trainable=trainable, history=history,
-                          initial_val_accuracy=initial, val_accuracy=final, num_train=len(train_idx),
-                          num_val=len(val_idx), resumed_from_epoch=start, manifest=manifest,
+                          initial_val_accuracy=initial, val_accuracy=final, num_train=len(run.train_idx),
+                          num_val=len(run.val_idx), resumed_from_epoch=start, manifest=manifest,
                           fixed=list(sp.fixed_variables))
 
 
@@ -494,4 +577,4 @@ def plot_history(history: list, path: str) -> bool:
     return True
 
 
-__all__ = ["FinetuneResult", "finetune", "check_labels", "work_dir", "plot_history"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "check_labels", "work_dir", "plot_history"]

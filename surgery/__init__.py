@@ -14,6 +14,7 @@ _EXPORTS = {
     "core.errors": ["CutError", "DataError", "ModelLoadError", "RestoreError", "SurgeryError", "TensorNotFoundError"],
     "passes.freeze": ["FrozenGraph", "freeze_graph", "freeze_model", "write_graph_def"],
     "exporters.export": ["export_frozen"],
+    "exporters.runtimes": ["export_runtime"],
     "passes.inspect": ["inspect_model"],
     "passes.mix": ["MixedGraph", "compose_frozen", "mix_models"],
     "core.model": ["Model", "load_model"],
@@ -30,8 +31,10 @@ _EXPORTS = {
     "data": ["RowSource", "check_feedable", "open_rows"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+# modules offered whole: `surgery.graph` is the GraphDef toolkit (small functions over GraphDef protos)
+_SUBMODULES = {"graph": "core.graph"}
 
-__all__ = [name for names in _EXPORTS.values() for name in names]
+__all__ = [name for names in _EXPORTS.values() for name in names] + list(_SUBMODULES)
 
 
 def __getattr__(name: str):
@@ -39,6 +42,10 @@ def __getattr__(name: str):
         from .cli import version
 
         return version()
+    if name in _SUBMODULES:
+        value = importlib.import_module(f".{_SUBMODULES[name]}", __name__)
+        globals()[name] = value
+        return value
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'surgery' has no attribute {name!r}")

@@ -416,3 +416,25 @@ def test_a_failed_job_leaves_nothing_and_the_rerun_is_clean(spark, split_dir, da
     precompute(split_dir, h5, "x", str(tmp_path / "local.h5"), batch_size=16)
     with h5py.File(tmp_path / "local.h5", "r") as f:
         assert np.array_equal(ParquetTable(str(out)).read_all()["embeddings"], f["embeddings"][:])
+
+
+def test_the_code_shipped_to_executors_holds_every_folder_of_the_package():
+    """A cluster's executors import surgery from the zip `_ship_code` adds: every module, in its
+    folder (after the move into layer folders, the zip once held only one folder)."""
+    import zipfile
+
+    from surgery.runners.spark import _ship_code
+
+    class Context:
+        def addPyFile(self, path):
+            self.path = path
+
+    sc = Context()
+    _ship_code(sc)
+    names = set(zipfile.ZipFile(sc.path).namelist())
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "surgery")
+    expected = {os.path.join("surgery", os.path.relpath(os.path.join(d, f), root))
+                for d, _, fs in os.walk(root) for f in fs if f.endswith(".py")}
+    assert {"surgery/__init__.py", "surgery/core/graph.py", "surgery/data/open.py",
+            "surgery/runners/precompute.py"} <= names
+    assert names == expected

@@ -268,11 +268,12 @@ def test_optimize_passes_each_keep_the_numbers(tmp_path):
     prefix, x, expected, _ = _bn_net(str(tmp_path), with_update=False)
     base = freeze_model(load_model(prefix), "out").graph_def
     feeds = {"images:0": x}
+    # oneDNN's float sums vary in the last bits with thread scheduling under load: 1e-6 failed once in CI
     gd = optimize.fix_training_flags(base)
-    np.testing.assert_allclose(run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-6)
+    np.testing.assert_allclose(run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-5, atol=1e-6)
     gd = optimize.take_constant_branches(gd)
     assert "If" not in _frozen_ops(gd)
-    np.testing.assert_allclose(run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-6)
+    np.testing.assert_allclose(run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-5, atol=1e-6)
     gd = optimize.grappler(gd, ["images:0"], ["out:0"])
     np.testing.assert_allclose(run_graph_def(gd, feeds, "out:0"), expected, rtol=1e-5, atol=1e-6)
     gd = tf.compat.v1.graph_util.remove_training_nodes(gd, ["images", "out"])

@@ -285,16 +285,13 @@ def flatten_function(traced, *, path: str, checkpoint: str) -> dict:
         variables.append((node.name, id(var), var.path, bool(var.trainable), key))
         values.append((key, var))
     sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
-    for tensor in concrete.inputs[:len(concrete.structured_input_signature[0])]:
-        info = sig.inputs[tensor.op.name]
-        info.name, info.dtype = tensor.name, tensor.dtype.as_datatype_enum
-        info.tensor_shape.CopyFrom(tensor.shape.as_proto())
-    for key, tensor in concrete.structured_outputs.items():
-        while tensor.op.type == "Identity" and "/" not in tensor.op.name:
-            tensor = tensor.op.inputs[0]  # the copy tf.function returns, not the layer's tensor
-        info = sig.outputs[key]
-        info.name, info.dtype = tensor.name, tensor.dtype.as_datatype_enum
-        info.tensor_shape.CopyFrom(tensor.shape.as_proto())
+    with concrete.graph.as_default():  # build_tensor_info refuses to run eagerly
+        for tensor in concrete.inputs[:len(concrete.structured_input_signature[0])]:
+            sig.inputs[tensor.op.name].CopyFrom(tf.compat.v1.saved_model.build_tensor_info(tensor))
+        for key, tensor in concrete.structured_outputs.items():
+            while tensor.op.type == "Identity" and "/" not in tensor.op.name:
+                tensor = tensor.op.inputs[0]  # the copy tf.function returns, not the layer's tensor
+            sig.outputs[key].CopyFrom(tf.compat.v1.saved_model.build_tensor_info(tensor))
     outputs = [info.name for info in sig.outputs.values()]
     graph_def = g.prune(graph_def, outputs)
     if any(n.op in _CALL_OPS for n in graph_def.node):  # a layer that runs its own tf.function

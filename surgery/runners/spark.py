@@ -562,10 +562,9 @@ def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = No
     from ..data import is_parquet, preprocess_mode
     from .precompute import FORMAT, Runner, load_offline_graph, output_layout
 
+    preprocess = preprocess_mode(preprocess)  # a bad GRAPH or --preprocess is refused before a JVM starts
+    offline = load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set, set=set)
     with spark_session(master, conf) as spark:
-
-        preprocess = preprocess_mode(preprocess)
-        offline = load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set, set=set)
         if spark_reads(data):
             frame, rows, feed_dtype, row_shape, id_type, fps = _parquet_input(spark, data, key, ids, offline,
                                                                               preprocess)

@@ -45,7 +45,7 @@ def run_frozen(frozen, feeds: dict) -> list:
     with graph.as_default():
         tf.import_graph_def(frozen.graph_def, name="")
     with v1.Session(graph=graph) as sess:
-        return sess.run([t["name"] for t in frozen.outputs], feeds)
+        return sess.run([t.name for t in frozen.outputs], feeds)
 
 
 def main(argv=None) -> int:
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         sources = resolve_tensors(first.graph, list(connect.values()))
         frozen_first = freeze_model(first, [t.name for t in sources])
         rng = np.random.default_rng(0)
-        first_inputs = {t["name"]: random_feed(first.graph.get_tensor_by_name(t["name"]), args.batch, rng)
+        first_inputs = {t.name: random_feed(first.graph.get_tensor_by_name(t.name), args.batch, rng)
                         for t in frozen_first.inputs}
 
         with v1.Session(graph=mixed.graph) as sess:
@@ -88,8 +88,8 @@ def main(argv=None) -> int:
         if args.out:
             frozen = mixed.freeze(outputs)
             write_graph_def(frozen.graph_def, args.out)
-            print(f"wrote {args.out}: feed " + ", ".join(t["name"] for t in frozen.inputs)
-                  + "; fetch " + ", ".join(t["name"] for t in frozen.outputs))
+            print(f"wrote {args.out}: feed " + ", ".join(t.name for t in frozen.inputs)
+                  + "; fetch " + ", ".join(t.name for t in frozen.outputs))
     except SurgeryError as e:
         print(f"mix_models: error: {e}", file=sys.stderr)
         return 2

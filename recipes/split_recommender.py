@@ -95,8 +95,8 @@ def main(argv=None) -> int:
     pieces = os.path.join(args.out, "pieces")
     manifest = write_split(model, split, pieces, verify=8)
     v = manifest["verification"]
-    print(f"split → {pieces}: offline feeds {[i['name'] for i in split.offline_inputs]}, online feeds "
-          f"{[c['placeholder'] for c in split.cut]} (cut) + {[i['name'] for i in split.live_inputs]} (live); "
+    print(f"split → {pieces}: offline feeds {[i.name for i in split.offline_inputs]}, online feeds "
+          f"{[c['placeholder'] for c in split.cut]} (cut) + {[i.name for i in split.live_inputs]} (live); "
           f"verified, max |difference| {v['max_abs_diff']:.2g}")
 
     # Offline: every item's embedding, once.

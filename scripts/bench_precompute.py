@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import h5py  # noqa: E402
 
 from surgery.core import tfcompat  # noqa: E402
-from surgery.core.manifest import piece, write_manifest  # noqa: E402
+from surgery.core.manifest import write_manifest  # noqa: E402
 from surgery.passes.freeze import freeze_graph, write_graph_def  # noqa: E402
 from surgery.runners.precompute import precompute  # noqa: E402
 
@@ -60,7 +60,7 @@ def _make_inputs(directory: str, rows: int) -> tuple[str, str]:
     frozen = freeze_graph(graph, "embedding", read_variable=values.__getitem__)
     split = os.path.join(directory, "split")
     write_graph_def(frozen.graph_def, os.path.join(split, "offline.pb"))
-    write_manifest(split, source={"path": "synthetic"}, pieces={"offline": piece("offline.pb", frozen)})
+    write_manifest(split, source={"path": "synthetic"}, pieces={"offline": frozen.manifest_entry("offline.pb")})
     return data, split
 
 

@@ -51,7 +51,7 @@ def run(quick: bool = False) -> list:
     repeats = 50 if quick else 200
     with tempfile.TemporaryDirectory() as tmp:
         for piece in (_mlp_piece(), _mobilenet_piece(tmp, 64 if quick else 96)):
-            x = np.random.default_rng(1).normal(size=[256, *piece.inputs[0]["shape"][1:]]).astype(np.float32)
+            x = np.random.default_rng(1).normal(size=[256, *piece.inputs[0].shape[1:]]).astype(np.float32)
             np.save(os.path.join(tmp, "rows.npy"), x)
             pb_bytes = piece.graph_def.ByteSize()
             tf_answer = request_runner("tensorflow", None, piece)

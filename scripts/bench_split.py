@@ -70,10 +70,10 @@ def _case(name, build, cut, output, repeats):
         offline = _session(os.path.join(tmp, "pieces", "offline.pb"))
         online = _session(os.path.join(tmp, "pieces", "online.pb"))
         whole = _session(whole_gd)
-        offline_feeds = {i["name"]: feeds[i["name"]] for i in split.offline_inputs}
+        offline_feeds = {i.name: feeds[i.name] for i in split.offline_inputs}
         cut_values = offline.run([c["tensor"] for c in split.cut], offline_feeds)
         online_feeds = {c["placeholder"]: v for c, v in zip(split.cut, cut_values)}
-        online_feeds.update({i["name"]: feeds[i["name"]] for i in split.live_inputs})
+        online_feeds.update({i.name: feeds[i.name] for i in split.live_inputs})
 
         def run_online():
             return online.run(output, online_feeds)

@@ -105,7 +105,7 @@ def write_mlp_pieces(directory: str, *, features: int, hidden, dim: int, seed: i
     """A split directory (`offline.pb` + `manifest.json`) whose offline piece is a frozen MLP
     `x` [?, features] → relu(hidden) (one layer per width when `hidden` is a tuple) → `emb` [?, dim],
     as `surgery split` would write it."""
-    from surgery.core.manifest import piece, write_manifest
+    from surgery.core.manifest import write_manifest
     from surgery.passes.freeze import freeze_graph, write_graph_def
 
     graph = tf.Graph()
@@ -126,5 +126,5 @@ def write_mlp_pieces(directory: str, *, features: int, hidden, dim: int, seed: i
                                   read_variable=lambda n: sess.run(graph.get_tensor_by_name(n + ":0")))
             write_graph_def(frozen, f"{directory}/offline.pb")  # values are read while writing
     write_manifest(directory, source={"path": "scripts/nets.py:write_mlp_pieces"},
-                   pieces={"offline": piece("offline.pb", frozen)})
+                   pieces={"offline": frozen.manifest_entry("offline.pb")})
     return directory

@@ -142,7 +142,7 @@ def check(model, path: str, *, layers=None, splits: int = 3, seed: int = 0) -> d
     output_name = report["outputs"][0]["name"]
     frozen = freeze_model(loaded, output_name)
     graph = graph_from_def(frozen.graph_def)
-    input_name = frozen.inputs[0]["name"]
+    input_name = frozen.inputs[0].name
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, *model.input.shape[1:])).astype(np.float32)
     chosen = layers if layers is not None else candidate_layers(model)
@@ -152,7 +152,7 @@ def check(model, path: str, *, layers=None, splits: int = 3, seed: int = 0) -> d
     unresolved, value_bad, feed_bad, resolved = [], [], [], {}
     sess = tf.compat.v1.Session(graph=graph)  # not as a context: Keras's predict must stay eager
     with contextlib.closing(sess):
-        out_tensor = graph.get_tensor_by_name(frozen.outputs[0]["name"])
+        out_tensor = graph.get_tensor_by_name(frozen.outputs[0].name)
         for layer, expected in zip(chosen, values):
             try:  # as a command resolves it: on the model as loaded; the frozen graph keeps the names
                 tensor = graph.get_tensor_by_name(resolve_tensor(loaded.graph, layer.name).name)
@@ -187,10 +187,10 @@ def check(model, path: str, *, layers=None, splits: int = 3, seed: int = 0) -> d
         row["split_tried"] += 1
         offline, online = graph_from_def(pieces.offline.graph_def), graph_from_def(pieces.online.graph_def)
         with contextlib.closing(tf.compat.v1.Session(graph=offline)) as s:
-            cut = s.run([t["name"] for t in pieces.offline.outputs], {input_name: x})
+            cut = s.run([t.name for t in pieces.offline.outputs], {input_name: x})
         feeds = {c["placeholder"]: v for c, v in zip(pieces.cut, cut)}
         with contextlib.closing(tf.compat.v1.Session(graph=online)) as s:
-            got = s.run(pieces.online.outputs[0]["name"], feeds)
+            got = s.run(pieces.online.outputs[0].name, feeds)
         if _close(got, expected_out):
             row["split_ok"] += 1
         else:

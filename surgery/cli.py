@@ -357,17 +357,30 @@ def _progress(args) -> bool:
     return not args.quiet
 
 
+def _options(args):
+    """How to load MODEL, from the model flags every command shares."""
+    from .core.model import LoadOptions
+
+    return LoadOptions(args.tag_set, args.signature, args.trust_code)
+
+
+def _opened(args):
+    """MODEL/GRAPH as `open_pieces` sees it: a folder of pieces, or one model."""
+    from .core.pieces import open_pieces
+
+    return open_pieces(args.model, _options(args))
+
+
 def _cmd_inspect(args):
     import shutil
 
-    from .core.manifest import is_pieces_dir, load_pieces
-    from .core.model import load_model
     from .passes.inspect import format_report, inspect_model, write_tensorboard
 
-    if is_pieces_dir(args.model):  # a split directory: one report per piece
-        models = load_pieces(args.model)
+    opened = _opened(args)
+    if opened.is_split:  # a split directory: one report per piece
+        models = {name: piece.load() for name, piece in opened.pieces.items()}
     else:
-        models = {"": load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)}
+        models = {"": opened.model()}
     reports = {name: inspect_model(m, tensors=args.tensors) for name, m in models.items()}
     if args.stdin:
         reports[""]["path"] = "-"
@@ -388,13 +401,12 @@ def _cmd_inspect(args):
 
 def _cmd_freeze(args):
     from .core.graph import stream_graph_def, write_graph_def
-    from .core.model import load_model
     from .passes.bind import bind
     from .passes.freeze import freeze_model
 
     to_stdout = args.out == "-"
     say = _sayer(args, sys.stderr if to_stdout else None)
-    model = bind(load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code),
+    model = bind(_options(args).load(args.model),
                  args.set)
     frozen = freeze_model(model, args.outputs, inputs=args.inputs or (), optimize=args.optimize)
     text = True if args.text else None  # None: decided by the name (.pbtxt is text)
@@ -405,20 +417,19 @@ def _cmd_freeze(args):
         size = write_graph_def(frozen, args.out, text=text, progress=_progress(args))
     say(f"froze {frozen.num_nodes} nodes ({size / 2**20:.1f} MiB) → {'stdout' if to_stdout else args.out}"
         + ("  [optimized]" if args.optimize else ""))
-    say("  feed:  " + (", ".join(t["name"] for t in frozen.inputs) or "(nothing)"))
-    say("  fetch: " + ", ".join(t["name"] for t in frozen.outputs))
+    say("  feed:  " + (", ".join(t.name for t in frozen.inputs) or "(nothing)"))
+    say("  fetch: " + ", ".join(t.name for t in frozen.outputs))
     for note in frozen.notes:  # not silenced by -q/--json: the answer may differ from the original's
         print(f"surgery: note: {note}", file=sys.stderr)
     return 0, {"written": args.out, "bytes": size, "num_nodes": frozen.num_nodes, "optimized": args.optimize,
-               "text": bool(args.text or args.out.endswith(".pbtxt")), "inputs": frozen.inputs,
-               "outputs": frozen.outputs, "stripped_stateful": frozen.stripped_stateful, "notes": frozen.notes}
+               "text": bool(args.text or args.out.endswith(".pbtxt")), "inputs": [t.as_dict() for t in frozen.inputs],
+               "outputs": [t.as_dict() for t in frozen.outputs], "stripped_stateful": frozen.stripped_stateful, "notes": frozen.notes}
 
 
 def _cmd_restore(args):
-    from .core.model import load_model
     from .passes.restore import format_report, plan_restore, restore_model
 
-    model = load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
+    model = _options(args).load(args.model)
     plan = plan_restore(model, args.source, maps=args.map, include=args.include, exclude=args.exclude,
                         allow_missing=args.allow_missing)
     report = restore_model(model, plan, args.out, progress=_progress(args) and not args.json and sys.stderr.isatty())
@@ -427,12 +438,11 @@ def _cmd_restore(args):
 
 
 def _cmd_finetune(args):
-    from .core.model import load_model
     from .passes.bind import bind
     from .runners.finetune import finetune
 
     say = _sayer(args)
-    model = bind(load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code),
+    model = bind(_options(args).load(args.model),
                  args.set)
     history = []
 
@@ -475,7 +485,7 @@ VERIFIED_AGAINST = {"graph": "the original graph", "checkpoint": "the original g
 def _cmd_split(args):
     from .core.errors import SurgeryError
     from .core.graph import shape_str
-    from .core.model import load_model
+    from .core.pieces import TensorSpec
     from .exporters.runtimes import parse_input_shapes
     from .passes.bind import bind
     from .passes.split import split_model, write_split
@@ -483,16 +493,16 @@ def _cmd_split(args):
     if args.verify < 0:
         raise SurgeryError(f"--verify {args.verify} is negative", "give a number of random inputs, or 0 to skip")
     say = _sayer(args)
-    model = bind(load_model(args.model, tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code),
+    model = bind(_options(args).load(args.model),
                  args.set)
     split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None, format=args.format)
     manifest = write_split(model, split, args.out, verify=args.verify, progress=_progress(args) and not args.json,
                            verify_data=args.verify_data, input_shapes=parse_input_shapes(args.input_shape),
-                           tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code)
+                           options=_options(args))
     out = args.out.rstrip("/") or "/"
 
     def names(specs):
-        return ", ".join(f"{s['name']} {s['dtype']} {shape_str(s['shape'])}" for s in specs) or "(nothing)"
+        return ", ".join(f"{s.name} {s.dtype} {shape_str(s.shape)}" for s in specs) or "(nothing)"
 
     say(f"split {args.model} → {out}/")
     files = {name: manifest["pieces"][name]["graph"] + ("/" if info["format"] == "savedmodel" else "")
@@ -500,13 +510,13 @@ def _cmd_split(args):
     say(f"  {files['offline']:<11} {split.offline.num_nodes:>5} nodes   feed {names(split.offline_inputs)}")
     say(f"                           fetch {names(split.offline.outputs)}")
     say(f"  {files['online']:<11} {split.online.num_nodes:>5} nodes   feed "
-        + names([{**c, "name": c["placeholder"]} for c in split.cut]) + " (cut)")
+        + names([TensorSpec(c["placeholder"], c["dtype"], c["shape"]) for c in split.cut]) + " (cut)")
     if split.live_inputs:
         say(f"                           feed {names(split.live_inputs)} (live)")
     say(f"                           fetch {names(split.online.outputs)}")
     for piece_name, defaults in split.defaults.items():
         for d in defaults:
-            say(f"  note: {piece_name} keeps {d['name']} (PlaceholderWithDefault) at its default unless fed")
+            say(f"  note: {piece_name} keeps {d.name} (PlaceholderWithDefault) at its default unless fed")
     v = manifest["verification"]
     if v.get("skipped"):
         say("  verification skipped (--verify 0)")
@@ -527,9 +537,9 @@ def _cmd_precompute(args):
     from .runners.precompute import precompute
 
     say = _sayer(args)
-    result = precompute(args.model, args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
-                        inputs=args.inputs, outputs=args.outputs, tag_set=args.tag_set, preprocess=args.preprocess,
-                        progress=_progress(args), signature=args.signature, trust_code=args.trust_code, set=args.set)
+    result = precompute(_opened(args), args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
+                        inputs=args.inputs, outputs=args.outputs, preprocess=args.preprocess,
+                        progress=_progress(args), set=args.set)
     doc = {"written": args.out, "status": result.status, "rows": result.rows, "resumed_from": result.resumed_from,
            "computed": result.computed, "datasets": result.datasets, "ids": args.ids}
     if result.status == "up to date":
@@ -574,8 +584,8 @@ def _precompute_on_spark(args):
     """`precompute --runner spark`: a Parquet directory (+ the merged HDF5 for an .h5 --out); see surgery/runners/spark.py."""
     from .runners.spark import run_precompute
 
-    result = run_precompute(args.model, args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
-                            inputs=args.inputs, outputs=args.outputs, tag_set=args.tag_set, master=args.spark_master,
+    result = run_precompute(_opened(args), args.data, args.key, args.out, ids=args.ids, batch_size=args.batch_size,
+                            inputs=args.inputs, outputs=args.outputs, master=args.spark_master,
                             conf=args.spark_conf, progress=_progress(args) and not args.json,
                             preprocess=args.preprocess, set=args.set)
     say = _sayer(args)
@@ -600,8 +610,7 @@ def _cmd_export(args):
     if args.inputs and not args.outputs:
         raise SurgeryError("--inputs needs --outputs", "name the tensors to export with --outputs T[,..]")
     say = _sayer(args)
-    written = export(args.model, args.saved_model, outputs=args.outputs, inputs=args.inputs, tag_set=args.tag_set,
-                     signature=args.signature, trust_code=args.trust_code, set=args.set,
+    written = export(_opened(args), args.saved_model, outputs=args.outputs, inputs=args.inputs, set=args.set,
                      progress=_progress(args) and not args.json)
     pieces = {}
     for piece, keys in written.items():
@@ -621,11 +630,10 @@ def _export_runtime(args):
 
     say = _sayer(args)
     fmt, path = ("tflite", args.tflite) if args.tflite else ("onnx", args.onnx)
-    manifest = export_runtime(args.model, path, fmt, outputs=args.outputs, inputs=args.inputs,
+    manifest = export_runtime(_opened(args), path, fmt, outputs=args.outputs, inputs=args.inputs,
                               input_shapes=args.input_shape, quantize=args.quantize, calibration=args.calibration,
                               allow_select_tf_ops=args.allow_select_tf_ops, max_error=args.max_error,
                               verify=args.verify, per_tensor=args.per_tensor, float_from=args.float_from,
-                              tag_set=args.tag_set, signature=args.signature, trust_code=args.trust_code,
                               set=args.set, progress=_progress(args) and not args.json)
     for name, piece in manifest["pieces"].items():
         where = path if path.endswith("." + fmt) else os.path.join(path, piece["graph"])
@@ -658,7 +666,7 @@ def _export_runtime(args):
 def _cmd_audit(args):
     from .passes.audit import audit_path, format_audit
 
-    reports = audit_path(args.model, tag_set=args.tag_set)
+    reports = audit_path(args.model, _options(args))
     if not args.json:
         print("\n".join(format_audit(r) for r in reports))
     clean = all(r["clean"] for r in reports)
@@ -670,7 +678,7 @@ def _refuse_flagged(args) -> None:
     from .core.errors import SurgeryError
     from .passes.audit import audit_path, strict_violations
 
-    bad = [f for r in audit_path(args.model, tag_set=args.tag_set) for f in strict_violations(r)]
+    bad = [f for r in audit_path(args.model, _options(args)) for f in strict_violations(r)]
     if bad:
         listed = ", ".join(f"{f['name']} ({f['op']})" for f in bad[:3]) + (" …" if len(bad) > 3 else "")
         raise SurgeryError(f"--strict: {args.model} has {len(bad)} op(s) that touch files, the network or "

@@ -21,7 +21,7 @@ from surgery import load_model
 from surgery.core.errors import GraphTooBigError
 from surgery.passes.freeze import freeze_model
 from surgery.passes.savedmodel import LIMIT_ENV, write_checkpoint
-from surgery.passes.split import piece_format, split_model, write_split
+from surgery.passes.split import split_model, write_split
 from surgery.runners.precompute import precompute
 from surgery.runners.serve import OnlineServer
 
@@ -94,7 +94,7 @@ def test_split_savedmodel_pieces_answer_like_the_original(rec, tmp_path):
 def test_auto_keeps_only_the_piece_past_the_limit(rec, tmp_path, monkeypatch):
     model = load_model(rec["prefix"])
     small = split_model(model, "item_tower/embedding", "score")
-    assert [piece_format(p) for p in (small.offline, small.online)] == ["frozen", "frozen"]
+    assert [p.format for p in (small.offline, small.online)] == ["frozen", "frozen"]
     # The online piece holds the table (300 × 64 floats = 77 kB); the offline piece is a few kB.
     monkeypatch.setenv(LIMIT_ENV, "40000")
     split = split_model(model, "item_tower/embedding", "score")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from conftest import build_small_cnn, cli, run_cli, run_graph_def, tf, v1
 
 from surgery.core.errors import DataError
+from surgery.core.pieces import TensorSpec
 from surgery.data import (
     VGG_MEANS,
     ArrayRows,
@@ -27,7 +29,7 @@ from surgery.data import (
     preprocess,
 )
 
-SPEC = {"name": "images:0", "dtype": "float32", "shape": [None, 8, 8, 3]}
+SPEC = TensorSpec("images:0", "float32", (None, 8, 8, 3))
 CLASSES = ["cat", "dog", "emu"]
 
 
@@ -174,7 +176,7 @@ def test_tfrecord_lists_raw_bytes_and_images(tmp_path):
     with pytest.raises(DataError, match="not 1-D integers"):  # labels of the wrong type
         open_labels(pattern, "floats", png)
     with pytest.raises(DataError, match="cannot be fed"):  # int64 list into a float32 input
-        check_feedable(open_rows(pattern, "label", spec={**SPEC, "shape": [None]}), {**SPEC, "shape": [None]})
+        check_feedable(open_rows(pattern, "label", spec=replace(SPEC, shape=(None,))), replace(SPEC, shape=(None,)))
 
 
 def test_image_folder_every_format_decoded_and_resized(tmp_path):
@@ -188,10 +190,10 @@ def test_image_folder_every_format_decoded_and_resized(tmp_path):
         expected = _tf_decode((root / name).read_bytes())
         np.testing.assert_array_equal(rows[i], expected)
     # one channel, as a grayscale input asks
-    gray = open_rows(str(root), spec={**SPEC, "shape": [None, 6, 5, 1]})
+    gray = open_rows(str(root), spec=replace(SPEC, shape=(None, 6, 5, 1)))
     assert gray.read(0, 2).shape == (2, 6, 5, 1)
     # a uint8 input fed as stored gets uint8 rows
-    assert open_rows(str(root), spec={**SPEC, "dtype": "uint8"}).dtype == np.uint8
+    assert open_rows(str(root), spec=replace(SPEC, dtype="uint8")).dtype == np.uint8
 
 
 def test_preprocess_options():
@@ -300,7 +302,7 @@ def test_parquet_bad_columns_and_rows_are_data_errors(tmp_path):
     for key, words in [("ragged", "is ragged: row 17 holds 5 values, the first row 4"), ("nulls", "null")]:
         source = open_rows(path, key)  # found before any compute, by the feed check
         with pytest.raises(DataError, match=words):
-            check_feedable(source, {"name": "x:0", "dtype": "float32", "shape": [None, 4]})
+            check_feedable(source, TensorSpec("x:0", "float32", (None, 4)))
     for other in ({"y": pa.array([[1.0] * 4])}, {"x": pa.array([["a"] * 4])}):  # a file of another table
         pq.write_table(pa.table(other), str(tmp_path / "t.parquet" / "part-8.parquet"))
         with pytest.raises(DataError, match="part-8.parquet .*column 'x'.*one table"):

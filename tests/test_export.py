@@ -10,7 +10,7 @@ from conftest import run_cli, run_graph_def, tf, v1
 from nets import two_tower
 
 from surgery import freeze_graph, freeze_model, load_model, write_graph_def
-from surgery.core.manifest import piece, write_manifest
+from surgery.core.manifest import write_manifest
 from surgery.exporters.export import export, export_frozen, signature_key
 
 
@@ -37,7 +37,7 @@ def two_tower_split(tmp_path_factory):
     write_graph_def(offline.graph_def, str(d / "offline.pb"))
     write_graph_def(online.graph_def, str(d / "online.pb"))
     write_manifest(str(d), source={"path": "two_tower"},
-                   pieces={"offline": piece("offline.pb", offline), "online": piece("online.pb", online)})
+                   pieces={"offline": offline.manifest_entry("offline.pb"), "online": online.manifest_entry("online.pb")})
     return str(d), items, users, expected
 
 

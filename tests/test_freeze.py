@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import run_cli, run_graph_def, tf, v1
 
-from surgery import CutError, freeze_model, load_model, write_graph_def
+from surgery import CutError, TensorSpec, freeze_model, load_model, write_graph_def
 from surgery.core.errors import OutputError
 from surgery.core.names import VARIABLE_OP_TYPES
 
@@ -22,8 +22,8 @@ def test_frozen_answers_like_the_checkpoint(request, fixture, sample_images):
     np.testing.assert_array_equal(got, expected)
     ref = run_graph_def(tf_frozen, {"images:0": sample_images}, "probs:0")
     np.testing.assert_array_equal(got, ref)  # same as TensorFlow's own freeze
-    assert frozen.inputs == [{"name": "images:0", "dtype": "float32", "shape": [None, 8, 8, 3]}]
-    assert frozen.outputs == [{"name": "probs:0", "dtype": "float32", "shape": [None, 5]}]
+    assert frozen.inputs == [TensorSpec("images:0", "float32", (None, 8, 8, 3))]
+    assert frozen.outputs == [TensorSpec("probs:0", "float32", (None, 5))]
 
 
 def test_inputs_cut_into_placeholders(small_ckpt, sample_images):
@@ -33,7 +33,7 @@ def test_inputs_cut_into_placeholders(small_ckpt, sample_images):
         v1.train.Saver().restore(sess, prefix)
         fc1 = sess.run("net/fc1/Relu:0", {"images:0": sample_images})
     frozen = freeze_model(model, "probs", inputs="net/fc1/Relu")
-    assert frozen.inputs == [{"name": "net/fc1/Relu:0", "dtype": "float32", "shape": [None, 16]}]
+    assert frozen.inputs == [TensorSpec("net/fc1/Relu:0", "float32", (None, 16))]
     assert not any(n.name.startswith("net/conv1") for n in frozen.graph_def.node)
     got = run_graph_def(frozen.graph_def, {"net/fc1/Relu:0": fc1}, "probs:0")
     np.testing.assert_allclose(got, expected, rtol=1e-6)

@@ -235,10 +235,15 @@ def test_write_refuses_over_the_limit_and_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_graph_from_def_and_tensor_info():
+def test_graph_from_def_and_tensor_spec():
+    from surgery.core.pieces import TensorSpec
+
     gd, _ = small()
     graph = g.graph_from_def(gd)
-    assert g.tensor_info(graph.get_tensor_by_name("a:0")) == {"name": "a:0", "dtype": "float32", "shape": [None, 3]}
+    spec = TensorSpec.of(graph.get_tensor_by_name("a:0"))
+    assert spec == TensorSpec("a:0", "float32", (None, 3)) and spec.op == "a"
+    assert spec.as_dict() == {"name": "a:0", "dtype": "float32", "shape": [None, 3]}
+    assert TensorSpec.from_dict(spec.as_dict()) == spec
     with v1.Session(graph=graph) as sess:
         np.testing.assert_allclose(sess.run("c:0", {"x:0": X}), np.maximum(X * 2, 0))
 

@@ -56,7 +56,7 @@ def test_two_models_mixed_run_with_their_own_weights(small_ckpt, mlp_ckpt, sampl
     np.testing.assert_allclose(got, _mlp_reference(mlp_values, cnn_probs), rtol=1e-5, atol=1e-6)
 
     frozen = mixed.freeze("mlp/out")
-    assert [t["name"] for t in frozen.inputs] == ["cnn/images:0"]
+    assert [t.name for t in frozen.inputs] == ["cnn/images:0"]
     np.testing.assert_allclose(run_graph_def(frozen.graph_def, {"cnn/images:0": sample_images}, "mlp/out:0"), got,
                                rtol=1e-6)
 
@@ -89,7 +89,7 @@ def test_frozen_pieces_compose_back(small_ckpt, sample_images):
     offline = freeze_model(model, "net/fc1/Relu")
     online = freeze_model(model, "probs", inputs="net/fc1/Relu")
     whole = compose_frozen(offline, online, connect={"net/fc1/Relu": "net/fc1/Relu"}, outputs="probs")
-    got = run_graph_def(whole.graph_def, {whole.inputs[0]["name"]: sample_images}, whole.outputs[0]["name"])
+    got = run_graph_def(whole.graph_def, {whole.inputs[0].name: sample_images}, whole.outputs[0].name)
     np.testing.assert_allclose(got, small_ckpt[1], rtol=1e-5, atol=1e-7)
 
 
@@ -120,10 +120,10 @@ def test_mobilenet_split_at_global_average_pooling_composes_back(mobilenet):
     read = model.read_variable
     offline = freeze_graph(model.graph, [gap.name], read_variable=read)
     online = freeze_graph(model.graph, [output], inputs=[gap.name], read_variable=read)
-    assert [t["name"] for t in online.inputs] == [gap.name]
+    assert [t.name for t in online.inputs] == [gap.name]
 
     def run(frozen, feed):
-        return run_graph_def(frozen.graph_def, {frozen.inputs[0]["name"]: feed}, frozen.outputs[0]["name"])
+        return run_graph_def(frozen.graph_def, {frozen.inputs[0].name: feed}, frozen.outputs[0].name)
 
     # one frozen graph's output fed into the other, in two sessions and composed into one graph
     np.testing.assert_allclose(run(online, run(offline, images)), expected, atol=1e-4)

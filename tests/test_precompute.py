@@ -18,7 +18,7 @@ from conftest import ROOT, run_cli, tf, v1
 
 from surgery import SurgeryError
 from surgery.core.errors import DataError
-from surgery.core.manifest import piece, write_manifest
+from surgery.core.manifest import write_manifest
 from surgery.passes.freeze import freeze_graph, write_graph_def
 from surgery.runners.precompute import PARTIAL_SUFFIX, PROGRESS, SLOW_READ_ENV, precompute
 from surgery.runners.serve import OnlineServer
@@ -75,8 +75,8 @@ def tower(tmp_path_factory):
     online = freeze_graph(graph, "score:0", inputs="item_tower/embedding:0", read_variable=values.__getitem__)
     write_graph_def(offline.graph_def, str(split / "offline.pb"))
     write_graph_def(online.graph_def, str(split / "online.pb"))
-    write_manifest(str(split), source={"path": prefix}, pieces={"offline": piece("offline.pb", offline),
-                                                                "online": piece("online.pb", online)},
+    write_manifest(str(split), source={"path": prefix}, pieces={"offline": offline.manifest_entry("offline.pb"),
+                                                                "online": online.manifest_entry("online.pb")},
                    cut=[{"tensor": "item_tower/embedding:0", "placeholder": "item_tower/embedding:0"}])
     data = str(d / "items.h5")
     with h5py.File(data, "w") as f:

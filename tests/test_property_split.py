@@ -113,9 +113,9 @@ def test_offline_then_online_equals_original(case):
         pieces = split_model(load_model(path), [t.name for t in cut_tensors], "out:0", inputs="x:0")
     off, on = pieces.offline, pieces.online
     # Every online input is the placeholder standing for a cut tensor (fed by the same name).
-    assert {i["name"] for i in on.inputs} <= {t.name for t in cut_tensors}
-    off_values = run_graph_def(off.graph_def, {"x:0": x}, [t["name"] for t in off.outputs])
-    needed = {i["name"] for i in on.inputs}
+    assert {i.name for i in on.inputs} <= {t.name for t in cut_tensors}
+    off_values = run_graph_def(off.graph_def, {"x:0": x}, [t.name for t in off.outputs])
+    needed = {i.name for i in on.inputs}
     feeds = {t.name: v for t, v in zip(cut_tensors, off_values) if t.name in needed}
     np.testing.assert_allclose(off_values, cut_values, rtol=1e-6)
     got = run_graph_def(on.graph_def, feeds, ["out:0"])[0]

@@ -156,7 +156,6 @@ def _with_online_piece(split_dir: str, directory: str) -> str:
 
     from conftest import tf, v1
 
-    from surgery.core.manifest import piece
     from surgery.passes.freeze import freeze_graph, write_graph_def
 
     shutil.copytree(split_dir, directory)
@@ -168,7 +167,7 @@ def _with_online_piece(split_dir: str, directory: str) -> str:
         write_graph_def(frozen, os.path.join(directory, "online.pb"))
     with open(os.path.join(directory, "manifest.json")) as f:
         manifest = json.load(f)
-    manifest["pieces"]["online"] = piece("online.pb", frozen)
+    manifest["pieces"]["online"] = frozen.manifest_entry("online.pb")
     manifest["cut"] = [{"tensor": "emb:0", "placeholder": "emb:0"}]
     with open(os.path.join(directory, "manifest.json"), "w") as f:
         json.dump(manifest, f)

@@ -138,8 +138,8 @@ def test_explicit_offline_inputs_leak_in_two_tower(two_tower_ckpt):
         split_model(model, "user_tower/embedding", "score", inputs="item_features,user_features")
     # By default only the inputs behind the cut are offline: item features stay live here.
     split = split_model(model, "user_tower/embedding", "score")
-    assert [i["name"] for i in split.offline_inputs] == ["user_features:0"]
-    assert [i["name"] for i in split.live_inputs] == ["item_features:0"]
+    assert [i.name for i in split.offline_inputs] == ["user_features:0"]
+    assert [i.name for i in split.live_inputs] == ["item_features:0"]
 
 
 def _batch_norm(h, is_training, name):
@@ -177,12 +177,12 @@ def test_batch_norm_training_switch_stays_a_setting(tmp_path, with_default):
     split = split_model(model, "net/features", "out")
     manifest = write_split(model, split, str(tmp_path / "pieces"), verify=4)
     assert manifest["verification"]["passed"]
-    assert [i["name"] for i in split.offline_inputs if i["shape"] != []] == ["x:0"]
+    assert [i.name for i in split.offline_inputs if i.shape != ()] == ["x:0"]
     if with_default:
-        assert [d["name"] for d in split.defaults["online"]] == ["is_training:0"]
-        assert [i["name"] for i in split.live_inputs] == []
+        assert [d.name for d in split.defaults["online"]] == ["is_training:0"]
+        assert [i.name for i in split.live_inputs] == []
     else:
-        assert [i["name"] for i in split.live_inputs] == ["is_training:0"]
+        assert [i.name for i in split.live_inputs] == ["is_training:0"]
     x = np.random.default_rng(3).normal(size=(4, 4)).astype(np.float32)
     feed_mode = {} if with_default else {"is_training:0": False}
     (f,), _ = _run_pb(str(tmp_path / "pieces/offline.pb"), {"x:0": x, **feed_mode}, ["net/features:0"])
@@ -265,7 +265,7 @@ def test_split_a_frozen_graph_with_explicit_inputs(vgg_ckpt, tmp_path):
     assert run_cli("freeze", vgg_ckpt, "--outputs", "predictions", "--out", frozen).returncode == 0
     model = load_model(str(frozen))
     split = split_model(model, "fc7", "predictions", inputs="vgg/conv2/conv2_1/Relu")
-    assert [i["name"] for i in split.offline_inputs] == ["vgg/conv2/conv2_1/Relu:0"]
+    assert [i.name for i in split.offline_inputs] == ["vgg/conv2/conv2_1/Relu:0"]
     manifest = write_split(model, split, str(tmp_path / "pieces"))
     assert manifest["verification"]["passed"] and manifest["verification"]["reference"] == "graph"
 

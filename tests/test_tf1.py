@@ -87,7 +87,7 @@ def test_freeze_with_set_has_one_placeholder_and_no_switches(tagger, tmp_path):
 def test_freeze_without_optimize_also_keeps_only_the_taken_branch(tagger):
     model = bind(load_model(tagger["prefix"]), {"is_training": "false", "keep_prob": "1.0"})
     frozen = freeze_model(model, OUT)
-    assert [t["name"] for t in frozen.inputs] == ["x:0"]
+    assert [t.name for t in frozen.inputs] == ["x:0"]
     assert not [n for n in frozen.graph_def.node if n.op in ("Switch", "Merge")]
     got = run_graph_def(frozen.graph_def, {"x:0": tagger["x"]}, f"{OUT}:0")
     np.testing.assert_allclose(got, tagger["expected"], atol=1e-5)

@@ -8,7 +8,7 @@ in the manner of TensorFlow's `graph_util`.
   returning the name map), `prune`, `rename`, `toposort`; and `clear_devices` (in place).
 - Files: `read_graph_def` / `read_proto` (plain errors, constants checked before TensorFlow sees
   them) and `write_graph_def` (atomic, streamed node by node, refused past protobuf's 2 GB).
-- `graph_from_def`, `tensor_info`, `likely_output_nodes`: the small helpers the passes share.
+- `graph_from_def`, `likely_output_nodes`: the small helpers the passes share.
 
 Tensor names are `op:k`; `op` alone means `op:0`. Control inputs are `^op`.
 """
@@ -51,13 +51,6 @@ def shape_str(shape) -> str:
     if shape is None:
         return "<unknown rank>"
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def tensor_info(tensor) -> dict:
-    """`{name, dtype, shape}` of a tf.Tensor, unknown dims as None: the form manifests and reports use."""
-    shape = tensor.shape
-    dims = None if shape.rank is None else list(shape.as_list())
-    return {"name": tensor.name, "dtype": tensor.dtype.name, "shape": dims}
 
 
 def graph_from_def(graph_def):
@@ -635,7 +628,7 @@ def write_graph_def(graph_def, path: str, *, text: bool | None = None, progress:
     """Write a GraphDef atomically as binary `.pb` (or text), node by node; returns the bytes written.
 
     `text=None` writes text when `path` ends in `.pbtxt` (what `load_model` expects of the name).
-    `graph_def` may also be a streamed graph (a `FrozenGraph`): anything with `estimated_bytes`,
+    `graph_def` may also be a streamed graph (a lazily filled `Piece`): anything with `estimated_bytes`,
     `node_chunks()` (binary `node`/`library`/`versions` fields), `nodes()` and `skeleton` (for
     library and versions), so constants are filled while written and the whole proto never sits
     in memory. Anything over protobuf's 2 GB limit is refused before a byte is written.
@@ -700,5 +693,5 @@ def grappler(graph_def, inputs, outputs, passes=GRAPPLER_PASSES):
 
 
 __all__ = ["Index", "shape_str", "ancestors", "descendants", "replace_uses", "bypass", "remove", "drop_control_edges", "cut", "prune", "rename",
-           "toposort", "clear_devices", "read_graph_def", "read_proto", "write_graph_def", "graph_from_def", "tensor_info",
+           "toposort", "clear_devices", "read_graph_def", "read_proto", "write_graph_def", "graph_from_def",
            "likely_output_nodes", "empty_like", "validate_constants", "grappler"]

@@ -34,11 +34,6 @@ def source_info(model) -> dict:
     return info
 
 
-def piece(graph_file: str, frozen) -> dict:
-    """A manifest piece for a `FrozenGraph` written to `graph_file` (relative to the manifest)."""
-    return {"graph": graph_file, "inputs": frozen.inputs, "outputs": frozen.outputs}
-
-
 def write_manifest(directory: str, *, source: dict, pieces: dict, **extra) -> dict:
     """Write `directory/manifest.json` atomically; returns the manifest."""
     manifest = {"format": FORMAT, "source": source, "pieces": pieces, **extra}
@@ -118,11 +113,3 @@ def is_pieces_dir(path: str) -> bool:
 
     return (os.path.isdir(path) and os.path.exists(os.path.join(path, FILENAME))
             and not saved_model_file(path) and latest_checkpoint(path) is None)
-
-
-def load_pieces(directory: str) -> dict:
-    """{piece name: Model} for every piece of a pieces directory, in manifest order."""
-    from .model import load_model
-
-    manifest = read_manifest(directory)
-    return {name: load_model(piece_path(directory, manifest, name)) for name in manifest["pieces"]}

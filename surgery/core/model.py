@@ -189,6 +189,22 @@ def _saver_mapping(graph_def) -> dict[str, str]:
     return mapping
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+    """How to load a MODEL, in one place: the SavedModel tag set and signature, and whether a Keras
+    file may run code of its own (a Lambda layer) while it loads."""
+
+    tag_set: str = "serve"
+    signature: str | None = None
+    trust_code: bool = False
+
+    def load(self, path) -> Model:
+        return load_model(path, tag_set=self.tag_set, signature=self.signature, trust_code=self.trust_code)
+
+    def parse(self, path: str) -> Model:
+        return parse_model(path, tag_set=self.tag_set)
+
+
 def load_model(path, *, tag_set: str = "serve", signature: str | None = None, trust_code: bool = False) -> Model:
     """Load MODEL from any of the accepted forms; `ModelLoadError` names the problem.
 

@@ -24,7 +24,7 @@ same data gets the same answer from `finetune`, local `precompute` and `--runner
 """
 
 from .arrays import ArrayRows, hdf5_datasets, write_dataset
-from .feed import check_feedable, spec_of
+from .feed import check_feedable
 from .images import IMAGE_EXTENSIONS, ImageFolderRows, decode_image
 from .open import RowsWithIds, open_ids, open_labels, open_rows, rows_with_ids
 from .parquet import PARQUET_EXTENSIONS, ParquetRows, is_parquet, parquet_files
@@ -33,7 +33,7 @@ from .source import ListRows, RowSource, flat_row_shape
 from .tfrecord import TFRECORD_EXTENSIONS, TFRecordRows, is_tfrecord
 
 __all__ = ["RowSource", "ArrayRows", "TFRecordRows", "ParquetRows", "ImageFolderRows", "ListRows", "RowsWithIds",
-           "open_rows", "open_ids", "open_labels", "rows_with_ids", "check_feedable", "spec_of", "flat_row_shape",
+           "open_rows", "open_ids", "open_labels", "rows_with_ids", "check_feedable", "flat_row_shape",
            "preprocess", "preprocess_mode", "decode_image", "is_parquet", "is_tfrecord", "parquet_files",
            "hdf5_datasets", "write_dataset", "PREPROCESS", "DEFAULT_PREPROCESS", "VGG_MEANS", "IMAGE_EXTENSIONS",
            "PARQUET_EXTENSIONS", "TFRECORD_EXTENSIONS"]

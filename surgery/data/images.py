@@ -44,14 +44,14 @@ def decode_image(data: bytes, size, channels: int | None, dtype: np.dtype, where
     return image.astype(dtype, copy=False)
 
 
-def image_target(spec: dict | None, how: str) -> tuple:
+def image_target(spec, how: str) -> tuple:
     """(size, channels, dtype) images are decoded to for input `spec`: uint8 only for an integer
     input fed as stored, else float32."""
-    shape = (spec or {}).get("shape") or [None, None, None, None]
+    shape = (spec.shape if spec is not None else None) or (None, None, None, None)
     if len(shape) != 4:
-        raise DataError(f"input {spec['name']} takes rows of shape {shape_str(shape[1:])}, not images",
+        raise DataError(f"input {spec.name} takes rows of shape {shape_str(shape[1:])}, not images",
                         "feed images to an input shaped [batch, height, width, channels]")
-    integer = spec is not None and np.dtype(tf.as_dtype(spec["dtype"]).as_numpy_dtype).kind in "iu"
+    integer = spec is not None and np.dtype(tf.as_dtype(spec.dtype).as_numpy_dtype).kind in "iu"
     dtype = np.dtype(np.uint8) if integer and (how or DEFAULT_PREPROCESS) == "none" else np.dtype(np.float32)
     return tuple(shape[1:3]), shape[3], dtype
 
@@ -61,7 +61,7 @@ class ImageFolderRows(RowSource):
 
     kind = "images"
 
-    def __init__(self, directory: str, *, spec: dict | None = None, preprocess: str | None = None):
+    def __init__(self, directory: str, *, spec=None, preprocess: str | None = None):
         self.path = os.path.abspath(directory)
         self.preprocess = preprocess or DEFAULT_PREPROCESS
         self.spec = spec

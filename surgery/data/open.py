@@ -16,7 +16,7 @@ from .source import ListRows, RowSource
 from .tfrecord import TFRecordRows, is_tfrecord
 
 
-def open_rows(data: str, key: str | None = None, *, spec: dict | None = None, preprocess: str | None = None,
+def open_rows(data: str, key: str | None = None, *, spec=None, preprocess: str | None = None,
               what: str = "data") -> RowSource:
     """`--data`/`--key` as a `RowSource`: Parquet (key: the column(s)), an image folder (key unused),
     a `.npy`, TFRecord files (key: the feature) or an HDF5 file (key: the dataset). `spec` (the
@@ -87,11 +87,11 @@ def open_labels(data: str, key: str | None, rows: RowSource, *, training: bool =
 class RowsWithIds:
     """A `RowSource` (rows) and its ids, by their arguments: opened in the driver to count and
     check the rows, and again inside each worker of Beam or Spark (an open file does not travel).
-    `bind(spec)` (anything with `.input`) shapes rows for the graph's input and applies
+    `bind(spec)` shapes rows for the graph's input (a `TensorSpec`) and applies
     `check_feedable` once, in the driver; given the input `spec` up front, the files open once."""
 
     def __init__(self, data: str, key: str | None, ids: str | None = None, *, preprocess: str | None = None,
-                 spec: dict | None = None):
+                 spec=None):
         self.data = data if any(c in data for c in "*?[") else os.path.abspath(data)
         self.key, self.ids, self.preprocess = key, ids, preprocess
         self.spec, self.feed_dtype, self._open = spec, None, None
@@ -114,10 +114,11 @@ class RowsWithIds:
         return self._open["ids"]
 
     def bind(self, spec, every_row: bool = True) -> None:
-        if spec.input != self.spec:
+        """Shape and type the rows for input `spec` (a `TensorSpec`), checked as `check_feedable` checks."""
+        if spec != self.spec:
             self.close()  # reopened for the input's shape
-            self.spec = spec.input
-        self.feed_dtype = check_feedable(self._rows(), spec.input, every_row=every_row).str
+            self.spec = spec
+        self.feed_dtype = check_feedable(self._rows(), spec, every_row=every_row).str
 
     def fingerprints(self) -> tuple[str, str]:
         """The local runner's provenance fingerprints of the rows and of the ids ("" without ids)."""
@@ -145,7 +146,7 @@ class RowsWithIds:
 
 
 def rows_with_ids(data: str, key: str | None, ids: str | None = None, *, preprocess: str | None = None,
-                  spec: dict | None = None) -> RowsWithIds:
+                  spec=None) -> RowsWithIds:
     """The CLI's --data/--key/--ids as rows with ids: anything `open_rows` reads (shaped for the
     input `spec` when given)."""
     return RowsWithIds(data, None if data.endswith(".npy") else key, ids, preprocess=preprocess, spec=spec)

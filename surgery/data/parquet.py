@@ -112,7 +112,7 @@ class ParquetRows(RowSource):
 
     kind = "parquet"
 
-    def __init__(self, path: str, key: str | None, *, spec: dict | None = None, ids: bool = False,
+    def __init__(self, path: str, key: str | None, *, spec=None, ids: bool = False,
                  preprocess: str | None = None):
         try:
             import pyarrow.parquet as pq

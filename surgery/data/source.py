@@ -79,15 +79,15 @@ class ListRows(RowSource):
         return self.array[start:stop]
 
 
-def flat_row_shape(spec: dict | None, length: int, where: str) -> list:
+def flat_row_shape(spec, length: int, where: str) -> list:
     """Flat rows of `length` values → the row shape of input `spec` (a [batch, k] input, or no
     spec: [length]); images stored flattened come back [H, W, C]."""
-    shape = (spec or {}).get("shape")
+    shape = spec.shape if spec is not None else None
     if shape is None or len(shape) == 2:
         return [length]
     dims = shape[1:]
     if any(d is None for d in dims) or int(np.prod(dims)) != length:
-        raise DataError(f"{where} holds {length} values a row; input {spec['name']} takes rows of "
+        raise DataError(f"{where} holds {length} values a row; input {spec.name} takes rows of "
                         f"{['?' if d is None else d for d in dims]}",
                         "store each row flattened to exactly that many values")
     return list(dims)

@@ -29,7 +29,7 @@ class TFRecordRows(RowSource):
 
     kind = "tfrecord"
 
-    def __init__(self, pattern: str, key: str, *, spec: dict | None = None, preprocess: str | None = None):
+    def __init__(self, pattern: str, key: str, *, spec=None, preprocess: str | None = None):
         self.pattern, self.key, self.spec = pattern, key, spec
         self.preprocess = preprocess or DEFAULT_PREPROCESS
         self.files = sorted(glob.glob(pattern)) or ([pattern] if os.path.isfile(pattern) else [])
@@ -86,9 +86,9 @@ class TFRecordRows(RowSource):
 
     def _parse(self, example, row: int) -> np.ndarray:
         kind, values = self._feature(example, self.key, row)
-        row_shape = (self.spec or {}).get("shape")
+        row_shape = self.spec.shape if self.spec is not None else None
         row_shape = list(row_shape[1:]) if row_shape else None
-        want = np.dtype(tf.as_dtype(self.spec["dtype"]).as_numpy_dtype) if self.spec else None
+        want = np.dtype(tf.as_dtype(self.spec.dtype).as_numpy_dtype) if self.spec else None
         where = f"feature '{self.key}' of record {row} in {self.pattern}"
         if kind == "bytes_list":
             if len(values) == 1 and is_image(values[0]):

@@ -18,9 +18,10 @@ import shutil
 from ..core import tfcompat
 from ..core.errors import ModelLoadError, SurgeryError
 from ..core.files import atomic_path
-from ..core.graph import graph_from_def, read_graph_def
-from ..core.manifest import FILENAME, is_pieces_dir, piece_path, read_manifest
+from ..core.graph import graph_from_def
+from ..core.manifest import FILENAME
 from ..core.names import parse_list
+from ..core.pieces import open_pieces
 from ..passes.savedmodel import SIGNATURE, signature, signature_key, variable_piece, write_saved_model
 
 tf = tfcompat.tf
@@ -42,19 +43,18 @@ def _write_saved_model(graph_def, inputs: list, outputs: list, directory: str) -
 def export_frozen(graph_def, directory: str, *, inputs: list, outputs: list) -> dict:
     """Write frozen `graph_def` as a SavedModel at `directory` (atomically, replacing it).
 
-    `inputs`/`outputs`: tensor names or `{name, ...}` dicts (a manifest's or `FrozenGraph`'s)."""
+    `inputs`/`outputs`: tensor names or `TensorSpec`s (a `Piece`'s)."""
     with atomic_path(directory, directory=True) as tmp:
         return _write_saved_model(graph_def, inputs, outputs, tmp)
 
 
-def _frozen_source(path: str):
+def _frozen_source(opened):
     """(graph_def, inputs, outputs) of a frozen .pb/.pbtxt: its placeholders and likely outputs."""
-    from ..core.model import load_model
     from ..passes.inspect import likely_inputs, likely_outputs
 
-    model = load_model(path)
+    model = opened.model()
     if not model.is_frozen:
-        raise ModelLoadError(f"{path} is a {model.description}, not a frozen graph",
+        raise ModelLoadError(f"{opened.path} is a {model.description}, not a frozen graph",
                              "name what to export with --outputs T (its variables stay variables), "
                              "or pass a directory written by `surgery split`")
     return model.graph_def, likely_inputs(model), likely_outputs(model)
@@ -78,53 +78,51 @@ def _saved_model_keys(directory: str) -> dict:
     return {kind: {k: t.name for k, t in getattr(sig, kind).items()} for kind in ("inputs", "outputs")}
 
 
-def export(graph: str, directory: str, *, outputs=None, inputs=None, tag_set: str = "serve", signature=None,
-           trust_code: bool = False, set=None, progress: bool = False) -> dict:
-    """Export GRAPH (a frozen .pb/.pbtxt, a directory with a manifest, or with `outputs` any MODEL)
-    as SavedModel(s).
+def export(graph, directory: str, *, outputs=None, inputs=None, set=None, progress: bool = False) -> dict:
+    """Export GRAPH (a frozen .pb/.pbtxt, a directory with a manifest, or with `outputs` any MODEL;
+    a path or an `open_pieces` result) as SavedModel(s).
 
     A manifest directory gives one SavedModel per piece, `directory/<piece>` (`offline`,
     `online` for a split), all written into place together; a piece that is already a SavedModel
     is copied. A MODEL with `outputs` keeps its variables (`export_model`); a frozen graph with
     `outputs` is cut to them first. `set` binds placeholders (`bind.bind`). Returns {piece or "": signature keys}."""
-    if set and (is_pieces_dir(graph) or not outputs):
+    opened = open_pieces(graph)
+    if set and (opened.is_split or not outputs):
         raise SurgeryError("--set binds placeholders of one MODEL: it needs --outputs",
                            "name the tensors to export with --outputs, or bind them when you split or freeze")
-    if outputs and not is_pieces_dir(graph):
-        from ..core.model import load_model
+    if opened.is_split:
+        for piece in opened.pieces.values():
+            if piece.format == "frozen":
+                _read_piece(opened, piece)  # every piece readable before anything is written
+        with atomic_path(directory, directory=True) as tmp:
+            return {name: _copy_saved_model(p.path, os.path.join(tmp, name)) if p.format == "savedmodel"
+                    else _write_saved_model(p.graph_def, p.inputs, p.outputs, os.path.join(tmp, name))
+                    for name, p in opened.pieces.items()}
+    if outputs:
         from ..passes.bind import bind
         from ..passes.freeze import freeze_model
 
-        model = bind(load_model(graph, tag_set=tag_set, signature=signature, trust_code=trust_code), set)
+        model = bind(opened.model(), set)
         if not model.is_frozen:
             return {"": export_model(model, directory, outputs=outputs, inputs=inputs, progress=progress)}
         frozen = freeze_model(model, parse_list(outputs), inputs=parse_list(inputs) if inputs else ())
         return {"": export_frozen(frozen.graph_def, directory, inputs=frozen.inputs, outputs=frozen.outputs)}
-    if is_pieces_dir(graph):
-        manifest = read_manifest(graph)
-        pieces = {}
-        for name, info in manifest["pieces"].items():
-            path = piece_path(graph, manifest, name)
-            if os.path.isdir(path):  # a SavedModel piece: already what export writes
-                pieces[name] = path
-                continue
-            try:
-                gd = read_graph_def(path)
-            except ModelLoadError as e:
-                raise ModelLoadError(f"piece '{name}' of {graph}: {path} cannot be read as a GraphDef ({e.message})",
-                                     "write the pieces again") from e
-            pieces[name] = (gd, info["inputs"], info["outputs"])
-        with atomic_path(directory, directory=True) as tmp:
-            return {name: _copy_saved_model(spec, os.path.join(tmp, name)) if isinstance(spec, str)
-                    else _write_saved_model(*spec, os.path.join(tmp, name)) for name, spec in pieces.items()}
     try:
-        gd, ins, outs = _frozen_source(graph)
+        gd, ins, outs = _frozen_source(opened)
     except ModelLoadError as e:
-        if os.path.isdir(graph) and "not a frozen graph" not in e.message:
-            raise ModelLoadError(f"{graph} has no {FILENAME}",
+        if isinstance(opened.path, str) and os.path.isdir(opened.path) and "not a frozen graph" not in e.message:
+            raise ModelLoadError(f"{opened.path} has no {FILENAME}",
                                  "pass a frozen .pb or a directory written by `surgery split`") from e
         raise
     return {"": export_frozen(gd, directory, inputs=ins, outputs=outs)}
+
+
+def _read_piece(opened, piece) -> None:
+    try:
+        piece.graph_def
+    except ModelLoadError as e:
+        raise ModelLoadError(f"piece '{piece.name}' of {opened.path}: {piece.path} cannot be read as a GraphDef "
+                             f"({e.message})", "write the pieces again") from e
 
 
 def _copy_saved_model(source: str, target: str) -> dict:

@@ -40,6 +40,7 @@ from ..core.errors import DataError, ModelLoadError, SurgeryError
 from ..core.files import stderr_to
 from ..core.graph import descendants, graph_from_def
 from ..core.names import node_input_op, parse_list, resolve_op, resolve_tensor, suggest
+from ..core.pieces import Piece
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
@@ -88,16 +89,6 @@ def quiet_stderr():
 
 # ---------------------------------------------------------------- a piece and its inputs
 
-@dataclasses.dataclass
-class Piece:
-    """A frozen graph to convert: `inputs`/`outputs` are `{name, dtype, shape}` (manifest form)."""
-
-    name: str
-    graph_def: object
-    inputs: list
-    outputs: list
-
-
 def parse_input_shapes(specs) -> dict:
     """`['images=?,224,224,3']` → `{'images': [None, 224, 224, 3]}` (`?`, `-1` or `None`: dynamic)."""
     shapes = {}
@@ -114,9 +105,9 @@ def parse_input_shapes(specs) -> dict:
     return shapes
 
 
-def pin_shapes(piece: Piece, shapes: dict) -> set:
-    """Give the piece's placeholders the `shapes` asked for (by any name `resolve_tensor` takes);
-    returns the keys of `shapes` used here."""
+def pin_shapes(piece: Piece, shapes: dict) -> tuple[Piece, set]:
+    """(the piece with its placeholders given the `shapes` asked for (by any name `resolve_tensor`
+    takes), the keys of `shapes` used here)."""
     graph = graph_from_def(piece.graph_def)
     used, pinned = set(), {}
     for key, dims in shapes.items():
@@ -124,7 +115,7 @@ def pin_shapes(piece: Piece, shapes: dict) -> set:
             tensor = resolve_tensor(graph, key)
         except SurgeryError:
             continue
-        if tensor.name not in [i["name"] for i in piece.inputs]:
+        if tensor.name not in [i.name for i in piece.inputs]:
             continue  # another piece's input (in this one, the cut tensor is an output)
         if not tensor.shape.is_compatible_with(dims):
             raise SurgeryError(f"--input-shape {key}={dims} does not fit {tensor.name}, shape {tensor.shape}",
@@ -137,9 +128,9 @@ def pin_shapes(piece: Piece, shapes: dict) -> set:
         for node in gd.node:
             if node.name + ":0" in pinned:
                 node.attr["shape"].shape.CopyFrom(tf.TensorShape(pinned[node.name + ":0"]).as_proto())
-        piece.graph_def = gd
-        piece.inputs = [{**i, "shape": pinned.get(i["name"], i["shape"])} for i in piece.inputs]
-    return used
+        piece = Piece(gd, [dataclasses.replace(i, shape=pinned.get(i.name, i.shape)) for i in piece.inputs],
+                      piece.outputs, name=piece.name)
+    return piece, used
 
 
 def float_ops(pieces, names) -> dict:
@@ -176,11 +167,11 @@ def float_ops(pieces, names) -> dict:
 def check_shapes(piece: Piece) -> None:
     """Refuse inputs with an unknown rank or unknown dims other than the batch."""
     for i in piece.inputs:
-        if i["shape"] is None or None in i["shape"][1:]:
-            raise SurgeryError(f"input {i['name']} of piece '{piece.name}' has shape "
-                               f"{'unknown' if i['shape'] is None else i['shape']}; mobile runtimes want every "
+        if i.shape is None or None in i.shape[1:]:
+            raise SurgeryError(f"input {i.name} of piece '{piece.name}' has shape "
+                               f"{'unknown' if i.shape is None else list(i.shape)}; mobile runtimes want every "
                                "dimension but the batch known",
-                               f"pin it with --input-shape {i['name'].split(':')[0]}=?,D,D,..")
+                               f"pin it with --input-shape {i.op}=?,D,D,..")
 
 
 # ---------------------------------------------------------------- representative rows
@@ -210,19 +201,19 @@ def _row_sources(specs) -> list:
     return found
 
 
-def _pick_dataset(piece: Piece, tensor: dict, sources: list):
+def _pick_dataset(piece: Piece, tensor, sources: list):
     """The calibration dataset for one input: by row shape, then by name; refused when ambiguous."""
-    dims = tensor["shape"][1:]
+    dims = tensor.shape[1:]
     fits = [s for s in sources if len(s[2].shape) == len(dims) + 1
             and all(d is None or d == n for d, n in zip(dims, s[2].shape[1:]))]
     if len(fits) > 1:
-        op = tensor["name"].split(":")[0]
+        op = tensor.op
         names = {op, op.split("/")[-1], op.replace("/", "_"), "embeddings"}
         fits = [s for s in fits if s[1] is None or s[1].split("/")[-1] in names] or fits
     where = ", ".join(f"{p}:{k}" if k else p for p, k, _ in fits[:4])
     if len(fits) != 1:
         listed = ", ".join(f"{p}:{k} {list(a.shape)}" if k else f"{p} {list(a.shape)}" for p, k, a in sources[:6])
-        raise DataError(f"piece '{piece.name}' input {tensor['name']} (shape {tensor['shape']}): "
+        raise DataError(f"piece '{piece.name}' input {tensor.name} (shape {list(tensor.shape)}): "
                         + (f"{len(fits)} calibration datasets fit: {where}" if fits
                            else "no calibration dataset has rows of that shape: " + (listed or "(none)")),
                         "name one with --calibration FILE.h5:KEY (repeat --calibration for each input)")
@@ -249,7 +240,7 @@ def representative_rows(piece: Piece, specs, *, verify: int, seed: int = 0):
     held = np.sort(order[half:][:verify])
 
     def rows(idx):
-        return [np.asarray(a[idx]).astype(t["dtype"]) for (_, _, a), t in zip(picked, piece.inputs)]
+        return [np.asarray(a[idx]).astype(t.dtype) for (_, _, a), t in zip(picked, piece.inputs)]
 
     return rows(cal), (rows(held) if len(held) else None)
 
@@ -259,8 +250,8 @@ def random_rows(piece: Piece, n: int, seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
     out = []
     for t in piece.inputs:
-        shape = [n, *t["shape"][1:]] if t["shape"] and t["shape"][0] is None else t["shape"]
-        dtype = np.dtype(t["dtype"])
+        shape = [n, *t.shape[1:]] if t.shape and t.shape[0] is None else t.shape
+        dtype = np.dtype(t.dtype)
         if dtype.kind == "f":
             out.append(rng.normal(size=shape).astype(dtype))
         elif dtype.kind == "b":
@@ -292,10 +283,10 @@ def _tflite_convert(piece: Piece, *, quantize, calibration, select_tf_ops: bool,
         path = os.path.join(tmp, "piece.pb")
         with open(path, "wb") as f:
             f.write(piece.graph_def.SerializeToString())
-        ins = [t["name"].split(":")[0] for t in piece.inputs]
-        outs = [t["name"][:-2] if t["name"].endswith(":0") else t["name"] for t in piece.outputs]
+        ins = [t.op for t in piece.inputs]
+        outs = [t.name[:-2] if t.name.endswith(":0") else t.name for t in piece.outputs]
         conv = v1.lite.TFLiteConverter.from_frozen_graph(
-            path, ins, outs, input_shapes={n: t["shape"] for n, t in zip(ins, piece.inputs)})
+            path, ins, outs, input_shapes={n: t.as_dict()["shape"] for n, t in zip(ins, piece.inputs)})
         if select_tf_ops:
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
         if quantize:
@@ -360,8 +351,8 @@ def _add_signature(blob: bytes, piece: Piece) -> bytes:
         maps = []
         for info, index in zip(infos, indices):
             m = schema.TensorMapT()
-            m.name = info["name"]
-            op_name = info["name"][:-2] if info["name"].endswith(":0") else info["name"]
+            m.name = info.name
+            op_name = info.name[:-2] if info.name.endswith(":0") else info.name
             m.tensorIndex = by_name.get(op_name, index)
             maps.append(m)
         return maps
@@ -425,8 +416,8 @@ def to_onnx(piece: Piece, *, quantize=None, calibration=None, per_tensor=False, 
     logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
     try:
         with quiet_stderr():
-            model, _ = tf2onnx.convert.from_graph_def(piece.graph_def, input_names=[t["name"] for t in piece.inputs],
-                                                      output_names=[t["name"] for t in piece.outputs])
+            model, _ = tf2onnx.convert.from_graph_def(piece.graph_def, input_names=[t.name for t in piece.inputs],
+                                                      output_names=[t.name for t in piece.outputs])
     except Exception as e:
         raise SurgeryError(f"piece '{piece.name}' cannot be converted to .onnx: {_converter_message(e)}",
                            "run with --verbose for tf2onnx's log") from e
@@ -473,7 +464,7 @@ def _ort_quantize(q, src: str, dst: str, piece: Piece, quantize: str, calibratio
         if quantize == "dynamic":
             q.quantize_dynamic(src, dst, weight_type=q.QuantType.QInt8, per_channel=not per_tensor)
             return
-        names = [t["name"] for t in piece.inputs]
+        names = [t.name for t in piece.inputs]
 
         class Rows(q.CalibrationDataReader):
             def __init__(self):
@@ -495,8 +486,8 @@ def request_runner(fmt: str, blob: bytes | None, piece: Piece, *, threads: int |
     """A function from input arrays (in the piece's order) to output arrays, set up once: `fmt`
     tflite (the `serving_default` signature), onnx, or tensorflow (a Session on the piece; `blob`
     unused). `threads=1` for per-request latency figures; None for each runtime's default."""
-    names = [t["name"] for t in piece.inputs]
-    fetch = [t["name"] for t in piece.outputs]
+    names = [t.name for t in piece.inputs]
+    fetch = [t.name for t in piece.outputs]
     if fmt == "tflite":
         from ai_edge_litert.interpreter import Interpreter
 
@@ -612,7 +603,8 @@ def convert_piece(piece: Piece, fmt: str, *, quantize=None, calibration=(), allo
                                "raise it with --max-error if that is acceptable, or export without --quantize")
     else:
         verification["skipped"] = "--verify 0"
-    report = {"graph": filename, "inputs": piece.inputs, "outputs": piece.outputs, "quantize": quantize,
+    report = {"graph": filename, "inputs": [t.as_dict() for t in piece.inputs],
+              "outputs": [t.as_dict() for t in piece.outputs], "quantize": quantize,
               "bytes": len(blob), "graph_def_bytes": piece.graph_def.ByteSize(), "verification": verification}
     if quantize in SCALED_MODES:
         report["weight_scales"] = "per tensor" if per_tensor else "per channel"
@@ -628,9 +620,9 @@ def logits_op(piece: Piece) -> str | None:
     what to keep in float when int8 ties close classes."""
     nodes = {n.name: n for n in piece.graph_def.node}
     for out in piece.outputs:
-        if not out.get("shape") or not is_classifier(out["shape"]):
+        if not out.shape or not is_classifier(out.shape):
             continue
-        node = nodes.get(node_input_op(out["name"]))
+        node = nodes.get(node_input_op(out.name))
         while node is not None and node.op in IDENTITY_OPS and node.input:
             node = nodes.get(node_input_op(node.input[0]))
         if node is not None and node.op == "Softmax":
@@ -651,11 +643,12 @@ def check_weight_options(quantize, *, per_tensor=False, float_from=()) -> None:
 
 # ---------------------------------------------------------------- GRAPH|MODEL → pieces → files
 
-def _piece(name: str, graph_def, inputs: list, outputs: list) -> Piece:
-    """A Piece fed at its Placeholders only: each PlaceholderWithDefault keeps its default (as after
+def _fed_at_placeholders(piece: Piece) -> Piece:
+    """The piece fed at its Placeholders only: each PlaceholderWithDefault keeps its default (as after
     a split) and becomes an Identity of it, which tf2onnx requires and LiteRT does anyway."""
+    graph_def = piece.graph_def
     ops = {n.name: n.op for n in graph_def.node}
-    inputs = [t for t in inputs if ops.get(t["name"].split(":")[0]) == "Placeholder"]
+    inputs = [t for t in piece.inputs if ops.get(t.op) == "Placeholder"]
     if "PlaceholderWithDefault" in ops.values():
         gd = v1.GraphDef()
         gd.CopyFrom(graph_def)
@@ -667,48 +660,41 @@ def _piece(name: str, graph_def, inputs: list, outputs: list) -> Piece:
                     del node.attr[attr]
                 node.attr["T"].type = dtype
         graph_def = gd
-    return Piece(name, graph_def, inputs, outputs)
+    return Piece(graph_def, inputs, piece.outputs, name=piece.name)
 
 
-def load_pieces(graph: str, *, outputs=None, inputs=None, tag_set: str = "serve", signature=None,
-                trust_code: bool = False, set=None) -> tuple:
+def load_pieces(graph, *, outputs=None, inputs=None, set=None) -> tuple:
     """(pieces, is_split_dir): a split/finetune directory's pieces, or one piece `model` from a
-    frozen graph or any MODEL (frozen here, to `outputs` above `inputs` when given)."""
-    from ..core.manifest import is_pieces_dir, read_manifest
-    from ..core.manifest import load_pieces as load_manifest_pieces
-    from ..core.model import load_model
+    frozen graph or any MODEL (frozen here, to `outputs` above `inputs` when given). `graph`: a
+    path or an `open_pieces` result."""
+    from ..core.pieces import open_pieces
     from ..passes.bind import bind
     from ..passes.freeze import freeze_model
     from ..passes.inspect import likely_inputs, likely_outputs
 
-    if is_pieces_dir(graph):
+    opened = open_pieces(graph)
+    if opened.is_split:
         if outputs or inputs or set:
-            raise SurgeryError(f"{graph} is a directory of pieces; --outputs/--inputs/--set work on one MODEL",
+            raise SurgeryError(f"{opened.path} is a directory of pieces; --outputs/--inputs/--set work on one MODEL",
                                "drop them, or pass one piece's .pb")
-        manifest = read_manifest(graph)
-        models = load_manifest_pieces(graph)
-        return [_piece(name, m.graph_def, manifest["pieces"][name]["inputs"], manifest["pieces"][name]["outputs"])
-                for name, m in models.items()], True
-    model = bind(load_model(graph, tag_set=tag_set, signature=signature, trust_code=trust_code), set)
+        return [_fed_at_placeholders(p) for p in opened.pieces.values()], True
+    model = bind(opened.model(), set)
     if model.is_frozen and not outputs and not inputs and not set:
-        gd, ins, outs = model.graph_def, likely_inputs(model), likely_outputs(model)
+        piece = Piece(model.graph_def, likely_inputs(model), likely_outputs(model))
     else:
         if not outputs:
-            outs = likely_outputs(model)
-            if not outs:
-                raise SurgeryError(f"{graph} has no obvious output", "name the tensors to export with --outputs")
-            outputs = [t["name"] for t in outs]
-        frozen = freeze_model(model, outputs, inputs=inputs or ())
-        gd, ins, outs = frozen.graph_def, frozen.inputs, frozen.outputs
-    if not outs:
-        raise ModelLoadError(f"{graph} has no outputs to export", "name them with --outputs")
-    return [_piece("model", gd, ins, outs)], False
+            outputs = [t.name for t in likely_outputs(model)]
+            if not outputs:
+                raise SurgeryError(f"{opened.path} has no obvious output", "name the tensors to export with --outputs")
+        piece = freeze_model(model, outputs, inputs=inputs or ())
+    if not piece.outputs:
+        raise ModelLoadError(f"{opened.path} has no outputs to export", "name them with --outputs")
+    return [_fed_at_placeholders(piece)], False
 
 
-def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None, input_shapes=(), quantize=None,
+def export_runtime(graph, path: str, fmt: str, *, outputs=None, inputs=None, input_shapes=(), quantize=None,
                    calibration=(), allow_select_tf_ops=False, max_error=None, verify: int = 100,
-                   per_tensor: bool = False, float_from=(), tag_set: str = "serve", signature=None,
-                   trust_code: bool = False, set=None, progress: bool = False) -> dict:
+                   per_tensor: bool = False, float_from=(), set=None, progress: bool = False) -> dict:
     """`surgery export GRAPH --tflite PATH` / `--onnx PATH`: every piece converted and verified, then
     written together. PATH is a file (`x.tflite`) for one piece, or a directory that gets
     `<piece>.tflite` per piece and a manifest. Returns the manifest (written or not).
@@ -724,21 +710,22 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
     float_from = parse_list(float_from)
     check_weight_options(quantize, per_tensor=per_tensor, float_from=float_from)
     suffix = RUNTIMES[fmt]["suffix"]
-    pieces, is_dir = load_pieces(graph, outputs=outputs, inputs=inputs, tag_set=tag_set, signature=signature,
-                                 trust_code=trust_code, set=set)
+    pieces, is_dir = load_pieces(graph, outputs=outputs, inputs=inputs, set=set)
+    where = getattr(graph, "path", graph)
     one_file = path.endswith(suffix)
     if one_file and len(pieces) > 1:
-        raise SurgeryError(f"{graph} has {len(pieces)} pieces ({', '.join(p.name for p in pieces)}); "
+        raise SurgeryError(f"{where} has {len(pieces)} pieces ({', '.join(p.name for p in pieces)}); "
                            f"{path} is one file", f"give a directory: --{fmt} {path[:-len(suffix)]}/")
     shapes = parse_input_shapes(input_shapes)
     used = builtins.set()  # `set` is this function's --set argument
-    for piece in pieces:
-        used |= pin_shapes(piece, shapes)
+    for k, piece in enumerate(pieces):
+        pieces[k], pinned = pin_shapes(piece, shapes)
+        used |= pinned
     unused = sorted(builtins.set(shapes) - used)
     if unused:
-        names = [i["name"] for p in pieces for i in p.inputs]
+        names = [i.name for p in pieces for i in p.inputs]
         close = difflib.get_close_matches(unused[0], names, n=3, cutoff=0.4)
-        raise SurgeryError(f"--input-shape {unused[0]}: no input of {graph} has that name",
+        raise SurgeryError(f"--input-shape {unused[0]}: no input of {where} has that name",
                            ("did you mean " + ", ".join(close) + "?") if close else "inputs: " + ", ".join(names))
     for piece in pieces:
         check_shapes(piece)
@@ -752,7 +739,7 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
                                        allow_select_tf_ops=allow_select_tf_ops, max_error=max_error, verify=verify,
                                        per_tensor=per_tensor, keep_float=keep_float.get(piece.name, ()),
                                        filename=os.path.basename(path) if one_file else piece.name + suffix))
-    manifest = {"format": FORMAT, "source": {"path": os.path.abspath(graph), "split": is_dir},
+    manifest = {"format": FORMAT, "source": {"path": os.path.abspath(where), "split": is_dir},
                 "runtime": RUNTIMES[fmt]["runtime"], "pieces": {c.piece.name: c.report for c in converted}}
     if one_file:
         write_bytes(path, converted[0].blob)
@@ -768,5 +755,5 @@ def export_runtime(graph: str, path: str, fmt: str, *, outputs=None, inputs=None
     return manifest
 
 
-__all__ = ["export_runtime", "convert_piece", "load_pieces", "to_tflite", "to_onnx", "request_runner", "Piece",
+__all__ = ["export_runtime", "convert_piece", "load_pieces", "to_tflite", "to_onnx", "request_runner",
            "QUANTIZE_MODES"]

@@ -180,14 +180,16 @@ def format_audit(report: dict) -> str:
     return "\n".join(lines)
 
 
-def audit_path(path: str, *, tag_set: str = "serve") -> list:
-    """Reports for MODEL, or one per piece of a split directory (each piece's graph parsed only)."""
-    from ..core.manifest import is_pieces_dir, piece_path, read_manifest
-    from ..core.model import parse_model
+def audit_path(path, options=None) -> list:
+    """Reports for MODEL, or one per piece of a split directory (each piece's graph parsed only,
+    never imported). `options`: how to read a MODEL (`model.LoadOptions`)."""
+    from ..core.model import LoadOptions
+    from ..core.pieces import open_pieces
 
+    options = options or LoadOptions()
     if kerasfile.is_keras_file(path):
         return [audit_keras_file(path)]
-    if is_pieces_dir(path):
-        manifest = read_manifest(path)
-        return [audit_model(parse_model(piece_path(path, manifest, name))) for name in manifest["pieces"]]
-    return [audit_model(parse_model(path, tag_set=tag_set))]
+    opened = open_pieces(path, options)
+    if opened.is_split:
+        return [audit_model(options.parse(p.path)) for p in opened.pieces.values()]
+    return [audit_model(options.parse(path))]

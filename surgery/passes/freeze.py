@@ -10,7 +10,7 @@ only while the file is written: a GraphDef is a sequence of length-delimited `no
 each node is written as tag + length + bytes, and a large constant's bytes go to the file
 straight from the array. Peak memory is about one variable, not three copies of the model.
 
-`FrozenGraph.graph_def` still gives the whole proto (built on first use) for callers that want it.
+`Piece.graph_def` still gives the whole proto (built on first use) for callers that want it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from __future__ import annotations
 from ..core import graph as g
 from ..core import tfcompat
 from ..core.errors import CutError, GraphTooBigError, SurgeryError
-from ..core.graph import TOO_BIG_HINT, empty_like, tensor_info, write_graph_def
+from ..core.graph import TOO_BIG_HINT, empty_like, write_graph_def
 from ..core.names import VARIABLE_OP_TYPES, is_machinery, node_input_op, resolve_tensors, split_tensor_name
-from ..core.pieces import FrozenGraph, check_shape
+from ..core.pieces import Piece, TensorSpec, check_shape
 from ..core.weights import variable_reader
 
 tf = tfcompat.tf
@@ -108,7 +108,7 @@ def _as_tensors(graph, names) -> list:
     return resolve_tensors(graph, names)
 
 
-def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=False, graph_def=None) -> FrozenGraph:
+def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=False, graph_def=None) -> Piece:
     """Freeze `graph` (a tf.Graph) to `outputs`, cut at `inputs`, with variable values from `read_variable`.
 
     `outputs`/`inputs` are names in any form `resolve_tensors` accepts, or tf.Tensors. The
@@ -139,8 +139,8 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
     skeleton = strip_training_nodes(gd, protected=protected, constants=constants)
     constants.update({n.name: held[n.name] for n in skeleton.node if n.name in held})
     infos = tensor_infos(skeleton, out_names)
-    frozen = FrozenGraph(inputs=infos[0], outputs=infos[1], skeleton=skeleton, constants=constants,
-                         read_variable=read_variable, cut=replaced)
+    frozen = Piece(inputs=infos[0], outputs=infos[1], skeleton=skeleton, constants=constants,
+                   read_variable=read_variable, cut=replaced)
     size = frozen.estimated_bytes
     if size > g.MAX_GRAPHDEF_BYTES:
         raise GraphTooBigError(f"the frozen graph would be about {size / 2**30:.1f} GB, over the 2 GB limit of a GraphDef",
@@ -149,9 +149,9 @@ def freeze_graph(graph, outputs, *, inputs=(), read_variable=None, optimize=Fals
     if optimize:
         from .optimize import optimize_for_inference
 
-        graph_def = optimize_for_inference(frozen.graph_def, [t["name"] for t in frozen.inputs], out_names,
+        graph_def = optimize_for_inference(frozen.graph_def, [t.name for t in frozen.inputs], out_names,
                                            notes=notes)
-        frozen = FrozenGraph(graph_def, *tensor_infos(graph_def, out_names), cut=replaced)
+        frozen = Piece(graph_def, *tensor_infos(graph_def, out_names), cut=replaced)
     frozen.stripped_stateful = stripped
     if stripped:
         listed = ", ".join(f"{s['name']} ({s['op']})" for s in stripped[:5]) + (" …" if len(stripped) > 5 else "")
@@ -171,7 +171,7 @@ def stateful_on_path(graph_def, outputs) -> list:
 
 
 def tensor_infos(graph_def, out_names) -> tuple:
-    """([placeholder infos], [output infos]) of `graph_def`, imported into a scratch graph; a
+    """([placeholder specs], [output specs]) of `graph_def`, imported into a scratch graph; a
     skeleton's value-less constants import cheaply, so this checks the structure before weights are read."""
     try:
         scratch = g.graph_from_def(graph_def)
@@ -179,8 +179,8 @@ def tensor_infos(graph_def, out_names) -> tuple:
         raise SurgeryError(f"the frozen graph does not import: {str(e).splitlines()[0][:200]}",
                            "freeze above the offending op, or cut it off with --inputs") from e
     placeholders = [op.outputs[0] for op in scratch.get_operations() if op.type == "Placeholder"]
-    return ([tensor_info(t) for t in placeholders],
-            [tensor_info(scratch.get_tensor_by_name(g.tensor_name(n))) for n in out_names])
+    return ([TensorSpec.of(t) for t in placeholders],
+            [TensorSpec.of(scratch.get_tensor_by_name(g.tensor_name(n))) for n in out_names])
 
 
 def check_cut_is_clean(graph_def, in_tensors, replaced):
@@ -196,7 +196,7 @@ def check_cut_is_clean(graph_def, in_tensors, replaced):
 
 
 
-def freeze_model(model, outputs, *, inputs=(), optimize=False) -> FrozenGraph:
+def freeze_model(model, outputs, *, inputs=(), optimize=False) -> Piece:
     """Freeze a loaded `Model` with values read straight from its checkpoint (see `freeze_graph`)."""
     read = variable_reader(model)
     frozen = freeze_graph(model.graph, outputs, inputs=inputs, read_variable=read, optimize=optimize,
@@ -210,4 +210,4 @@ def freeze_model(model, outputs, *, inputs=(), optimize=False) -> FrozenGraph:
     return frozen
 
 
-__all__ = ["FrozenGraph", "freeze_graph", "freeze_model", "write_graph_def"]
+__all__ = ["freeze_graph", "freeze_model", "write_graph_def"]

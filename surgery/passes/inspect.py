@@ -9,8 +9,9 @@ import numpy as np
 
 from ..core import tfcompat
 from ..core.errors import SurgeryError
-from ..core.graph import Index, ancestors, descendants, likely_output_nodes, shape_str, tensor_info
+from ..core.graph import Index, ancestors, descendants, likely_output_nodes, shape_str
 from ..core.names import is_machinery
+from ..core.pieces import TensorSpec
 
 tf = tfcompat.tf
 
@@ -30,7 +31,7 @@ def likely_inputs(model) -> list:
             if op.type == "PlaceholderWithDefault" and _feeds_only_savers(op, model.graph_def):
                 continue  # a Saver's filename (`restore_pretrained/filename`, `epoch_saver/Const`)
             if any(not is_machinery(c.name, c.type) for c in op.outputs[0].consumers()) or op.type == "Placeholder":
-                out.append(tensor_info(op.outputs[0]))
+                out.append(TensorSpec.of(op.outputs[0]))
     return out
 
 
@@ -54,7 +55,7 @@ def likely_outputs(model) -> list:
     sig = _signature(model)
     if sig is not None:
         return [_resolve_sig(model, t) for t in sig.outputs.values()]
-    return [tensor_info(t) for name in likely_output_nodes(model.graph_def)
+    return [TensorSpec.of(t) for name in likely_output_nodes(model.graph_def)
             for t in model.graph.get_operation_by_name(name).outputs]
 
 
@@ -65,13 +66,13 @@ def _signature(model):
     return sigs.get("serving_default") or sigs[sorted(sigs)[0]]
 
 
-def _resolve_sig(model, tensor_info_proto) -> dict:
+def _resolve_sig(model, tensor_info_proto) -> TensorSpec:
     try:
-        return tensor_info(model.graph.get_tensor_by_name(tensor_info_proto.name))
+        return TensorSpec.of(model.graph.get_tensor_by_name(tensor_info_proto.name))
     except (KeyError, ValueError):
         dims = None if tensor_info_proto.tensor_shape.unknown_rank else [
             None if d.size < 0 else d.size for d in tensor_info_proto.tensor_shape.dim]
-        return {"name": tensor_info_proto.name, "dtype": tf.as_dtype(tensor_info_proto.dtype).name, "shape": dims}
+        return TensorSpec(tensor_info_proto.name, tf.as_dtype(tensor_info_proto.dtype).name, dims)
 
 
 _PREDICATE_SLOTS = {"Switch": 1, "RefSwitch": 1, "If": 0, "StatelessIf": 0, "Case": 0, "StatelessCase": 0}
@@ -175,8 +176,8 @@ def inspect_model(model, *, tensors: str | None = None) -> dict:
         "format": model.format,
         "num_nodes": len(model.graph_def.node),
         "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "inputs": likely_inputs(model),
-        "outputs": likely_outputs(model),
+        "inputs": [t.as_dict() for t in likely_inputs(model)],
+        "outputs": [t.as_dict() for t in likely_outputs(model)],
         "variables": [{"name": v.name, "dtype": v.dtype, "shape": list(v.shape), "bytes": v.nbytes,
                        "training_only": is_machinery(v.name, v.op_type)} for v in model.variables()],
         "num_params": sum(split) if split is not None else _count_constants(model),
@@ -194,7 +195,7 @@ def inspect_model(model, *, tensors: str | None = None) -> dict:
         except re.error as e:
             raise SurgeryError(f"--tensors '{tensors}' is not a valid regular expression: {e}",
                                "escape special characters, e.g. 'fc7' or 'conv1/.*'") from e
-        report["tensors"] = [tensor_info(t) for op in model.graph.get_operations() for t in op.outputs
+        report["tensors"] = [TensorSpec.of(t).as_dict() for op in model.graph.get_operations() for t in op.outputs
                              if pattern.search(t.name)]
     return report
 

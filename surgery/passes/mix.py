@@ -23,18 +23,19 @@ from ..core.errors import RestoreError, SurgeryError
 from ..core.graph import graph_from_def
 from ..core.model import Model, load_model
 from ..core.names import VARIABLE_OP_TYPES, is_machinery, resolve_tensor, resolve_tensors
+from ..core.pieces import Piece
 from ..core.weights import restore_checkpoint
-from .freeze import FrozenGraph, freeze_graph
+from .freeze import freeze_graph
 
 tf = tfcompat.tf
 v1 = tf.compat.v1
 
 
 def as_model(source) -> Model:
-    """A `Model` from a path (any MODEL form), a `FrozenGraph`, a GraphDef or a `Model`."""
+    """A `Model` from a path (any MODEL form), a `Piece`, a GraphDef or a `Model`."""
     if isinstance(source, Model):
         return source
-    if isinstance(source, FrozenGraph):
+    if isinstance(source, Piece):
         source = source.graph_def
     if isinstance(source, v1.GraphDef):
         return Model(path="<frozen graph>", format="frozen_pb", graph=graph_from_def(source),
@@ -88,7 +89,7 @@ class MixedGraph:
                 counts[scope] = len(var_list)
         return counts
 
-    def freeze(self, outputs, *, inputs=()) -> FrozenGraph:
+    def freeze(self, outputs, *, inputs=()) -> Piece:
         """One frozen graph of the mix: each variable's value read from its own model's checkpoint."""
 
         def read(name):
@@ -128,7 +129,7 @@ def _import(graph, model: Model, scope: str, input_map: dict) -> None:
 def mix_models(first, second, *, connect: dict, scopes=("first", "second")) -> MixedGraph:
     """Import `first` under `scopes[0]` and `second` under `scopes[1]` into one new graph, feeding
     each `connect` entry {input of second: output of first} (names in any form, in each model's
-    own graph). `first`/`second`: a path, `Model`, `FrozenGraph` or GraphDef; never modified."""
+    own graph). `first`/`second`: a path, `Model`, `Piece` or GraphDef; never modified."""
     first, second = as_model(first), as_model(second)
     if len(set(scopes)) != 2 or not all(scopes) or any("/" in s or ":" in s for s in scopes):
         raise SurgeryError(f"scopes {scopes!r} must be two different names without '/' or ':'",
@@ -153,7 +154,7 @@ def mix_models(first, second, *, connect: dict, scopes=("first", "second")) -> M
     return MixedGraph(graph=graph, models={scopes[0]: first, scopes[1]: second})
 
 
-def compose_frozen(first, second, *, connect: dict, outputs, scopes=("first", "second")) -> FrozenGraph:
+def compose_frozen(first, second, *, connect: dict, outputs, scopes=("first", "second")) -> Piece:
     """Feed frozen graph `first`'s outputs into frozen graph `second` (e.g. a split's offline piece
     into its online piece) and return the one frozen graph, pruned to `outputs` (names in
     `second`, unscoped)."""

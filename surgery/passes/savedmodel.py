@@ -22,6 +22,7 @@ from ..core import graph as g
 from ..core import tfcompat
 from ..core.errors import OutputError, SurgeryError
 from ..core.names import VARIABLE_OP_TYPES, node_input_op, resolve_tensors
+from ..core.pieces import Piece
 from ..core.weights import variable_reader
 from .freeze import STATE_WRITING_OPS, check_cut_is_clean, drop_machinery_control_inputs, tensor_infos
 
@@ -58,13 +59,13 @@ def signature_key(tensor_name: str, taken=()) -> str:
 
 def signature(graph, inputs: list, outputs: list) -> tuple:
     """(`serving_default` SignatureDef, {"inputs": {key: name}, "outputs": ...}) for tensors of
-    `graph` given as names or `{name, ...}` dicts."""
+    `graph` given as names or `TensorSpec`s."""
     keys = {"inputs": {}, "outputs": {}}
     tensors = {"inputs": {}, "outputs": {}}
     taken = set()
     for kind, infos in (("inputs", inputs), ("outputs", outputs)):
         for info in infos:
-            name = info["name"] if isinstance(info, dict) else info
+            name = getattr(info, "name", info)
             try:
                 t = graph.get_tensor_by_name(name if ":" in name else name + ":0")
             except (KeyError, ValueError) as e:
@@ -85,33 +86,7 @@ def signature(graph, inputs: list, outputs: list) -> tuple:
     return sig, keys
 
 
-class VariablePiece:
-    """A piece that keeps its variables: `graph_def` (pruned, variable ops kept, no weights),
-    `inputs`/`outputs` `{name, dtype, shape}`, `cut` {source tensor: placeholder} as `FrozenGraph`
-    has, and `read_variable` to fetch each weight while `variables/` is written."""
-
-    format = "savedmodel"
-
-    def __init__(self, graph_def, inputs, outputs, *, cut, read_variable):
-        self.graph_def = graph_def
-        self.inputs, self.outputs, self.cut = list(inputs), list(outputs), dict(cut)
-        self.read_variable = read_variable
-
-    @property
-    def num_nodes(self) -> int:
-        return len(self.graph_def.node)
-
-    @property
-    def variables(self) -> list:
-        """Variable nodes this piece keeps, in graph order."""
-        return [n for n in self.graph_def.node if n.op in VARIABLE_OP_TYPES]
-
-    def __repr__(self) -> str:
-        return (f"VariablePiece({self.num_nodes} nodes, {len(self.variables)} variables, "
-                f"inputs={[t['name'] for t in self.inputs]}, outputs={[t['name'] for t in self.outputs]})")
-
-
-def variable_piece(model, outputs, *, inputs=()) -> VariablePiece:
+def variable_piece(model, outputs, *, inputs=()) -> Piece:
     """`model` pruned to `outputs`, cut at `inputs` into placeholders, variables kept as variables
     (only those the outputs use). The same cut and prune as `freeze_model`; no weight is read."""
     graph = model.graph
@@ -140,7 +115,7 @@ def variable_piece(model, outputs, *, inputs=()) -> VariablePiece:
             if node.op in VARIABLE_OP_TYPES:
                 _check_stored_shape(node, read, model.checkpoint)
     infos = tensor_infos(gd, out_names)
-    return VariablePiece(gd, infos[0], infos[1], cut=replaced, read_variable=read)
+    return Piece(gd, infos[0], infos[1], format="savedmodel", cut=replaced, read_variable=read)
 
 
 def _check_stored_shape(variable, read, checkpoint) -> None:
@@ -266,7 +241,7 @@ def _run_ops(build, feeds: dict) -> None:
 
 
 def write_saved_model(piece, directory: str, *, progress: bool = False) -> dict:
-    """Write `piece` (a `VariablePiece`) as a SavedModel into the empty `directory`: `saved_model.pb`
+    """Write `piece` (a `savedmodel` `Piece`) as a SavedModel into the empty `directory`: `saved_model.pb`
     with tag `serve` and `serving_default`, variables kept, `variables/` written tensor by tensor.
     Returns the signature keys {"inputs": {key: name}, "outputs": ...}."""
     graph, saver_def, names = _with_variables(piece.graph_def)
@@ -297,5 +272,5 @@ def load_session(directory: str, *, tags=("serve",)):
     return sess
 
 
-__all__ = ["VariablePiece", "variable_piece", "write_saved_model", "write_checkpoint", "load_session",
+__all__ = ["variable_piece", "write_saved_model", "write_checkpoint", "load_session",
            "frozen_limit", "signature", "signature_key", "SIGNATURE", "FORMATS", "LIMIT_ENV"]

@@ -26,13 +26,15 @@ from ..core import graph as g
 from ..core import tfcompat
 from ..core.errors import CutError, GraphTooBigError, OutputError
 from ..core.files import atomic_path
-from ..core.graph import tensor_info, write_graph_def
+from ..core.graph import write_graph_def
 from ..core.manifest import FILENAME as MANIFEST
-from ..core.manifest import piece, source_info, write_manifest
+from ..core.manifest import source_info, write_manifest
+from ..core.model import LoadOptions
 from ..core.names import VARIABLE_OP_TYPES, resolve_tensors, suggest
+from ..core.pieces import Piece, TensorSpec, specs
 from ..core.weights import restore_checkpoint, saver_for
 from . import savedmodel
-from .freeze import FrozenGraph, freeze_model
+from .freeze import freeze_model
 
 tf = tfcompat.tf
 
@@ -46,18 +48,19 @@ _FRAME_OPS = {"Switch", "RefSwitch", "Enter", "RefEnter", "NextIteration", "Loop
 
 @dataclasses.dataclass
 class Split:
-    """The two pieces and how they join: each a `FrozenGraph`, or a `savedmodel.VariablePiece`
-    (its variables kept) when frozen it would pass the 2 GB limit or `format="savedmodel"`.
+    """The two pieces and how they join: each a `Piece`, frozen, or keeping its variables
+    (`format="savedmodel"`) when frozen it would pass the 2 GB limit or when asked.
 
     `cut`: [{tensor, placeholder, dtype, shape}], each cut tensor of the original graph and the
-    online placeholder that replaces it. `offline_inputs` / `live_inputs`: the placeholders
-    fed to the offline piece / fed to the online piece besides the cut ones (user features).
+    online placeholder that replaces it (the manifest's form). `offline_inputs` / `live_inputs`:
+    `TensorSpec`s of the placeholders fed to the offline piece / fed to the online piece besides
+    the cut ones (user features).
     `defaults`: {piece: [PlaceholderWithDefault tensors left at their default]}.
     `original_names`: {offline placeholder: the original tensor it stands for} where they differ.
     """
 
-    offline: object
-    online: object
+    offline: Piece
+    online: Piece
     cut: list
     offline_inputs: list
     live_inputs: list
@@ -120,26 +123,26 @@ def split_model(model, cut, outputs, *, inputs=None, format: str = "auto") -> Sp
     offline_piece = _piece(model, "offline", cut_tensors, offline, format)
     online_piece = _piece(model, "online", out_tensors, cut_tensors, format)
 
-    for spec in offline_piece.inputs:  # a shape the source records only in _output_shapes or its signature
-        if spec["shape"] is None:
-            original = {ph: t for t, ph in offline_piece.cut.items()}.get(spec["name"], spec["name"])
-            spec["shape"] = _declared_shape(model, original)
+    originals = {ph: t for t, ph in offline_piece.cut.items()}
+    offline_piece.inputs = [  # a shape the source records only in _output_shapes or its signature
+        dataclasses.replace(spec, shape=_declared_shape(model, originals.get(spec.name, spec.name)))
+        if spec.shape is None else spec for spec in offline_piece.inputs]
 
-    online_inputs = {i["name"]: i for i in online_piece.inputs}
+    online_inputs = {i.name: i for i in online_piece.inputs}
     cut_info = []
     for t in cut_tensors:
         ph = online_piece.cut[t.name]
         if ph not in online_inputs:
             raise RuntimeError(f"the online piece has no placeholder '{ph}' for cut tensor '{t.name}'")
-        cut_info.append({"tensor": t.name, "placeholder": ph, "dtype": online_inputs[ph]["dtype"],
-                         "shape": online_inputs[ph]["shape"]})
+        cut_info.append({"tensor": t.name, "placeholder": ph, "dtype": online_inputs[ph].dtype,
+                         "shape": online_inputs[ph].as_dict()["shape"]})
     cut_placeholders = {c["placeholder"] for c in cut_info}
     return Split(
         offline=offline_piece,
         online=online_piece,
         cut=cut_info,
         offline_inputs=offline_piece.inputs,
-        live_inputs=[i for i in online_piece.inputs if i["name"] not in cut_placeholders],
+        live_inputs=[i for i in online_piece.inputs if i.name not in cut_placeholders],
         defaults={"offline": _defaults(offline_piece), "online": _defaults(online_piece)},
         original_names={ph: t for t, ph in offline_piece.cut.items() if ph != t},
     )
@@ -168,12 +171,7 @@ def _piece(model, name: str, outputs, inputs, format: str):
     return savedmodel.variable_piece(model, outputs, inputs=inputs)
 
 
-def piece_format(piece) -> str:
-    """"savedmodel" for a piece that keeps its variables, "frozen" for a `FrozenGraph`."""
-    return getattr(piece, "format", "frozen")
-
-
-def _freeze_piece(model, name: str, outputs, inputs) -> FrozenGraph:
+def _freeze_piece(model, name: str, outputs, inputs) -> Piece:
     """`freeze_model`, with a plain refusal where TF2 control flow (If/While, e.g. a batch-norm
     training switch built with cond_v2) captures resource variables freezing cannot rewrite."""
     try:
@@ -276,15 +274,15 @@ def _format_path(path, keep: int = 4) -> str:
 
 def _defaults(piece) -> list:
     """PlaceholderWithDefault tensors a piece keeps (they run at their default unless fed)."""
-    piece_graph = import_piece(piece.skeleton if hasattr(piece, "skeleton") else piece.graph_def)
-    return [tensor_info(op.outputs[0]) for op in piece_graph.get_operations() if op.type == "PlaceholderWithDefault"]
+    piece_graph = import_piece(piece.skeleton)
+    return [TensorSpec.of(op.outputs[0]) for op in piece_graph.get_operations() if op.type == "PlaceholderWithDefault"]
 
 
 # ---------------------------------------------------------------- writing and verification
 
 def write_split(model, split: Split, directory: str, *, verify: int = 4, seed: int = 0,
                 tolerance: float = 1e-4, progress: bool = False, input_shapes=None, verify_data: str | None = None,
-                tag_set: str = "serve", signature=None, trust_code: bool = False) -> dict:
+                options=None) -> dict:
     """Write `offline.pb`, `online.pb` (or SavedModel directories `offline/`, `online/` for pieces
     that keep their variables) and `manifest.json` into `directory`, all or nothing.
 
@@ -308,8 +306,7 @@ def write_split(model, split: Split, directory: str, *, verify: int = 4, seed: i
         if verify > 0:
             feeds = verify_feeds(model, split, n=verify, seed=seed, input_shapes=input_shapes,
                                  verify_data=verify_data)
-            verification = verify_in_child(model, split, tmp, feeds, tolerance=tolerance, tag_set=tag_set,
-                                           signature=signature, trust_code=trust_code)
+            verification = verify_in_child(model, split, tmp, feeds, tolerance=tolerance, options=options)
             verification["data"] = "given" if verify_data else "random"
             if not verification["passed"]:
                 raise CutError(
@@ -318,17 +315,18 @@ def write_split(model, split: Split, directory: str, *, verify: int = 4, seed: i
                     f"{'given' if verify_data else 'random'} inputs",
                     "the graph is not deterministic (random ops, dropout left on?) or the cut changes it; "
                     "nothing was written")
-        pieces = {name: dict(piece(files[name], p), format=piece_format(p), defaults=split.defaults[name])
+        pieces = {name: dict(p.manifest_entry(files[name]), format=p.format,
+                             defaults=[d.as_dict() for d in split.defaults[name]])
                   for name, p in pieces.items()}
         return write_manifest(tmp, source=source_info(model), pieces=pieces, cut=split.cut,
-                              live_inputs=split.live_inputs, verification=verification)
+                              live_inputs=[i.as_dict() for i in split.live_inputs], verification=verification)
 
 
 def write_piece(piece, directory: str, name: str, *, progress: bool = False) -> str:
     """Write one piece into `directory` as `NAME.pb` (frozen) or `NAME/` (a SavedModel keeping its
     variables); returns the file name the manifest records."""
-    file = PIECE_FILES[piece_format(piece)].format(name)
-    if piece_format(piece) == "savedmodel":
+    file = PIECE_FILES[piece.format].format(name)
+    if piece.format == "savedmodel":
         savedmodel.write_saved_model(piece, os.path.join(directory, file), progress=progress)
     else:
         write_graph_def(piece, os.path.join(directory, file), progress=progress)
@@ -336,7 +334,7 @@ def write_piece(piece, directory: str, name: str, *, progress: bool = False) -> 
 
 
 def random_feeds(inputs, n: int, rng, graph_def=None) -> dict:
-    """Random values for placeholders `[{name, dtype, shape}]`, n rows where the batch is unknown.
+    """Random values for placeholders (`TensorSpec`s), n rows where the batch is unknown.
 
     uint8 → pixels 0..255, integers → ids below the smallest table they index (found in
     `graph_def`), floats → standard normal; scalars are settings: False or 1.
@@ -344,10 +342,10 @@ def random_feeds(inputs, n: int, rng, graph_def=None) -> dict:
     bounds = _id_bounds(graph_def) if graph_def is not None else {}
     feeds = {}
     for spec in inputs:
-        dtype = tf.as_dtype(spec["dtype"])
-        shape = spec["shape"]
-        if shape == []:
-            feeds[spec["name"]] = np.array(False if dtype == tf.bool else 1, dtype=dtype.as_numpy_dtype)
+        dtype = tf.as_dtype(spec.dtype)
+        shape = spec.shape
+        if shape == ():
+            feeds[spec.name] = np.array(False if dtype == tf.bool else 1, dtype=dtype.as_numpy_dtype)
             continue
         dims = [n if d is None and i == 0 else (d if d is not None else 8)
                 for i, d in enumerate(shape if shape is not None else [None])]
@@ -356,13 +354,13 @@ def random_feeds(inputs, n: int, rng, graph_def=None) -> dict:
         elif dtype == tf.uint8:
             value = rng.integers(0, 256, dims)
         elif dtype.is_integer:
-            value = rng.integers(0, bounds.get(spec["name"].split(":")[0], 10), dims)
+            value = rng.integers(0, bounds.get(spec.op, 10), dims)
         elif dtype.is_floating:
             value = rng.standard_normal(dims)
         else:
-            raise CutError(f"cannot make random values of {spec['dtype']} for input '{spec['name']}'",
+            raise CutError(f"cannot make random values of {spec.dtype} for input '{spec.name}'",
                            "give real inputs with --verify-data FILE, or pass --verify 0 and check the pieces yourself")
-        feeds[spec["name"]] = value.astype(dtype.as_numpy_dtype)
+        feeds[spec.name] = value.astype(dtype.as_numpy_dtype)
     return feeds
 
 
@@ -418,7 +416,7 @@ def verify_feeds(model, split: Split, *, n: int, seed: int = 0, input_shapes=Non
     rng = np.random.default_rng(seed)
     specs = {}
     for spec in list(split.offline_inputs) + list(split.live_inputs):
-        specs.setdefault(spec["name"], dict(spec))
+        specs.setdefault(spec.name, spec)
     given = _match_inputs(input_shapes or {}, specs, "--input-shape")
     rows = _verify_rows(verify_data, specs, n) if verify_data else {}
     feeds = {}
@@ -428,21 +426,21 @@ def verify_feeds(model, split: Split, *, n: int, seed: int = 0, input_shapes=Non
             continue
         original = split.original_names.get(name, name)
         shape = given.get(name)
-        if shape is None and spec["shape"] is not None:
-            shape = _refine(spec["shape"], _consumer_shape(model.graph, original))
+        if shape is None and spec.shape is not None:
+            shape = _refine(spec.shape, _consumer_shape(model.graph, original))
         if shape is None:
             shape = _declared_shape(model, original)
         if shape is None:
             shape = _consumer_shape(model.graph, original)
         if shape is None:
-            if tf.as_dtype(spec["dtype"]) == tf.bool:
+            if tf.as_dtype(spec.dtype) == tf.bool:
                 shape = []  # a shapeless boolean switch: a setting, fed False
             else:
                 raise CutError(f"cannot verify the split: the shape of input '{name}' is unknown (no declared "
                                "shape, no _output_shapes, no signature, and its consumers do not fix its rank)",
                                _SHAPE_HINT.format(name=name.split(":")[0]))
-        feeds.update(random_feeds([dict(spec, shape=shape)], n, rng,
-                                  split.offline.graph_def if name in {i["name"] for i in split.offline_inputs}
+        feeds.update(random_feeds([dataclasses.replace(spec, shape=shape)], n, rng,
+                                  split.offline.graph_def if name in {i.name for i in split.offline_inputs}
                                   else split.online.graph_def))
     return feeds
 
@@ -466,14 +464,15 @@ def _verify_rows(path: str, specs: dict, n: int) -> dict:
     file with one dataset per input (named as the input op, e.g. `images` or `net/x`)."""
     from ..data import ArrayRows, check_feedable
 
-    data_inputs = [name for name, spec in specs.items() if spec["shape"] != []]
+    data_inputs = [name for name, spec in specs.items() if spec.shape != ()]
     rows = {}
     for name in (data_inputs if not path.endswith(".npy") else data_inputs[:1]):
         if path.endswith(".npy") and len(data_inputs) > 1:
             raise CutError(f"--verify-data {path}: one .npy array cannot feed {len(data_inputs)} inputs "
                            f"({', '.join(data_inputs)})", "pass an HDF5 file with one dataset per input")
         with ArrayRows(path, None if path.endswith(".npy") else name.split(":")[0], what="--verify-data") as source:
-            dtype = check_feedable(source, dict(specs[name], shape=None), where=f"--verify-data {source.where}")
+            dtype = check_feedable(source, dataclasses.replace(specs[name], shape=None),
+                                   where=f"--verify-data {source.where}")
             rows[name] = source.read(0, min(n, len(source))).astype(dtype)
     return rows
 
@@ -542,10 +541,11 @@ def _consumer_shape(graph, tensor_name: str):
 
 
 def verify_in_child(model, split: Split, directory: str, feeds: dict, *, tolerance: float = 1e-4,
-                    tag_set: str = "serve", signature=None, trust_code: bool = False) -> dict:
+                    options=None) -> dict:
     """`verify_split` in a fresh Python process: the original model is loaded again from its
-    path there. A crash of TensorFlow (a `CHECK` failure aborts the process) or an error becomes
-    `CutError` with TensorFlow's own message; this process is never at risk."""
+    path there (with `options`, a `model.LoadOptions`). A crash of TensorFlow (a `CHECK` failure
+    aborts the process) or an error becomes `CutError` with TensorFlow's own message; this process
+    is never at risk."""
     import json
     import subprocess
     import sys
@@ -556,13 +556,14 @@ def verify_in_child(model, split: Split, directory: str, feeds: dict, *, toleran
         np.savez(os.path.join(work, "feeds.npz"), *[_without_objects(feeds[k]) for k in names])
         from .bind import format_sets
 
-        spec = {"model": model.path, "tag_set": tag_set, "signature": signature, "trust_code": trust_code,
+        spec = {"model": model.path, "options": dataclasses.asdict(options or LoadOptions()),
                 "set": format_sets(model.bound_placeholders),
                 "pieces": directory,
                 "feeds": names, "tolerance": tolerance,
-                "split": {"offline_inputs": split.offline_inputs, "live_inputs": split.live_inputs,
+                "split": {"offline_inputs": [i.as_dict() for i in split.offline_inputs],
+                          "live_inputs": [i.as_dict() for i in split.live_inputs],
                           "cut": split.cut, "original_names": split.original_names,
-                          "outputs": split.online.outputs}}
+                          "outputs": [o.as_dict() for o in split.online.outputs]}}
         with open(os.path.join(work, "spec.json"), "w") as f:
             json.dump(spec, f)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
@@ -602,7 +603,6 @@ def _verify_child(work: str) -> int:
     import types
 
     from ..core.errors import SurgeryError
-    from ..core.model import load_model
     from .bind import bind
 
     with open(os.path.join(work, "spec.json")) as f:
@@ -610,12 +610,11 @@ def _verify_child(work: str) -> int:
     with np.load(os.path.join(work, "feeds.npz"), allow_pickle=False) as data:
         feeds = {name: data[f"arr_{i}"] for i, name in enumerate(spec["feeds"])}
     s = spec["split"]
-    split = types.SimpleNamespace(offline_inputs=s["offline_inputs"], live_inputs=s["live_inputs"], cut=s["cut"],
-                                  original_names=s["original_names"],
-                                  online=types.SimpleNamespace(outputs=s["outputs"]))
+    split = types.SimpleNamespace(offline_inputs=specs(s["offline_inputs"]), live_inputs=specs(s["live_inputs"]),
+                                  cut=s["cut"], original_names=s["original_names"],
+                                  online=types.SimpleNamespace(outputs=specs(s["outputs"])))
     try:
-        model = bind(load_model(spec["model"], tag_set=spec["tag_set"], signature=spec["signature"],
-                                trust_code=spec["trust_code"]), spec["set"])
+        model = bind(LoadOptions(**spec["options"]).load(spec["model"]), spec["set"])
         result = verify_split(model, split, spec["pieces"], feeds, tolerance=spec["tolerance"])
     except SurgeryError as e:
         print(f"surgery: error: {e}", file=sys.stderr)
@@ -633,13 +632,13 @@ def verify_split(model, split: Split, directory: str, feeds: dict, *, tolerance:
     SavedModel) is the whole graph frozen to serve as the reference.
     """
     offline_path, online_path = _written_piece(directory, "offline"), _written_piece(directory, "online")
-    output_names = [o["name"] for o in split.online.outputs]
+    output_names = [o.name for o in split.online.outputs]
     n = max((len(v) for v in feeds.values() if np.ndim(v)), default=1)
 
-    cut_values = _run_written(offline_path, {k: feeds[k] for k in (i["name"] for i in split.offline_inputs)},
+    cut_values = _run_written(offline_path, {k: feeds[k] for k in (i.name for i in split.offline_inputs)},
                               [c["tensor"] for c in split.cut])
     online_feeds = {c["placeholder"]: v for c, v in zip(split.cut, cut_values)}
-    online_feeds.update({i["name"]: feeds[i["name"]] for i in split.live_inputs})
+    online_feeds.update({i.name: feeds[i.name] for i in split.live_inputs})
     got = _run_written(online_path, online_feeds, output_names)
     expected, reference = _run_original(model, {split.original_names.get(k, k): v for k, v in feeds.items()},
                                         output_names)
@@ -716,9 +715,9 @@ def _run_original(model, feeds: dict, fetches: list):
             return _session_run(sess, fetches, feeds), "checkpoint"
     whole = freeze_model(model, fetches)
     return _run(whole.graph_def, {k: v for k, v in feeds.items()
-                                  if k in {i["name"] for i in whole.inputs}}, fetches), "frozen"
+                                  if k in {i.name for i in whole.inputs}}, fetches), "frozen"
 
 
-__all__ = ["Split", "split_model", "write_split", "write_piece", "piece_format", "verify_feeds", "verify_in_child",
+__all__ = ["Split", "split_model", "write_split", "write_piece", "verify_feeds", "verify_in_child",
            "verify_split", "random_feeds",
            "import_piece"]

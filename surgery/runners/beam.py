@@ -26,7 +26,6 @@ clears them first.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import glob
 import json
 import os
@@ -35,6 +34,7 @@ import numpy as np
 
 from ..core.errors import DataError, ModelLoadError, SurgeryError
 from ..core.files import atomic_path, write_text
+from ..core.pieces import Piece, open_pieces
 from ..data import RowsWithIds, rows_with_ids
 from ..data import write_dataset as _write_dataset
 
@@ -68,34 +68,32 @@ def require_beam():
 
 # ---------------------------------------------------------------- the graph to run
 
-@dataclasses.dataclass(frozen=True)
-class GraphSpec:
-    """The offline piece, resolved in the driver: which file, what to feed, what to fetch and store."""
+def resolve_graph(graph, *, inputs: str | None = None, outputs=None) -> tuple[Piece, tuple]:
+    """GRAPH (a split directory's offline piece, or a frozen .pb/.pbtxt) → (the offline `Piece` as
+    it lies on disk, fed and fetched where `precompute` would, the dataset name of each output).
 
-    graph_file: str
-    sha256: str
-    input: dict  # {name, dtype, shape}
-    outputs: tuple  # ({tensor, name, dtype, shape}, ...): tensor to fetch, dataset name to store it under
-
-
-def resolve_graph(graph_path: str, *, inputs: str | None = None, outputs=None) -> GraphSpec:
-    """GRAPH (a split directory's offline piece, or a frozen .pb/.pbtxt) → a `GraphSpec`.
-
-    Resolution (defaults, `T=NAME`, dataset names, the graph's sha256) is the local path's own
-    `precompute.load_offline_graph`, so both runners store the same datasets for the same
-    arguments. Workers load the graph from its file, so GRAPH must be one on disk.
+    Resolution (defaults, `T=NAME`, dataset names, the graph's sha256) is the local runner's own
+    `precompute.offline_piece`, so both runners store the same datasets for the same arguments.
+    Workers load the graph from its file, so GRAPH must be one on disk; the piece returned holds
+    only its path, so that shipping it to workers does not ship the graph.
     """
-    from ..core.manifest import is_pieces_dir
-    from .precompute import load_offline_graph
+    from .precompute import offline_piece
 
-    offline = load_offline_graph(graph_path, inputs=inputs, outputs=outputs)
-    if not offline.path.endswith((".pb", ".pbtxt")) and not is_pieces_dir(graph_path):
-        raise ModelLoadError(f"{graph_path} is neither a split directory nor a frozen .pb",
+    opened = open_pieces(graph)
+    offline, datasets = offline_piece(opened, inputs=inputs, outputs=outputs)
+    if not str(offline.source).endswith((".pb", ".pbtxt")) and not opened.is_split:
+        raise ModelLoadError(f"{graph} is neither a split directory nor a frozen .pb",
                              "for --runner beam pass the directory written by `surgery split` or a "
                              "`surgery freeze` .pb")
-    fetch = tuple({"tensor": o["name"], "name": o["dataset"], "dtype": o["dtype"], "shape": o["shape"]}
-                  for o in offline.outputs)
-    return GraphSpec(offline.path, offline.sha256, offline.input, fetch)
+    on_disk = Piece(inputs=offline.inputs, outputs=offline.outputs, name="offline", path=offline.source,
+                    format="savedmodel" if os.path.isdir(offline.source) else "frozen", sha256=offline.sha256)
+    return on_disk, tuple(datasets)
+
+
+def _fetches(piece: Piece, datasets) -> list:
+    """[{tensor, name, dtype, shape}]: each output and the dataset it is stored under (plan and index form)."""
+    return [{"tensor": o.name, "name": d, "dtype": o.dtype, "shape": o.as_dict()["shape"]}
+            for o, d in zip(piece.outputs, datasets)]
 
 
 # ---------------------------------------------------------------- sharded inputs
@@ -180,7 +178,7 @@ class FrozenGraphModelHandler(ModelHandler):
         return {"min_batch_size": 1, "max_batch_size": self.max_blocks_per_batch}
 
 
-def _read_blocks(shard, source, spec: GraphSpec, shard_dir: str, batch_size: int):
+def _read_blocks(shard, source, shard_dir: str, batch_size: int):
     """(start, stop) → ((start, stop, block_start), rows) for every block, read here in the worker.
     A shard already on disk (a rerun) yields nothing."""
     start, stop = shard
@@ -191,7 +189,7 @@ def _read_blocks(shard, source, spec: GraphSpec, shard_dir: str, batch_size: int
         yield (start, stop, start + b), rows[b:b + batch_size]
 
 
-def _write_shard(item, source, spec: GraphSpec, shard_dir: str) -> dict:
+def _write_shard(item, source, piece: Piece, datasets, shard_dir: str) -> dict:
     """All blocks of one shard, in row order, into `shard_dir/shard-START-STOP.h5` (atomically)."""
     import h5py
 
@@ -200,12 +198,12 @@ def _write_shard(item, source, spec: GraphSpec, shard_dir: str) -> dict:
     path = os.path.join(shard_dir, shard_file(start, stop))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            for i, out in enumerate(spec.outputs):
-                _write_dataset(f, out["name"], np.concatenate([b[1][i] for b in blocks]))
+            for i, name in enumerate(datasets):
+                _write_dataset(f, name, np.concatenate([b[1][i] for b in blocks]))
             ids = source.read_ids(start, stop)
             if ids is not None:
                 _write_dataset(f, "ids", np.asarray(ids))
-            f.attrs["graph_sha256"] = spec.sha256
+            f.attrs["graph_sha256"] = piece.sha256
             f.attrs["rows"] = [start, stop]
     return {"file": os.path.basename(path), "start": start, "stop": stop}
 
@@ -214,37 +212,37 @@ def precompute_transform(graph, source, shard_dir: str, *, inputs: str | None = 
                          batch_size: int = 256, max_blocks_per_batch: int = 8):
     """A PTransform: PCollection of (start, stop) shard ranges → PCollection of the index path.
 
-    Embed it in your own pipeline; `graph` is a `GraphSpec` or a GRAPH path (resolved now, in the
-    driver). Ranges come from `shard_ranges(source, ...)` so that they start on the batch grid.
+    Embed it in your own pipeline; `graph` is what `resolve_graph` takes or returns (resolved
+    now, in the driver). Ranges come from `shard_ranges(source, ...)` so that they start on the batch grid.
     The output holds one element, the index file, written after every shard.
     """
     require_beam()
-    spec = graph if isinstance(graph, GraphSpec) else resolve_graph(graph, inputs=inputs, outputs=outputs)
+    piece, datasets = graph if isinstance(graph, tuple) else resolve_graph(graph, inputs=inputs, outputs=outputs)
     if hasattr(source, "bind"):
-        source.bind(spec)
+        source.bind(piece.inputs[0])
     shard_dir = os.path.abspath(shard_dir)
     handler = KeyedModelHandler(FrozenGraphModelHandler(
-        spec.graph_file, spec.input["name"], [o["tensor"] for o in spec.outputs],
+        piece.path, piece.inputs[0].name, [o.name for o in piece.outputs],
         max_blocks_per_batch=max_blocks_per_batch))
 
     @beam.ptransform_fn
     def _precompute(ranges):
         shards = ranges | "AllShards" >> beam.combiners.ToList()
         written = (ranges
-                   | "ReadBlocks" >> beam.FlatMap(_read_blocks, source, spec, shard_dir, batch_size)
+                   | "ReadBlocks" >> beam.FlatMap(_read_blocks, source, shard_dir, batch_size)
                    | "RunInference" >> RunInference(handler)
                    | "KeyByShard" >> beam.Map(lambda kv: ((kv[0][0], kv[0][1]), (kv[0][2], kv[1].inference)))
                    | "GroupByShard" >> beam.GroupByKey()
-                   | "WriteShard" >> beam.Map(_write_shard, source, spec, shard_dir)
+                   | "WriteShard" >> beam.Map(_write_shard, source, piece, datasets, shard_dir)
                    | "CountWritten" >> beam.combiners.Count.Globally())
         return (shards | "WriteIndex" >> beam.Map(
-            lambda all_shards, _count: write_index(shard_dir, spec, source, batch_size, all_shards),
+            lambda all_shards, _count: write_index(shard_dir, piece, datasets, source, batch_size, all_shards),
             beam.pvalue.AsSingleton(written)))
 
     return _precompute()
 
 
-def write_index(shard_dir: str, spec: GraphSpec, source, batch_size: int, shards) -> str:
+def write_index(shard_dir: str, piece: Piece, names, source, batch_size: int, shards) -> str:
     """Write `shard_dir/index.json` from every shard on disk; refuses while a shard is missing."""
     import h5py
 
@@ -256,14 +254,14 @@ def write_index(shard_dir: str, spec: GraphSpec, source, batch_size: int, shards
     datasets, ids = [], None
     if shards:
         with h5py.File(os.path.join(shard_dir, shard_file(*shards[0])), "r") as f:
-            for out in spec.outputs:
+            for out in _fetches(piece, names):
                 d = f[out["name"]]
                 datasets.append({"name": out["name"], "tensor": out["tensor"], "dtype": str(d.dtype),
                                  "shape": [None, *d.shape[1:]]})
             if "ids" in f:
                 ids = {"name": "ids", "dtype": "string" if h5py.check_string_dtype(f["ids"].dtype) else str(f["ids"].dtype)}
-    index = {"format": INDEX_FORMAT, "graph": spec.graph_file, "graph_sha256": spec.sha256,
-             "input": spec.input, "source": source.describe(), "batch_size": batch_size,
+    index = {"format": INDEX_FORMAT, "graph": piece.path, "graph_sha256": piece.sha256,
+             "input": piece.inputs[0].as_dict(), "source": source.describe(), "batch_size": batch_size,
              "num_rows": sum(b - a for a, b in shards), "datasets": datasets, "ids": ids,
              "shards": [{"file": shard_file(a, b), "start": a, "stop": b} for a, b in shards]}
     path = os.path.join(shard_dir, INDEX_FILE)
@@ -297,15 +295,17 @@ def run_precompute(graph, source, shard_dir: str, *, inputs: str | None = None, 
     if batch_size < 1 or rows_per_shard < 1:
         raise SurgeryError("batch size and rows per shard must be positive", "e.g. --batch-size 256")
     options = _pipeline_options(runner, beam_options)
-    spec = graph if isinstance(graph, GraphSpec) else resolve_graph(graph, inputs=inputs, outputs=outputs)
+    piece, datasets = graph if isinstance(graph, tuple) else resolve_graph(graph, inputs=inputs, outputs=outputs)
     if hasattr(source, "bind"):
-        source.bind(spec)
+        source.bind(piece.inputs[0])
     ranges = shard_ranges(source, rows_per_shard=rows_per_shard, batch_size=batch_size)
-    _start_plan(shard_dir, {"graph_sha256": spec.sha256, "input": spec.input, "outputs": list(spec.outputs),
+    _start_plan(shard_dir, {"graph_sha256": piece.sha256, "input": piece.inputs[0].as_dict(),
+                            "outputs": _fetches(piece, datasets),
                             "source": source.describe(), "batch_size": batch_size, "shards": ranges})
     with beam.Pipeline(options=options) as p:
         _ = (p | "Shards" >> beam.Create(ranges)
-             | "Precompute" >> precompute_transform(spec, source, shard_dir, batch_size=batch_size))
+             | "Precompute" >> precompute_transform((piece, datasets), source, shard_dir,
+                                                                 batch_size=batch_size))
     return os.path.join(os.path.abspath(shard_dir), INDEX_FILE)
 
 
@@ -425,6 +425,6 @@ def merge_shards(index_path: str, out_h5: str) -> str:
     return out_h5
 
 
-__all__ = ["GraphSpec", "resolve_graph", "RowsSource", "HDF5Source", "NpySource", "TFRecordSource", "source_for", "shard_ranges",
+__all__ = ["resolve_graph", "RowsSource", "HDF5Source", "NpySource", "TFRecordSource", "source_for", "shard_ranges",
            "FrozenGraphModelHandler", "precompute_transform", "run_precompute", "write_index",
            "ShardedTable", "merge_shards", "require_beam", "BeamNotInstalledError", "INSTALL"]

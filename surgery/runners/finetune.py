@@ -32,10 +32,11 @@ from ..core import graph as g
 from ..core import tfcompat
 from ..core.errors import DataError, RestoreError, SurgeryError
 from ..core.files import atomic_path, write_text
-from ..core.manifest import piece, source_info, write_manifest
+from ..core.manifest import source_info, write_manifest
 from ..core.model import Model, load_model
+from ..core.pieces import TensorSpec
 from ..core.weights import CheckpointCopy, CheckpointSource, restore_checkpoint, write_checkpoint
-from ..data import DEFAULT_PREPROCESS, check_feedable, open_labels, open_rows, spec_of
+from ..data import DEFAULT_PREPROCESS, check_feedable, open_labels, open_rows
 from ..exporters.export import export_model
 from ..passes.freeze import freeze_graph, write_graph_def
 from ..passes.restore import plan_restore
@@ -227,7 +228,7 @@ def _prepare(model: Model, config: FinetuneConfig, out: str, cache_memory: int |
     saved state to resume, and cache the bottlenecks when asked: all before training starts."""
     sp = splice(model, config.at, config.head, train_scopes=config.train_scopes, optimizer=config.optimizer,
                 lr=config.lr, seed=config.seed)
-    spec = spec_of(sp.input)
+    spec = TensorSpec.of(sp.input)
     data = config.data
     with open_rows(data, config.x_key, spec=spec, preprocess=config.preprocess) as source:
         y = open_labels(data, config.y_key, source)
@@ -381,7 +382,7 @@ def _write_output(run: _Run, out: str, history: list, initial, start: int, train
         export_model(load_model(prefix), os.path.join(tmp, SAVED_MODEL), outputs=[sp.probabilities.name])
         plot_history(history, os.path.join(tmp, HISTORY_PNG))
         manifest = write_manifest(
-            tmp, source=source_info(model), pieces={"model": piece(FROZEN, frozen_graph)}, checkpoint=CHECKPOINT,
+            tmp, source=source_info(model), pieces={"model": frozen_graph.manifest_entry(FROZEN)}, checkpoint=CHECKPOINT,
             finetune={"at": sp.at.name, "head": run.config.head_text, "boundary": sp.boundary, "names": names,
                       "trainable": trainable, "fixed": list(sp.fixed_variables), "num_classes": sp.num_classes,
                       "classes": run.classes, **run.config.record(),

@@ -24,7 +24,6 @@ used here).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import queue
@@ -36,8 +35,9 @@ import numpy as np
 
 from ..core import tfcompat
 from ..core.errors import DataError, OutputError, SurgeryError
-from ..core.graph import graph_from_def
+from ..core.graph import ancestors, graph_from_def
 from ..core.names import parse_list, resolve_tensor, resolve_tensors, split_tensor_name
+from ..core.pieces import Piece, open_pieces
 from ..data import RowSource, check_feedable, open_ids, open_rows
 
 tf = tfcompat.tf
@@ -50,17 +50,6 @@ SLOW_READ_ENV = "SURGERY_PRECOMPUTE_SLOW_READ_S"  # testing: simulate a slow inp
 
 
 # ---------------------------------------------------------------- the graph to run
-
-@dataclasses.dataclass
-class OfflineGraph:
-    """A frozen graph ready to run: what to feed, what to fetch and under which dataset names."""
-
-    path: str
-    graph_def: object
-    sha256: str  # of the graph bytes (the .pb file, or the deterministic serialisation of a freeze)
-    input: dict  # {name, dtype, shape}
-    outputs: list  # [{name, dtype, shape, dataset}]
-
 
 def parse_outputs(spec) -> list[tuple[str, str | None]]:
     """`'fc7=emb,fc6'` → `[('fc7', 'emb'), ('fc6', None)]`."""
@@ -87,70 +76,71 @@ def _dataset_names(tensors: list[str], names: list) -> list[str]:
     return result
 
 
-def load_offline_graph(path: str, *, inputs=None, outputs=None, tag_set: str = "serve", signature: str | None = None,
-                       trust_code: bool = False, set=None) -> OfflineGraph:
-    """GRAPH as `precompute` takes it: a split directory (its `offline` piece), a frozen .pb,
-    or any MODEL (frozen here with values read from its checkpoint); `set` binds placeholders
-    ({name: value} or `T=VALUE` strings, see `bind.bind`)."""
-    from ..core.graph import ancestors, tensor_info
-    from ..core.manifest import is_pieces_dir, piece_digest, piece_path, read_manifest
-    from ..core.model import load_model
+def offline_piece(graph, *, inputs=None, outputs=None, set=None) -> tuple[Piece, list[str]]:
+    """GRAPH as `precompute` runs it → (a frozen `Piece` fed at exactly one input and fetching the
+    outputs, the dataset name to store each output under).
+
+    GRAPH: a split directory (its `offline` piece), a frozen .pb, any MODEL (frozen here with
+    values read from its checkpoint), an `open_pieces` result or a `Piece`; `set` binds
+    placeholders ({name: value} or `T=VALUE` strings, see `bind.bind`). The digest of a piece
+    read from a file is the file's, which `OnlineServer` checks a precomputed file against.
+    """
     from ..passes.bind import bind
     from ..passes.freeze import freeze_model
     from ..passes.inspect import likely_outputs
 
     default_inputs = default_outputs = None
-    piece_file = None  # a split directory's piece: its digest is the piece's own (`OnlineServer` checks it)
-    if is_pieces_dir(path):
-        manifest = read_manifest(path)
-        graph_file = piece_path(path, manifest, "offline")
-        piece = manifest["pieces"]["offline"]
-        default_inputs = [t["name"] for t in piece.get("inputs", [])]
-        default_outputs = [t["name"] for t in piece.get("outputs", [])]
-        path = piece_file = graph_file
-    model = bind(load_model(path, tag_set=tag_set, signature=signature, trust_code=trust_code), set)
-    output_spec = parse_outputs(outputs)
-    if model.is_frozen and model.bound_placeholders:
-        graph, graph_def = model.graph, model.graph_def
-        digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True)).hexdigest()
-    elif model.is_frozen:
-        with open(model.path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-        graph, graph_def = model.graph, model.graph_def
+    if isinstance(graph, Piece):
+        model, disk = bind(graph.load(), set), graph
+        default_inputs, default_outputs = [t.name for t in graph.inputs], [t.name for t in graph.outputs]
     else:
-        wanted = [t for t, _ in output_spec] or [t["name"] for t in likely_outputs(model)]
+        opened = open_pieces(graph)
+        disk = opened.piece("offline") if opened.is_split else None
+        if disk is not None:
+            default_inputs, default_outputs = [t.name for t in disk.inputs], [t.name for t in disk.outputs]
+        model = bind(disk.load() if disk is not None else opened.model(), set)
+    output_spec = parse_outputs(outputs)
+    where = os.path.abspath(disk.path if disk is not None and disk.path else model.path)
+    if model.is_frozen:
+        piece = Piece(model.graph_def, source=where,
+                      path=None if model.bound_placeholders else model.path)
+        graph_ = model.graph
+    else:
+        wanted = [t for t, _ in output_spec] or default_outputs or [t.name for t in likely_outputs(model)]
         frozen = freeze_model(model, wanted)
-        graph_def = frozen.graph_def
-        digest = piece_digest(piece_file) if piece_file else \
-            hashlib.sha256(graph_def.SerializeToString(deterministic=True)).hexdigest()
-        graph = graph_from_def(graph_def)
-        default_outputs = [t["name"] for t in frozen.outputs]
+        default_outputs = [t.name for t in frozen.outputs]
+        piece = Piece(frozen.graph_def, source=where, sha256=disk.sha256 if disk is not None else None)
+        graph_ = graph_from_def(piece.graph_def)
     if not output_spec:
-        names = default_outputs if default_outputs is not None else [t["name"] for t in likely_outputs(model)]
+        names = default_outputs if default_outputs is not None else [t.name for t in likely_outputs(model)]
         output_spec = [(n, None) for n in names]
     if not output_spec:
-        raise SurgeryError(f"{path} has no obvious output", "name the tensors to store with --outputs T[=NAME],..")
-    out_tensors = resolve_tensors(graph, [t for t, _ in output_spec])
+        raise SurgeryError(f"{where} has no obvious output", "name the tensors to store with --outputs T[=NAME],..")
+    out_tensors = resolve_tensors(graph_, [t for t, _ in output_spec])
+    in_tensor = _the_input(graph_, piece.graph_def, out_tensors, inputs, default_inputs, where)
+    names = _dataset_names([t.name for t in out_tensors], [n for _, n in output_spec])
+    return piece.with_io([in_tensor], out_tensors), names
+
+
+def _the_input(graph, graph_def, out_tensors, inputs, default_inputs, where: str):
+    """The one tensor the data goes into: `--inputs`, else the one non-scalar placeholder (of the
+    manifest's, or of those the outputs depend on)."""
     if inputs:
         in_names = parse_list(inputs)
         if len(in_names) != 1:
             raise SurgeryError(f"--inputs names {len(in_names)} tensors; precompute feeds one",
                                "name the one tensor the data goes into")
-        in_tensor = resolve_tensor(graph, in_names[0])
-    else:
-        if default_inputs is None:  # the placeholders the outputs depend on
-            needed = ancestors(graph_def, out_tensors)
-            default_inputs = [n.name + ":0" for n in graph_def.node if n.name in needed and n.op == "Placeholder"]
-        candidates = resolve_tensors(graph, default_inputs)  # a manifest naming what its graph lacks: exit 2
-        candidates = [t for t in candidates if t.shape.rank is None or t.shape.rank > 0]  # scalars are settings
-        if len(candidates) != 1:
-            raise SurgeryError(f"{path} has {len(candidates)} candidate inputs"
-                               + (": " + ", ".join(t.name for t in candidates) if candidates else ""),
-                               "name the tensor the data goes into with --inputs")
-        in_tensor = candidates[0]
-    names = _dataset_names([t.name for t in out_tensors], [n for _, n in output_spec])
-    return OfflineGraph(path=os.path.abspath(path), graph_def=graph_def, sha256=digest, input=tensor_info(in_tensor),
-                        outputs=[{**tensor_info(t), "dataset": n} for t, n in zip(out_tensors, names)])
+        return resolve_tensor(graph, in_names[0])
+    if default_inputs is None:  # the placeholders the outputs depend on
+        needed = ancestors(graph_def, out_tensors)
+        default_inputs = [n.name + ":0" for n in graph_def.node if n.name in needed and n.op == "Placeholder"]
+    candidates = resolve_tensors(graph, default_inputs)  # a manifest naming what its graph lacks: exit 2
+    candidates = [t for t in candidates if t.shape.rank is None or t.shape.rank > 0]  # scalars are settings
+    if len(candidates) != 1:
+        raise SurgeryError(f"{where} has {len(candidates)} candidate inputs"
+                           + (": " + ", ".join(t.name for t in candidates) if candidates else ""),
+                           "name the tensor the data goes into with --inputs")
+    return candidates[0]
 
 
 # ---------------------------------------------------------------- running it
@@ -172,12 +162,11 @@ class PrecomputeResult:
 
 
 def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None = None, batch_size: int = 256,
-               inputs=None, outputs=None, tag_set: str = "serve", preprocess: str | None = None,
-               signature: str | None = None, trust_code: bool = False, set=None,
+               inputs=None, outputs=None, preprocess: str | None = None, set=None,
                progress: bool = False) -> PrecomputeResult:
     """Run GRAPH's offline piece over `data[key]` into `out` (HDF5), resuming an interrupted run.
 
-    `graph` is a split directory, a frozen `.pb`, any MODEL, or an `OfflineGraph`. `data` is any
+    `graph` is what `offline_piece` takes (a path, an `open_pieces` result, a `Piece`). `data` is any
     `data.open_rows` source (HDF5, `.npy`, TFRecord, image folder), scaled as `preprocess` says.
     `outputs` are `T[=NAME],..` (default: the piece's outputs, stored as `embeddings` when there
     is one); `ids` is a dataset key (for `.npy` data: a `.npy` file; a TFRecord feature; any
@@ -186,26 +175,25 @@ def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None =
     """
     if batch_size < 1:
         raise SurgeryError(f"--batch-size {batch_size} is not a positive number", "use e.g. --batch-size 256")
-    offline = graph if isinstance(graph, OfflineGraph) else \
-        load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set, signature=signature,
-                           trust_code=trust_code, set=set)
+    offline, datasets = offline_piece(graph, inputs=inputs, outputs=outputs, set=set)
+    spec = offline.inputs[0]
     out = os.path.abspath(out)
     if os.path.isdir(out):
         raise OutputError(f"{out} is a directory", "pass a file name for --out, e.g. --out embeddings.h5")
-    source = open_rows(data, None if data.endswith(".npy") else key, spec=offline.input, preprocess=preprocess)
+    source = open_rows(data, None if data.endswith(".npy") else key, spec=spec, preprocess=preprocess)
     id_source = None
     try:
-        feed_dtype = check_feedable(source, offline.input)
+        feed_dtype = check_feedable(source, spec)
         if ids:
             id_source = open_ids(data, ids, source)
         with Runner(offline) as runner:
             probe = runner.run(source.read(0, 1).astype(feed_dtype, copy=False), 0, 1)
-            layout = output_layout(offline, probe)
+            layout = output_layout(offline, datasets, probe)
             provenance = {
-                "format": FORMAT, "graph": offline.path, "graph_sha256": offline.sha256,
-                "input_tensor": offline.input["name"],
-                "output_tensors": json.dumps([o["name"] for o in offline.outputs]),
-                "output_datasets": json.dumps([o["dataset"] for o in offline.outputs]),
+                "format": FORMAT, "graph": offline.source, "graph_sha256": offline.sha256,
+                "input_tensor": spec.name,
+                "output_tensors": json.dumps([o.name for o in offline.outputs]),
+                "output_datasets": json.dumps(datasets),
                 "batch_size": int(batch_size), "data_file": source.path, "data_key": source.key or "",
                 "preprocess": source.preprocess,
                 "ids_key": ids or "", "rows": len(source), "data_sha256": source.fingerprint(),
@@ -238,14 +226,14 @@ class Runner:
     """One session over the frozen graph, called through `tfcompat.fast_callable` (TensorFlow's
     `CallableOptions` path): `Session.run`'s per-call feed/fetch parsing would show at small batches."""
 
-    def __init__(self, offline: OfflineGraph, *, threads: int | None = None):
+    def __init__(self, offline: Piece, *, threads: int | None = None):
         self.graph = graph_from_def(offline.graph_def)
         config = None
         if threads:  # one of several workers sharing the machine's cores (a Spark task's CPUs)
             config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1)
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
-        self._call = tfcompat.fast_callable(self.session, [offline.input["name"]],
-                                            [o["name"] for o in offline.outputs])
+        self._call = tfcompat.fast_callable(self.session, [offline.inputs[0].name],
+                                            [o.name for o in offline.outputs])
 
     def run(self, x, start: int, stop: int) -> list:
         try:
@@ -262,14 +250,15 @@ class Runner:
         self.session.close()
 
 
-def output_layout(offline: OfflineGraph, probe: list) -> dict:
+def output_layout(offline: Piece, datasets: list, probe: list) -> dict:
+    """{dataset: {tensor, shape, dtype}} of each output, from its value for one row."""
     layout = {}
-    for o, value in zip(offline.outputs, probe):
+    for o, dataset, value in zip(offline.outputs, datasets, probe):
         value = np.asarray(value)
         if value.ndim == 0 or value.shape[0] != 1:
-            raise DataError(f"output {o['name']} gives shape {list(value.shape)} for one row, not one result per row",
+            raise DataError(f"output {o.name} gives shape {list(value.shape)} for one row, not one result per row",
                             "store only per-row tensors (a leading batch dimension)")
-        layout[o["dataset"]] = {"tensor": o["name"], "shape": list(value.shape[1:]), "dtype": value.dtype.str}
+        layout[dataset] = {"tensor": o.name, "shape": list(value.shape[1:]), "dtype": value.dtype.str}
     return layout
 
 
@@ -498,4 +487,4 @@ def _finish(work, out: str) -> None:
                           "check the output location; rerun the same command to finish") from e
 
 
-__all__ = ["OfflineGraph", "PrecomputeResult", "load_offline_graph", "parse_outputs", "precompute"]
+__all__ = ["PrecomputeResult", "offline_piece", "parse_outputs", "precompute"]

@@ -19,8 +19,7 @@ import numpy as np
 
 from ..core import tfcompat
 from ..core.errors import DataError, SurgeryError
-from ..core.manifest import piece_digest, piece_path, read_manifest
-from ..core.model import load_model
+from ..core.pieces import open_pieces
 from ..core.weights import restore_checkpoint, saver_for
 from .precompute import PROGRESS
 
@@ -49,21 +48,21 @@ class OnlineServer:
     `preload=False` reads each request's rows from the file (memory stays small).
     """
 
-    def __init__(self, split_dir: str, precomputed: str, *, piece: str = "online", preload: bool = True):
-        manifest = read_manifest(split_dir)
-        model = load_model(piece_path(split_dir, manifest, piece))
-        spec = manifest["pieces"][piece]
+    def __init__(self, split_dir, precomputed: str, *, piece: str = "online", preload: bool = True):
+        opened = open_pieces(split_dir)  # a path or an `open_pieces` result
+        online = opened.piece(piece)
+        model = online.load()
         self.graph = model.graph
-        self.outputs = [o["name"] for o in spec["outputs"]]
+        self.outputs = [o.name for o in online.outputs]
         try:
             self._file = _open_precomputed(precomputed)
         except OSError as e:
             raise DataError(f"{precomputed} is not a readable HDF5 file", "pass the file `surgery precompute` wrote") from e
         try:
-            self._check_provenance(split_dir, manifest, precomputed)
-            self._feeds = self._map_datasets(manifest, spec, precomputed)  # {dataset: online input name}
+            self._check_provenance(opened, precomputed)
+            self._feeds = self._map_datasets(opened.manifest, online, precomputed)  # {dataset: online input name}
             fed = set(self._feeds.values())
-            self.live_inputs = [i["name"] for i in spec["inputs"] if i["name"] not in fed]
+            self.live_inputs = [i.name for i in online.inputs if i.name not in fed]
             self._rows = {name: (self._file[name][()] if preload else self._file[name]) for name in self._feeds}
             self._index = self._build_index()
         except BaseException:
@@ -77,20 +76,19 @@ class OnlineServer:
         self._call = self.session.make_callable([self.graph.get_tensor_by_name(n) for n in self.outputs],
                                                 feed_list=[self.graph.get_tensor_by_name(n) for n in feed_names])
 
-    def _check_provenance(self, split_dir, manifest, precomputed):
+    def _check_provenance(self, opened, precomputed):
         """Refuse rows computed by another offline piece: its graph hash is recorded in the file."""
         recorded = self._file.attrs.get("graph_sha256")
         if PROGRESS in self._file:
             raise DataError(f"{precomputed} is an unfinished precompute", "run `surgery precompute` again to finish it")
-        if recorded is None or "offline" not in manifest["pieces"]:
+        if recorded is None or "offline" not in opened.pieces:
             return
-        actual = piece_digest(piece_path(split_dir, manifest, "offline"))
-        if actual != recorded:
-            raise DataError(f"{precomputed} was computed by another offline piece than {split_dir}'s",
+        if opened.pieces["offline"].sha256 != recorded:
+            raise DataError(f"{precomputed} was computed by another offline piece than {opened.path}'s",
                             "precompute again with this split directory")
 
-    def _map_datasets(self, manifest, spec, precomputed) -> dict:
-        online_inputs = {i["name"] for i in spec["inputs"]}
+    def _map_datasets(self, manifest, online, precomputed) -> dict:
+        online_inputs = {i.name for i in online.inputs}
         by_cut = {_tensor_name(c["tensor"]): _tensor_name(c["placeholder"])
                   for c in manifest.get("cut", []) if isinstance(c, dict) and "tensor" in c and "placeholder" in c}
         feeds = {}

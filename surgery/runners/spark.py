@@ -45,7 +45,6 @@ import sys
 import tempfile
 import threading
 import time
-import types
 import zipfile
 
 import numpy as np
@@ -206,14 +205,12 @@ def _ship_code(sc) -> None:
 # ---------------------------------------------------------------- what the executors get
 
 @dataclasses.dataclass
-class _Plan:
-    """Everything a task needs, small and picklable (the graph travels as a broadcast)."""
+class _Blocks:
+    """How a task reads and runs its rows, small and picklable; the piece itself travels as a
+    broadcast (`piece`: a `Piece` fed at one input, its outputs stored under `datasets`)."""
 
-    graph: object  # Broadcast of the serialized GraphDef
-    sha256: str
-    input: dict
-    outputs: list  # [{name, dataset, ...}]
-    layout: dict  # {dataset: {tensor, shape, dtype}}
+    piece: object  # Broadcast of the offline Piece
+    datasets: list  # the column each output is stored in
     feed_dtype: str
     row_shape: list
     batch_size: int
@@ -224,7 +221,7 @@ class _Plan:
     preprocess: str = "none"  # `data.preprocess`, applied on the executors as the local runner applies it
 
 
-def path_source(data: str, key: str | None, ids: str | None, input_spec: dict, every_row: bool = True,
+def path_source(data: str, key: str | None, ids: str | None, input_spec, every_row: bool = True,
                 preprocess: str | None = None):
     """Parquet / HDF5 / .npy / TFRecord / image-folder rows by path, scaled as `preprocess` says and
     shaped and typed for `input_spec` (the piece's input): the one place that opens them. The driver
@@ -233,7 +230,7 @@ def path_source(data: str, key: str | None, ids: str | None, input_spec: dict, e
 
     source = rows_with_ids(data, key, ids, preprocess=preprocess, spec=input_spec)
     try:
-        source.bind(types.SimpleNamespace(input=input_spec), every_row)
+        source.bind(input_spec, every_row)
     except BaseException:  # rows the input cannot take: nothing stays open
         source.close()
         raise
@@ -256,26 +253,23 @@ def read_rows(source, start: int, stop: int):
 _WORKER: dict = {}  # per Python worker: the loaded graph and the opened source, by content
 
 
-def _runner(plan: _Plan):
-    key = ("runner", plan.sha256, json.dumps(plan.outputs, sort_keys=True), plan.input["name"])
+def _runner(plan: _Blocks):
+    piece = plan.piece.value
+    key = ("runner", piece.sha256, tuple(o.name for o in piece.outputs), piece.inputs[0].name)
     if key not in _WORKER:
-        from ..core import tfcompat
-        from .precompute import OfflineGraph, Runner
-
-        graph_def = tfcompat.tf.compat.v1.GraphDef()
-        graph_def.ParseFromString(plan.graph.value)
         from pyspark import TaskContext
 
+        from .precompute import Runner
+
         task = TaskContext.get()  # TensorFlow's threads: the task's CPUs, not every core of the machine
-        _WORKER[key] = Runner(OfflineGraph("", graph_def, plan.sha256, plan.input, plan.outputs),
-                               threads=task.cpus() if task is not None else None)
+        _WORKER[key] = Runner(piece, threads=task.cpus() if task is not None else None)
     return _WORKER[key]
 
 
-def _source(plan: _Plan):
+def _source(plan: _Blocks):
     """The rows by path, opened for each partition: a data file replaced or removed mid-job fails
     the tasks after it (the job then fails whole) instead of being read through a stale handle."""
-    return path_source(*plan.source, plan.input, every_row=False, preprocess=plan.preprocess)
+    return path_source(*plan.source, plan.piece.value.inputs[0], every_row=False, preprocess=plan.preprocess)
 
 
 def _arrow_ids(ids):
@@ -289,7 +283,7 @@ def _arrow_ids(ids):
     return pa.array(ids)
 
 
-def _run_blocks(plan: _Plan, x: np.ndarray, row0: int, ids):
+def _run_blocks(plan: _Blocks, x: np.ndarray, row0: int, ids):
     """Rows [row0, row0 + len(x)), whole blocks of the global grid → one Arrow record batch."""
     import pyarrow as pa
 
@@ -298,7 +292,7 @@ def _run_blocks(plan: _Plan, x: np.ndarray, row0: int, ids):
     runner = _runner(plan)
     if x.dtype != plan.feed_dtype:
         x = x.astype(plan.feed_dtype)
-    results = [[] for _ in plan.outputs]
+    results = [[] for _ in plan.datasets]
     for s in range(0, len(x), plan.batch_size):
         for acc, value in zip(results, runner.run(x[s:s + plan.batch_size], row0 + s,
                                                   row0 + min(len(x), s + plan.batch_size))):
@@ -308,10 +302,10 @@ def _run_blocks(plan: _Plan, x: np.ndarray, row0: int, ids):
     columns = {ROW: pa.array(np.arange(row0, row0 + len(x), dtype=np.int64))}
     if plan.ids_column:
         columns[plan.ids_column] = _arrow_ids(ids)
-    for out, acc in zip(plan.outputs, results):
+    for name, acc in zip(plan.datasets, results):
         value = np.concatenate(acc).reshape(len(x), -1)
         offsets = pa.array(np.arange(len(x) + 1, dtype=np.int32) * value.shape[1])
-        columns[out["dataset"]] = pa.ListArray.from_arrays(offsets, pa.array(value.ravel()))
+        columns[name] = pa.ListArray.from_arrays(offsets, pa.array(value.ravel()))
     return pa.RecordBatch.from_pydict(columns)
 
 
@@ -327,7 +321,7 @@ def _reporting(fn):
     return wrapped
 
 
-def _path_blocks(plan: _Plan):
+def _path_blocks(plan: _Blocks):
     """mapInArrow over block numbers: read each run of blocks by path here, run it. The next run
     computes in a thread while Spark takes the last one (TensorFlow and the socket release the
     GIL): the JVM writes Parquet while the graph runs (200k rows: ~0.5 s off on `local[2]`)."""
@@ -366,7 +360,7 @@ def _path_blocks(plan: _Plan):
     return _reporting(fn)
 
 
-def _parquet_blocks(plan: _Plan):
+def _parquet_blocks(plan: _Blocks):
     """mapInArrow over rows sorted by `_row`, whole blocks per partition: cut at block ends, run."""
     def fn(batches):
         import pyarrow as pa
@@ -391,7 +385,7 @@ def _parquet_blocks(plan: _Plan):
     return _reporting(fn)
 
 
-def _checked_run(plan: _Plan, rows, x, ids):
+def _checked_run(plan: _Blocks, rows, x, ids):
     from ..data import preprocess
 
     if not np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
@@ -482,10 +476,10 @@ def _parquet_input(spark, data: str, key: str, ids: str | None, offline, preproc
     if lo != hi:
         raise DataError(f"column '{where}' of {data} is ragged: rows hold {lo} to {hi} values",
                         "give every row the same number of values")
-    row_shape = flat_row_shape(offline.input, lo, f"column '{where}' of {data}")
+    row_shape = flat_row_shape(offline.inputs[0], lo, f"column '{where}' of {data}")
     if preprocess != "none":  # scaled rows are float32, as a RowSource's
         dtype = "float32"
-    feed_dtype = check_feedable(_Described(data, where, [rows, *row_shape], dtype), offline.input,
+    feed_dtype = check_feedable(_Described(data, where, [rows, *row_shape], dtype), offline.inputs[0],
                                 f"column '{where}' of {data}")
     offsets = spark.createDataFrame([(r["_file"], int(o)) for r, o in
                                      zip(stats, np.cumsum([0] + [r["n"] for r in stats[:-1]]))],
@@ -505,7 +499,7 @@ def _path_input(data: str, key: str | None, ids: str | None, offline, preprocess
     another shape, an unsafe cast, null or ragged Parquet rows); the fingerprints are the local
     runner's, so the provenance is the same. The files opened here are closed again (the executors
     open their own), on errors too."""
-    source = path_source(data, key, ids, offline.input, preprocess=preprocess)
+    source = path_source(data, key, ids, offline.inputs[0], preprocess=preprocess)
     try:
         first, first_id = read_rows(source, 0, 1)
         first = np.asarray(first)
@@ -537,94 +531,144 @@ def output_paths(out: str) -> tuple[str, str | None]:
     return out, None
 
 
+@dataclasses.dataclass
+class _Input:
+    """The input as checked on the driver: a URI's DataFrame (`frame`), or a path the executors
+    read themselves (`source`: (data, key, ids))."""
+
+    rows: int
+    feed_dtype: object
+    row_shape: list
+    id_type: str | None
+    fingerprints: list
+    frame: object = None
+    source: tuple | None = None
+
+
 def run_precompute(graph, data: str, key: str, out: str, *, ids: str | None = None, batch_size: int = 256,
-                   inputs=None, outputs=None, tag_set: str = "serve", master: str | None = None, conf=None,
+                   inputs=None, outputs=None, master: str | None = None, conf=None,
                    partitions: int | None = None, progress: bool = False, preprocess: str | None = None,
                    set=None) -> SparkResult:
     """Run GRAPH's offline piece over `data` on Spark into the Parquet directory `out`
     (`out` = X.h5: Parquet in X.h5.parquet, merged into X.h5 as the local runner writes it).
 
-    `data` is Parquet (`key` an array/vector column or numeric columns `a,b,c`; `ids` a column) or
-    an HDF5 / .npy / TFRecord source as for the local runner. A path is read by path on the
-    executors (`data.open_rows`); a URI (s3a://, hdfs://, file://) is Parquet for Spark's reader.
-    `preprocess` scales the rows on the executors as the local runner does (`data.preprocess`).
-    Uses the active SparkSession when there is one, else starts one on `master` with `conf`.
+    `graph` is what `precompute.offline_piece` takes. `data` is Parquet (`key` an array/vector
+    column or numeric columns `a,b,c`; `ids` a column) or an HDF5 / .npy / TFRecord source as for
+    the local runner. A path is read by path on the executors (`data.open_rows`); a URI (s3a://,
+    hdfs://, file://) is Parquet for Spark's reader. `preprocess` scales the rows on the executors
+    as the local runner does (`data.preprocess`). Uses the active SparkSession when there is one,
+    else starts one on `master` with `conf`.
     """
     require_spark()
     if batch_size < 1:
         raise SurgeryError(f"--batch-size {batch_size} is not a positive number", "use e.g. --batch-size 256")
     parquet_out, h5_out = output_paths(out)
-    local_out = "://" not in parquet_out
-    if local_out:
+    if "://" not in parquet_out:
         parquet_out = os.path.abspath(parquet_out)
         if os.path.isfile(parquet_out):
             raise OutputError(f"{parquet_out} is a file", "pass a directory name ending in .parquet with --out")
-    from ..data import is_parquet, preprocess_mode
-    from .precompute import FORMAT, Runner, load_offline_graph, output_layout
+    from ..data import preprocess_mode
+    from .precompute import offline_piece
 
     preprocess = preprocess_mode(preprocess)  # a bad GRAPH or --preprocess is refused before a JVM starts
-    offline = load_offline_graph(graph, inputs=inputs, outputs=outputs, tag_set=tag_set, set=set)
+    offline, datasets = offline_piece(graph, inputs=inputs, outputs=outputs, set=set)
     with spark_session(master, conf) as spark:
-        if spark_reads(data):
-            frame, rows, feed_dtype, row_shape, id_type, fps = _parquet_input(spark, data, key, ids, offline,
-                                                                              preprocess)
-            source, fingerprints = None, [fps, ""]
-        else:
-            rows, feed_dtype, row_shape, id_type, fingerprints = _path_input(data, key, ids, offline, preprocess)
-            source = (os.path.abspath(data) if not any(c in data for c in "*?[") else data, key,
-                      os.path.abspath(ids) if ids and data.endswith(".npy") else ids)
-        with Runner(offline) as runner:  # the layout, from one row of zeros
-            layout = output_layout(offline, runner.run(np.zeros([1, *row_shape], feed_dtype), 0, 1))
-        for name, spec in layout.items():
-            if np.dtype(spec["dtype"]).name not in _NUMPY_TO_SPARK:
-                raise DataError(f"output {spec['tensor']} is {np.dtype(spec['dtype']).name}",
-                                "store numeric outputs only")
-        ids_column = (ids if source is None or is_parquet(data) else "ids") if ids else None
-        if ids_column and (ids_column == ROW or ids_column in layout):
-            raise SurgeryError(f"the id column '{ids_column}' has the name of an output column",
-                               "rename the output with --outputs T=NAME")
+        inp = _read_input(spark, data, key, ids, offline, preprocess)
+        layout = _layout(offline, datasets, inp)
+        ids_column = _ids_column(data, ids, inp, layout)
         sc = spark.sparkContext
-        blocks = -(-rows // batch_size)
+        blocks = -(-inp.rows // batch_size)
         slots = sc.defaultParallelism  # whole rounds of tasks: no slot idles through the last round
-        parts = max(1, min(blocks, partitions or slots * -(-rows // (slots * ROWS_PER_TASK))))
+        parts = max(1, min(blocks, partitions or slots * -(-inp.rows // (slots * ROWS_PER_TASK))))
         _ship_code(sc)
-        plan = _Plan(sc.broadcast(offline.graph_def.SerializeToString(deterministic=True)), offline.sha256,
-                     offline.input, offline.outputs, layout, np.dtype(feed_dtype).name, row_shape, batch_size, rows,
-                     ids_column, source, float(os.environ.get(SLOW_ENV, "0") or 0), preprocess)
-        provenance = {
-            "format": FORMAT, "graph": offline.path, "graph_sha256": offline.sha256,
-            "input_tensor": offline.input["name"],
-            "output_tensors": json.dumps([o["name"] for o in offline.outputs]),
-            "output_datasets": json.dumps([o["dataset"] for o in offline.outputs]),
-            "batch_size": int(batch_size), "data_file": os.path.abspath(data) if "://" not in data else data,
-            "data_key": key or "", "preprocess": preprocess, "ids_key": ids or "", "rows": int(rows),
-            "data_sha256": fingerprints[0], "ids_sha256": fingerprints[1] if ids else "",
-        }
-        meta = {"provenance": provenance, "layout": layout, "ids_column": ids_column, "runner": "spark"}
-        from pyspark.sql import functions as F
-
-        schema = _output_schema(meta, ids_column, id_type, layout)
-        if source is None:
-            frame = (frame.withColumn("_part", (F.floor(F.col("_row") / batch_size) * parts / blocks).cast("int"))
-                     .repartitionById(parts, "_part").drop("_part").sortWithinPartitions("_row"))
-            result = frame.mapInArrow(_parquet_blocks(plan), schema)
-        else:
-            result = spark.range(0, blocks, 1, parts).mapInArrow(_path_blocks(plan), schema)
-        group = f"surgery-{os.getpid()}-{time.monotonic_ns()}"
-        sc.setJobGroup(group, "surgery precompute", True)
+        plan = _Blocks(sc.broadcast(offline), list(datasets), np.dtype(inp.feed_dtype).name, inp.row_shape,
+                       batch_size, inp.rows, ids_column, inp.source, float(os.environ.get(SLOW_ENV, "0") or 0),
+                       preprocess)
+        meta = {"provenance": _provenance(offline, datasets, data, key, ids, batch_size, preprocess, inp),
+                "layout": layout, "ids_column": ids_column, "runner": "spark"}
+        result = _planned(spark, inp, plan, _output_schema(meta, ids_column, inp.id_type, layout), parts, blocks)
         try:
-            with _Progress(sc, group, progress):
-                if local_out:
-                    with atomic_path(parquet_out, directory=True) as tmp:
-                        _write(result, "file://" + tmp)
-                else:
-                    _write(result, parquet_out)
+            _run_job(sc, result, parquet_out, progress)
         finally:
-            sc.setLocalProperty("spark.jobGroup.id", None)
-            plan.graph.destroy()
+            plan.piece.destroy()
     if h5_out:
         write_hdf5(parquet_out, h5_out)
-    return SparkResult(parquet_out, h5_out and os.path.abspath(h5_out), int(rows), parts, layout)
+    return SparkResult(parquet_out, h5_out and os.path.abspath(h5_out), int(inp.rows), parts, layout)
+
+
+def _read_input(spark, data: str, key: str, ids: str | None, offline, preprocess: str) -> _Input:
+    """The input checked against the piece's: a URI through Spark's reader, a path by the executors."""
+    if spark_reads(data):
+        frame, rows, feed_dtype, row_shape, id_type, fps = _parquet_input(spark, data, key, ids, offline, preprocess)
+        return _Input(rows, feed_dtype, row_shape, id_type, [fps, ""], frame=frame)
+    rows, feed_dtype, row_shape, id_type, fingerprints = _path_input(data, key, ids, offline, preprocess)
+    source = (os.path.abspath(data) if not any(c in data for c in "*?[") else data, key,
+              os.path.abspath(ids) if ids and data.endswith(".npy") else ids)
+    return _Input(rows, feed_dtype, row_shape, id_type, fingerprints, source=source)
+
+
+def _layout(offline, datasets, inp: _Input) -> dict:
+    """{column: {tensor, shape, dtype}} of each output, from one row of zeros run here."""
+    from .precompute import Runner, output_layout
+
+    with Runner(offline) as runner:
+        layout = output_layout(offline, datasets, runner.run(np.zeros([1, *inp.row_shape], inp.feed_dtype), 0, 1))
+    for spec in layout.values():
+        if np.dtype(spec["dtype"]).name not in _NUMPY_TO_SPARK:
+            raise DataError(f"output {spec['tensor']} is {np.dtype(spec['dtype']).name}", "store numeric outputs only")
+    return layout
+
+
+def _ids_column(data: str, ids: str | None, inp: _Input, layout: dict) -> str | None:
+    """The output's id column: the Parquet input's own name for it, else `ids`."""
+    from ..data import is_parquet
+
+    ids_column = (ids if inp.source is None or is_parquet(data) else "ids") if ids else None
+    if ids_column and (ids_column == ROW or ids_column in layout):
+        raise SurgeryError(f"the id column '{ids_column}' has the name of an output column",
+                           "rename the output with --outputs T=NAME")
+    return ids_column
+
+
+def _provenance(offline, datasets, data, key, ids, batch_size, preprocess, inp: _Input) -> dict:
+    """The local runner's provenance attributes, so either runner's output is checked the same way."""
+    from .precompute import FORMAT
+
+    return {
+        "format": FORMAT, "graph": offline.source, "graph_sha256": offline.sha256,
+        "input_tensor": offline.inputs[0].name,
+        "output_tensors": json.dumps([o.name for o in offline.outputs]),
+        "output_datasets": json.dumps(list(datasets)),
+        "batch_size": int(batch_size), "data_file": os.path.abspath(data) if "://" not in data else data,
+        "data_key": key or "", "preprocess": preprocess, "ids_key": ids or "", "rows": int(inp.rows),
+        "data_sha256": inp.fingerprints[0], "ids_sha256": inp.fingerprints[1] if ids else "",
+    }
+
+
+def _planned(spark, inp: _Input, plan: _Blocks, schema, parts: int, blocks: int):
+    """The output DataFrame: whole blocks per partition, run by `mapInArrow`."""
+    from pyspark.sql import functions as F
+
+    if inp.source is not None:
+        return spark.range(0, blocks, 1, parts).mapInArrow(_path_blocks(plan), schema)
+    frame = (inp.frame.withColumn("_part", (F.floor(F.col("_row") / plan.batch_size) * parts / blocks).cast("int"))
+             .repartitionById(parts, "_part").drop("_part").sortWithinPartitions("_row"))
+    return frame.mapInArrow(_parquet_blocks(plan), schema)
+
+
+def _run_job(sc, result, parquet_out: str, progress: bool) -> None:
+    """Write `result` to `parquet_out` as one job group (a local directory atomically)."""
+    group = f"surgery-{os.getpid()}-{time.monotonic_ns()}"
+    sc.setJobGroup(group, "surgery precompute", True)
+    try:
+        with _Progress(sc, group, progress):
+            if "://" not in parquet_out:
+                with atomic_path(parquet_out, directory=True) as tmp:
+                    _write(result, "file://" + tmp)
+            else:
+                _write(result, parquet_out)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
 
 
 def _output_schema(meta: dict, ids_column: str | None, id_type: str | None, layout: dict):

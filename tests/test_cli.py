@@ -69,7 +69,8 @@ def _subparsers():
 
 def test_every_option_of_every_command_has_help_and_an_example():
     commands = _subparsers()
-    assert set(commands) == {"inspect", "freeze", "restore", "finetune", "split", "precompute", "export", "audit"}
+    assert set(commands) == {"inspect", "freeze", "restore", "finetune", "split", "precompute", "export", "cuts",
+                             "audit"}
     for name, p in commands.items():
         assert "example" in p.epilog and f"surgery {name}" in p.epilog
         for action in p._actions:
@@ -132,6 +133,7 @@ def test_json_on_every_command_is_one_document(small_ckpt, tmp_path):
         "precompute": ["precompute", t / "pieces", "--data", data, "--key", "x", "--ids", "ids", "--out", t / "e.h5"],
         "export": ["export", t / "pieces", "--saved-model", t / "serving"],
         "audit": ["audit", t / "f.pb"],
+        "cuts": ["cuts", prefix, "--outputs", "probs"],
         "finetune": ["finetune", prefix, "--at", "net/fc1/Relu", "--head", "dense:5", "--data", data, "--x", "x",
                      "--y", "y", "--epochs", "1", "--out", t / "ft"],
     }

@@ -19,13 +19,14 @@ import json
 import os
 import sys
 
-from . import audit, export, finetune, freeze, inspect, precompute, restore, split
+from . import audit, cuts, export, finetune, freeze, inspect, precompute, restore, split
 from .audit import refuse_flagged
 from .common import Formatter, Parser, common_flags
 from .split import VERIFIED_AGAINST  # noqa: F401  (tests read it here)
 
 # in the order `surgery --help` lists them
-COMMANDS = {"inspect": inspect, "freeze": freeze, "restore": restore, "finetune": finetune, "split": split, "precompute": precompute, "export": export, "audit": audit}
+COMMANDS = {"inspect": inspect, "freeze": freeze, "restore": restore, "finetune": finetune, "split": split,
+            "precompute": precompute, "export": export, "cuts": cuts, "audit": audit}
 
 EXAMPLES = """\
 examples:
@@ -36,6 +37,7 @@ examples:
   surgery restore net.meta --from vgg_16.ckpt --map vgg_16/=net/vgg_16/ --exclude fc8 --out net.ckpt
   surgery finetune data/models/vgg --at fc7 --head dense:5 --data data/shapes.h5 \\
       --x target/x --y target/y --out runs/ft
+  surgery cuts data/models/vgg --outputs predictions    # where to cut, and what each side costs
   surgery split data/models/vgg --cut fc7 --outputs predictions --out pieces
   surgery precompute pieces --data data/shapes.h5 --key target/x --out fc7.h5
   surgery export pieces --saved-model serving

@@ -128,3 +128,22 @@ def is_registered_op(op_type: str) -> bool:
     from tensorflow.python.framework import op_def_registry
 
     return op_def_registry.get(op_type) is not None
+
+
+def op_flops(graph, node_def) -> int | None:
+    """FLOPs of one op as TensorFlow's profiler counts them: the `flops` statistic its op type
+    registers (`ops.get_stats_for_node_def`, private). 0 for op types that register none; None when
+    the op's shapes are not all known (the statistic needs them)."""
+    import logging
+
+    from tensorflow.python.framework import ops
+
+    level = logging.getLogger("tensorflow").level
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # its shape helper warns it is deprecated
+    try:
+        value = ops.get_stats_for_node_def(graph, node_def, "flops").value
+    except ValueError:
+        return None
+    finally:
+        logging.getLogger("tensorflow").setLevel(level)
+    return int(value or 0)

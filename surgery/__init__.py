@@ -16,6 +16,7 @@ _EXPORTS = {
     "passes.freeze": ["freeze_graph", "freeze_model", "write_graph_def"],
     "exporters.export": ["export", "export_frozen"],
     "exporters.runtimes": ["export_runtime"],
+    "passes.cuts": ["cuts"],
     "passes.inspect": ["inspect_model"],
     "passes.mix": ["MixedGraph", "compose_frozen", "mix_models"],
     "core.model": ["LoadOptions", "Model", "load_model"],

@@ -128,8 +128,12 @@ def test_leaking_cut_is_refused_naming_the_input_and_path(tmp_path):
     r = run_cli("split", prefix, "--cut", "body/Relu", "--outputs", "out", "--out", out)
     assert r.returncode == 2
     assert "offline input 'x:0'" in r.stderr and "x → side → out" in r.stderr
+    assert "joins the part above the cut at 'out' through 'side:0'" in r.stderr
+    assert "--cut body/Relu,side" in r.stderr and "surgery cuts" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+    r = run_cli("split", prefix, "--cut", "body/Relu,side", "--outputs", "out", "--out", tmp_path / "fixed")
+    assert r.returncode == 0, r.stderr  # the fix the message names works
 
 
 def test_explicit_offline_inputs_leak_in_two_tower(two_tower_ckpt):

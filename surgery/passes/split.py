@@ -252,18 +252,43 @@ def _check_separates(out_tensors, cut_tensors, offline) -> None:
             if name in cut_names:
                 continue
             if name in offline_by_tensor:
-                path, cur = [src.name], op
+                path, cur = [src], op
                 while cur is not None:
-                    path.append(cur.name)
+                    path.append(cur)
                     cur = parent[cur]
-                raise CutError(
-                    f"the cut at {', '.join(sorted(cut_names))} does not separate the graph: offline input "
-                    f"'{name}' reaches output '{path[-1]}' around it, via {_format_path(path)}",
-                    "add the tensor where that path leaves the offline part to --cut, or name the offline "
-                    "inputs with --inputs (a live input such as user features is fed to the online piece)")
+                raise _leak(name, path, cut_tensors)
             if src not in parent:
                 parent[src] = op
                 queue.append(src)
+
+
+def _leak(name: str, path: list, cut_tensors) -> CutError:
+    """The refusal of a cut that does not separate: the input that leaks, the op path it takes, and
+    the tensor where that path joins the part above the cut (a skip connection): the one to add."""
+    cuts = ",".join(t.name.removesuffix(":0") for t in cut_tensors)
+    above = _descendant_ops(cut_tensors)
+    join = next((k for k, op in enumerate(path) if op in above), None)
+    if join:  # the edge path[join - 1] → path[join] crosses the cut: add its tensor
+        skip = next(t.name for t in path[join].inputs if t.op is path[join - 1])
+        where = f"; it joins the part above the cut at '{path[join].name}' through '{skip}'"
+        hint = f"cut that path too: --cut {cuts},{skip.removesuffix(':0')}"
+    else:
+        where, hint = "", "cut that path too, naming one of its tensors in --cut"
+    return CutError(f"the cut at {cuts} does not separate the graph: offline input '{name}' reaches output "
+                    f"'{path[-1].name}' around it, via {_format_path([op.name for op in path])}{where}",
+                    hint + "; `surgery cuts` lists the tensors that separate alone, and --inputs names the "
+                    "offline inputs (a live input such as user features is fed to the online piece)")
+
+
+def _descendant_ops(tensors) -> set:
+    """The ops that depend on any of `tensors`."""
+    seen, stack = set(), [c for t in tensors for c in t.consumers()]
+    while stack:
+        op = stack.pop()
+        if op not in seen:
+            seen.add(op)
+            stack.extend(c for t in op.outputs for c in t.consumers())
+    return seen
 
 
 def _format_path(path, keep: int = 4) -> str:

@@ -61,6 +61,9 @@ def test_cli_exit_3_when_flagged(tmp_path):
     r = run_cli("audit", path, "--json")
     assert r.returncode == 3, r.stderr
     assert {f["op"] for f in json.loads(r.stdout)["findings"]} == {"ReadFile", "WriteFile", "PyFunc"}
+    table = run_cli("audit", path).stdout.splitlines()
+    header = next(i for i, line in enumerate(table) if line.split()[:4] == ["category", "op", "type", "where"])
+    assert "ReadFile" in "\n".join(table[header + 1:])  # the findings under their column headers
 
 
 def test_checkpoint_saver_is_listed_as_machinery(small_ckpt):

@@ -140,3 +140,10 @@ def test_inspect_a_split_directory_reports_each_piece(small_ckpt, tmp_path):
     assert report["pieces"]["offline"]["num_params"] + report["pieces"]["online"]["num_params"] == SMALL_CNN_PARAMS
     assert sorted(os.listdir(tmp_path / "tb")) == ["offline", "online"]
     assert all(os.listdir(tmp_path / "tb" / p)[0].startswith("events.out.tfevents") for p in ("offline", "online"))
+
+
+def test_sizes_are_in_the_unit_they_fit():
+    from surgery.passes.inspect import human_bytes
+
+    assert [human_bytes(n) for n in (812, 3_500, 527 * 2**20, 2 * 2**30)] == [
+        "812 B", "3.4 KiB", "527.0 MiB", "2.0 GiB"]

@@ -214,7 +214,7 @@ def test_changed_graph_or_batch_size_is_refused_not_mixed(tower, tmp_path):
     proc = _start(args, {SLOW_READ_ENV: "0.05"})
     _kill_when(proc, partial, 64)
     before = open(partial, "rb").read()
-    with pytest.raises(DataError, match="another batch_size"):
+    with pytest.raises(DataError, match=r"another batch_size \(32 there, 64 now\)"):
         precompute(tower["split"], tower["data"], "items/x", out, batch_size=64)
     with pytest.raises(DataError, match="graph_sha256"):
         precompute(_altered_split(tower, tmp_path / "other"), tower["data"], "items/x", out, batch_size=32)

@@ -29,6 +29,7 @@ def run(args):
     from ..core.graph import stream_graph_def, write_graph_def
     from ..passes.bind import bind
     from ..passes.freeze import freeze_model
+    from ..passes.inspect import human_bytes
 
     to_stdout = args.out == "-"
     say = sayer(args, sys.stderr if to_stdout else None)
@@ -41,7 +42,7 @@ def run(args):
         sys.stdout.buffer.flush()
     else:
         size = write_graph_def(frozen, args.out, text=text, progress=progress(args))
-    say(f"froze {frozen.num_nodes} nodes ({size / 2**20:.1f} MiB) → {'stdout' if to_stdout else args.out}"
+    say(f"froze {frozen.num_nodes} nodes ({human_bytes(size)}) → {'stdout' if to_stdout else args.out}"
         + ("  [optimized]" if args.optimize else ""))
     say("  feed:  " + (", ".join(t.name for t in frozen.inputs) or "(nothing)"))
     say("  fetch: " + ", ".join(t.name for t in frozen.outputs))

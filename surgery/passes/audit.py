@@ -174,6 +174,7 @@ def format_audit(report: dict) -> str:
              "on the output path" if f["on_output_path"] else
              ("checkpoint machinery, off the output path" if f["checkpoint_machinery"] else "off the output path"),
              "" if f["where"] == "graph" else f["where"]) for f in findings]
+    rows.insert(0, ("category", "op", "type", "where", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + (f"  [{r[4]}]" if r[4] else ""))

@@ -201,8 +201,9 @@ def inspect_model(model, *, tensors: str | None = None) -> dict:
 
 
 def human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+    """Bytes in the unit they fit: 812 B, 3.4 KiB, 527.8 MiB, 2.1 GiB (never "0.0 MiB")."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1024
     return f"{n} B"

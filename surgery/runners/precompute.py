@@ -304,7 +304,9 @@ def _open_work_file(out: str, provenance: dict, layout: dict, id_source, rows: i
                               "delete it to start over") from e
         if f is None:
             diff = sorted(k for k in set(found) | set(provenance) if found.get(k) != provenance.get(k))
-            raise DataError(f"{work_path} holds an unfinished run with another {', '.join(diff)}",
+            raise DataError(f"{work_path} holds an unfinished run with another "
+                            + ", ".join(f"{k} ({_short(found.get(k))} there, {_short(provenance.get(k))} now)"
+                                        for k in diff),
                             "rerun with the original graph, data and --batch-size, or delete it to start over")
         if PROGRESS not in f:  # killed between dropping the counter and the rename: it is complete
             return f, rows
@@ -346,6 +348,13 @@ def _open_work_file(out: str, provenance: dict, layout: dict, id_source, rows: i
     return f, 0
 
 
+def _short(value) -> str:
+    """A provenance value as a person reads it: hashes cut to 12 characters, long paths to their tail."""
+    text = str(value)
+    return text[:12] + "…" if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else \
+        ("…" + text[-40:] if len(text) > 48 else text)
+
+
 def _estimate_bytes(layout: dict, id_source, rows: int) -> int:
     """The work file's size: every output row, the ids, and a generous allowance for HDF5's metadata."""
     row_bytes = sum(int(np.prod(s["shape"], dtype=np.int64)) * np.dtype(s["dtype"]).itemsize for s in layout.values())
@@ -359,6 +368,8 @@ def _reserve_space(path: str, nbytes: int) -> None:
     """Allocate `nbytes` at `path` and let it go again: a full disk, a quota or a file-size limit is
     refused here, in plain Python, before HDF5 writes a byte (a write that fails inside HDF5 can
     leave the library unable to close the file)."""
+    from ..passes.inspect import human_bytes
+
     parent = os.path.dirname(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -372,7 +383,7 @@ def _reserve_space(path: str, nbytes: int) -> None:
     except OSError as e:
         os.close(fd)
         os.remove(path)
-        raise OutputError(f"cannot write {path}: it needs {nbytes / 2**20:.1f} MiB and {parent} refuses ({e.strerror})",
+        raise OutputError(f"cannot write {path}: it needs {human_bytes(nbytes)} and {parent} refuses ({e.strerror})",
                           "free some space or write elsewhere") from e
     os.close(fd)
 

@@ -458,3 +458,25 @@ def test_bad_data_exits_2_and_writes_nothing(tmp_path, cnn):
         assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, \
             (case, r.stderr)
         assert os.listdir(work) == [], case
+
+
+def test_an_image_folder_is_refused_for_an_input_that_is_not_an_image(tmp_path):
+    """#33's first papercut: a cut piece's input [None, 6, 6, 80] is not an image; the folder is
+    refused naming that shape, before any image is decoded (not a decoder error about channels)."""
+    root = tmp_path / "imgs"
+    _folder(root, np.random.default_rng(0), n=2)
+    with pytest.raises(DataError, match=r"takes rows of shape \[6, 6, 80\], not images"):
+        open_rows(str(root), spec=TensorSpec("online_in:0", "float32", (None, 6, 6, 80)))
+    r = cli("precompute", _piece_with_input(tmp_path, (None, 6, 6, 80)), "--data", root, "--out", tmp_path / "e.h5")
+    assert r.returncode == 2 and "not images" in r.stderr and "channels" not in r.stderr.split("(")[0]
+
+
+def _piece_with_input(tmp_path, shape) -> str:
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, shape, name="online_in")
+        tf.reduce_mean(x, axis=[1, 2, 3], name="out")
+    path = str(tmp_path / "piece.pb")
+    with open(path, "wb") as f:
+        f.write(graph.as_graph_def().SerializeToString())
+    return path

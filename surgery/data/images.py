@@ -48,9 +48,11 @@ def image_target(spec, how: str) -> tuple:
     """(size, channels, dtype) images are decoded to for input `spec`: uint8 only for an integer
     input fed as stored, else float32."""
     shape = (spec.shape if spec is not None else None) or (None, None, None, None)
-    if len(shape) != 4:
-        raise DataError(f"input {spec.name} takes rows of shape {shape_str(shape[1:])}, not images",
-                        "feed images to an input shaped [batch, height, width, channels]")
+    if len(shape) != 4 or shape[3] not in (None, 1, 3, 4):  # decoded images have 1, 3 or 4 channels
+        raise DataError(f"input {spec.name} takes rows of shape {shape_str(shape[1:])}, not images "
+                        "([height, width, 1, 3 or 4 channels]), so an image folder cannot feed it",
+                        "feed this piece the rows it takes (HDF5, .npy, Parquet: e.g. what `precompute` of the "
+                        "offline piece wrote), or images to the piece whose input is the image")
     integer = spec is not None and np.dtype(tf.as_dtype(spec.dtype).as_numpy_dtype).kind in "iu"
     dtype = np.dtype(np.uint8) if integer and (how or DEFAULT_PREPROCESS) == "none" else np.dtype(np.float32)
     return tuple(shape[1:3]), shape[3], dtype

@@ -365,6 +365,10 @@ def test_parameters_are_counted_as_keras_counts_them(kind, tmp_path):
     assert doc["num_params"] == model.count_params() == 86  # 13 of them the Normalization's
     assert (doc["num_params_trainable"], doc["num_params_non_trainable"]) == (trainable, 86 - trainable)
     assert "surgery-keras-" not in str(doc["checkpoint"])  # a Keras file's weights are the file
+    if kind != "sm":  # and what split and finetune record as the source's checkpoint (#33's third papercut)
+        from surgery.core.manifest import source_info
+
+        assert source_info(load_model(path))["checkpoint"] == os.path.abspath(path)
 
 
 def test_train_scopes_never_train_moving_statistics(tmp_path):

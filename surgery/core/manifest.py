@@ -25,8 +25,11 @@ FILENAME = "manifest.json"
 def source_info(model) -> dict:
     """Where the pieces came from: the model path, its format, its checkpoint, and the
     placeholders `--set` bound (`{name: value}`), when any."""
-    info = {"path": os.path.abspath(model.path), "format": model.format,
-            "checkpoint": os.path.abspath(model.checkpoint) if model.checkpoint else None}
+    if model.format.startswith("keras"):  # its weights are the file (read through a temporary export)
+        checkpoint = os.path.abspath(model.path) if os.path.isfile(str(model.path)) else None
+    else:
+        checkpoint = os.path.abspath(model.checkpoint) if model.checkpoint else None
+    info = {"path": os.path.abspath(model.path), "format": model.format, "checkpoint": checkpoint}
     bound = getattr(model, "bound_placeholders", None)
     if bound:
         info["set"] = {name: (np.asarray(v).astype(str) if np.asarray(v).dtype.kind in "SO" else np.asarray(v)).tolist()

@@ -480,3 +480,16 @@ def _piece_with_input(tmp_path, shape) -> str:
     with open(path, "wb") as f:
         f.write(graph.as_graph_def().SerializeToString())
     return path
+
+
+def test_image_folder_ids_are_relative_paths_in_row_order_and_the_help_says_so(tmp_path):
+    """#33's fifth papercut: --ids on an image folder stores each image's relative path, in row order."""
+    root = _folder(tmp_path / "imgs", np.random.default_rng(0), n=2)
+    out = tmp_path / "e.h5"
+    r = cli("precompute", _piece_with_input(tmp_path, (None, 8, 8, 3)), "--data", root, "--ids", "path",
+            "--out", out)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(out, "r") as f:
+        ids = [i.decode() if isinstance(i, bytes) else i for i in f["ids"][:]]
+    assert ids == sorted(ids) and ids == [f"{c}/{i:03d}.jpg" for c in CLASSES for i in range(2)]
+    assert "relative to the folder" in " ".join(cli("precompute", "--help").stdout.split())

@@ -13,7 +13,10 @@ EXAMPLE = ("surgery precompute pieces --data data/shapes.h5 --key target/x --ids
 def add_arguments(p) -> None:
     model_arg(p, "GRAPH", "a split directory, a frozen .pb, or any MODEL")
     data_args(p, "--key", preprocess=True)
-    p.add_argument("--ids", metavar="KEY", help="dataset key of row ids to copy alongside (default: no ids)")
+    p.add_argument("--ids", metavar="KEY", help="row ids to store alongside as `ids`: an HDF5 dataset key, a TFRecord feature, a Parquet "
+                   "column, a .npy file beside a .npy --data; for an image folder any value (e.g. --ids path) "
+                   "stores each image's path relative to the folder, in row order (sorted class, then file "
+                   "name) (default: no ids)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="rows per session run")
     p.add_argument("--inputs", metavar="T", help="input tensor (default: the graph's one input)")
     set_arg(p)

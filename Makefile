@@ -11,7 +11,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,beam,viz,tflite,onnx,spark]'
+	@# PYTHONWARNINGS: setuptools' "Editable installation" banner is a warning, not news (#33)
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[test,beam,viz,tflite,onnx,spark]'
 	touch $(STAMP)
 
 data/shapes.h5: scripts/make_data.py | $(STAMP)

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import tomllib
-from conftest import ROOT, cli, tf, v1
+from conftest import ROOT, cli, run_cli, tf, v1
 
 from surgery.cli import VERIFIED_AGAINST, build_parser
 
@@ -281,3 +281,12 @@ def test_specs_are_checked_before_the_model_loads(args, says, tmp_path):
     """A malformed spec is named even though MODEL does not exist: nothing was loaded first."""
     r = cli(*[str(tmp_path / a) if a == "MISSING" else a for a in args])
     assert r.returncode == 2 and says in r.stderr and "no such file" not in r.stderr, r.stderr
+
+
+def test_progress_bars_in_a_log_file_are_one_line_per_redraw(small_ckpt, tmp_path):
+    """#33's eighth papercut: stderr that is not a terminal gets each bar redraw on its own line."""
+    data = _labelled_h5(tmp_path / "d.h5")
+    r = run_cli("precompute", small_ckpt[0], "--outputs", "probs", "--data", data, "--key", "x",
+                "--out", tmp_path / "e.h5")
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and any(line.startswith("precompute") for line in r.stderr.splitlines())

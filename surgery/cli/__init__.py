@@ -21,7 +21,7 @@ import sys
 
 from . import audit, cuts, export, finetune, freeze, inspect, precompute, restore, split
 from .audit import refuse_flagged
-from .common import Formatter, Parser, common_flags
+from .common import Formatter, LogLines, Parser, common_flags
 from .split import VERIFIED_AGAINST  # noqa: F401  (tests read it here)
 
 # in the order `surgery --help` lists them
@@ -159,6 +159,15 @@ def _stdin_model(tmpdir: str) -> str:
     return path
 
 
+def _log_lines(args):
+    """Progress bars one line per redraw when stderr is a log file (`common.LogLines`)."""
+    import contextlib
+
+    if args.quiet or sys.stderr.isatty():
+        return contextlib.nullcontext()
+    return contextlib.redirect_stderr(LogLines(sys.stderr))
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -180,7 +189,7 @@ def main(argv=None) -> int:
     from ..core.errors import SurgeryError
 
     try:
-        with tempfile.TemporaryDirectory(prefix="surgery-stdin.") as tmpdir:
+        with tempfile.TemporaryDirectory(prefix="surgery-stdin.") as tmpdir, _log_lines(args):
             args.stdin = getattr(args, "model", None) == "-"
             if args.stdin:
                 args.model = _stdin_model(tmpdir)

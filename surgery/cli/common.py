@@ -136,3 +136,33 @@ def open_model(args):
     from ..core.pieces import open_pieces
 
     return open_pieces(args.model, load_options(args))
+
+
+class LogLines:
+    """stderr when it is a log file, not a terminal: each progress-bar redraw (tqdm writes `\\r` and
+    the bar) becomes a line of its own, so the bars of a `make demo` log do not run together."""
+
+    def __init__(self, stream):
+        self.stream, self._ended = stream, False
+
+    def write(self, text: str) -> int:
+        if text.startswith("\r"):  # a redraw: its own line, trailing padding dropped, blank ones skipped
+            line = text[1:].rstrip()
+            if line:
+                self.stream.write(line + "\n")
+                self._ended = True
+            return len(text)
+        if text == "\n" and self._ended:  # the bar's own line end, already written
+            self._ended = False
+            return len(text)
+        self._ended = False
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)

@@ -24,6 +24,9 @@ STEPS = [
     ("Fine-tune at fc7 on the new 5-class task: a new head behind stop_gradient, trained on cached fc7 values",
      ["finetune", MODEL, "--at", "fc7", "--head", "dense:5", "--data", DATA, "--x", "target/x", "--y", "target/y",
       "--epochs", "15", "--lr", "0.01", "--cache-bottlenecks", "--out", f"{OUT}/finetuned"]),
+    ("Where can it be cut? Every tensor that alone separates the images from the answer, with the bytes a row "
+     "of it takes and the FLOPs and parameters on each side (* marks the Pareto front)",
+     ["cuts", f"{OUT}/finetuned", "--outputs", "head/probabilities"]),
     ("Split the fine-tuned network at fc7: an offline backbone and an online head, each frozen",
      ["split", f"{OUT}/finetuned", "--cut", "fc7", "--outputs", "head/probabilities", "--out", f"{OUT}/pieces"]),
     ("Precompute fc7 embeddings for every target image with the offline piece (resumable, ids alongside)",
@@ -78,7 +81,6 @@ def main() -> int:
             continue
         if "spark" in args and spark_missing():
             print(f"(skipped: {spark_missing()})")
-            continue
             continue
         if args[0] == "python":  # a recipe script
             print("$ " + " ".join(shlex.quote(a) for a in args), flush=True)

@@ -247,7 +247,9 @@ def cuts(model, outputs, *, inputs=None, set=None) -> dict:
     from .bind import bind
     from .freeze import freeze_model
 
-    if hasattr(model, "graph_def") and hasattr(model, "format"):
+    from ..core.model import Model
+
+    if isinstance(model, Model):  # not by duck type: a `Piece` has `graph_def` and `format` too
         loaded = model
     else:
         opened = open_pieces(model)

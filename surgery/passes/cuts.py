@@ -242,12 +242,11 @@ def cuts(model, outputs, *, inputs=None, set=None) -> dict:
     """`surgery cuts`: `find_cuts` on `model` (a path, an `open_pieces` result, a `Model` or a
     keras.Model) frozen to `outputs` above `inputs`, placeholders bound by `set` first. No weight is
     read: the frozen structure is enough. Returns `{"total", "cuts"}` as `find_cuts` does."""
+    from ..core.model import Model
     from ..core.names import parse_list
     from ..core.pieces import open_pieces
     from .bind import bind
     from .freeze import freeze_model
-
-    from ..core.model import Model
 
     if isinstance(model, Model):  # not by duck type: a `Piece` has `graph_def` and `format` too
         loaded = model

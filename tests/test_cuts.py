@@ -158,6 +158,20 @@ def test_flops_add_up_and_match_tensorflows_profiler(tmp_path):
     assert pool2.bytes_per_row == {"float32": 128, "float16": 64, "int8": 32}
 
 
+def test_a_head_behind_a_placeholder_with_default_is_counted(tmp_path):
+    """A fine-tuned head reads its bottleneck through a PlaceholderWithDefault declared [?, n]:
+    its FLOPs count as the profiler counts them when the default flows (the demo's fc7 head)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 6], name="x")
+        h = v1.placeholder_with_default(tf.nn.relu(tf.matmul(x, _w(6, 4))), [None, 4], name="bottleneck")
+        tf.matmul(h, _w(4, 3), name="logits")
+    report = cuts(_model(graph.as_graph_def(), tmp_path), "logits")
+    assert "flops_unknown" not in report
+    at = next(c for c in report["cuts"] if c.tensor == "bottleneck:0")
+    assert at.online["flops"] == 2 * 4 * 3  # the head's MatMul, batch 1
+
+
 def test_pareto_front_is_bytes_against_online_flops(tmp_path):
     report = cuts(_model(vgg(), tmp_path), "probs")
     rows = [(c.bytes_per_row["float32"], c.online["flops"], c.pareto) for c in report["cuts"]]

@@ -151,7 +151,9 @@ def _params(graph_def) -> dict:
 
 
 def _batch_of_one(skeleton, inputs: list):
-    """The graph imported with each input's batch dimension set to 1, so every shape is known."""
+    """The graph imported with each input's batch dimension set to 1, so every shape is known.
+    A `PlaceholderWithDefault` (a fine-tuned head's bottleneck) passes its default's shape on, as
+    it does when not fed: its declared `[?, n]` would leave the head's shapes open."""
     gd = tf.compat.v1.GraphDef()
     gd.CopyFrom(skeleton)
     names = {t.op: t for t in inputs}
@@ -159,6 +161,10 @@ def _batch_of_one(skeleton, inputs: list):
         spec = names.get(node.name)
         if spec is not None and node.op == "Placeholder" and spec.shape and spec.shape[0] is None:
             node.attr["shape"].shape.CopyFrom(tf.TensorShape([1, *spec.shape[1:]]).as_proto())
+        elif node.op == "PlaceholderWithDefault" and node.name not in names:
+            node.op = "Identity"
+            node.attr["T"].type = node.attr["dtype"].type
+            del node.attr["dtype"], node.attr["shape"]
     return g.graph_from_def(gd)
 
 

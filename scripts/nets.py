@@ -128,3 +128,43 @@ def write_mlp_pieces(directory: str, *, features: int, hidden, dim: int, seed: i
     write_manifest(directory, source={"path": "scripts/nets.py:write_mlp_pieces"},
                    pieces={"offline": frozen.manifest_entry("offline.pb")})
     return directory
+
+
+def trained_classifier(directory: str, *, features: int = 16, classes: int = 4, rows: int = 2000,
+                       steps: int = 300, seed: int = 0) -> tuple[str, str]:
+    """A small classifier trained to high accuracy on Gaussian blobs: `x` [?, features] → relu 64 →
+    `hidden` (relu 32, the cut the tests compress) → `probs` [?, classes]. Writes the checkpoint
+    `DIR/model.ckpt` and `DIR/data.h5` (`x`, `y` to train on; `test_x`, `test_y` held out).
+    Returns (checkpoint prefix, data file)."""
+    import os
+
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=2.0, size=(classes, features)).astype(np.float32)
+    y = rng.integers(0, classes, 2 * rows)
+    x = (centers[y] + rng.normal(size=(2 * rows, features))).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(seed)
+        inputs = v1.placeholder(tf.float32, [None, features], name="x")
+        labels = v1.placeholder(tf.int64, [None], name="y")
+        with v1.variable_scope("net", use_resource=False):
+            h = dense(inputs, 64, "fc1", tf.nn.relu)
+            h = tf.identity(dense(h, 32, "fc2", tf.nn.relu), name="hidden")
+            logits = dense(h, classes, "logits")
+        tf.nn.softmax(logits, name="probs")
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        train = v1.train.AdamOptimizer(0.01).minimize(loss)
+        saver = v1.train.Saver()
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            for step in range(steps):
+                batch = rng.integers(0, rows, 128)
+                sess.run(train, {inputs: x[batch], labels: y[batch]})
+            prefix = saver.save(sess, os.path.join(directory, "model.ckpt"))
+    data = os.path.join(directory, "data.h5")
+    with h5py.File(data, "w") as f:
+        f["x"], f["y"], f["test_x"], f["test_y"] = x[:rows], y[:rows], x[rows:], y[rows:]
+    return prefix, data

@@ -194,6 +194,29 @@ def test_cli_and_serving_from_parquet(spark, split_dir, data, local, tmp_path):
 
 
 @needs_spark
+def test_a_float16_cut_is_stored_as_its_bits_and_read_back_equal(spark, tmp_path):
+    """Spark has no half float: a cut crossing as float16 is stored as smallint bits and read back
+    as the local runner's float16 rows, bit for bit; an int8 cut as Spark's tinyint."""
+    from nets import trained_classifier
+
+    from surgery import load_model, precompute, split_model, write_split
+    from surgery.runners.spark import ParquetTable, run_precompute
+
+    prefix, data = trained_classifier(str(tmp_path))
+    for dtype in ("float16", "int8"):
+        pieces = str(tmp_path / dtype)
+        model = load_model(prefix)
+        write_split(model, split_model(model, "hidden", "probs", cut_dtype=dtype, calibration=[f"{data}:x"]), pieces)
+        precompute(pieces, data, "test_x", str(tmp_path / f"{dtype}.h5"), batch_size=BATCH)
+        out = str(tmp_path / f"{dtype}.parquet")
+        run_precompute(pieces, data, "test_x", out, batch_size=BATCH)
+        with h5py.File(tmp_path / f"{dtype}.h5", "r") as f:
+            expected = f["embeddings"][:]
+        got = ParquetTable(out).read_all()["embeddings"]
+        assert expected.dtype == got.dtype == np.dtype(dtype) and np.array_equal(got, expected)
+
+
+@needs_spark
 @pytest.mark.parametrize("key,ids,named,uri", [
     ("nope", None, "nope", False),                # missing column (close names suggested)
     ("features", "item_idd", "item_idd", False),  # missing id column

@@ -16,12 +16,18 @@ def add_arguments(p) -> None:
     set_arg(p)
     p.add_argument("--verify", type=int, default=4, metavar="N",
                    help="check offline∘online against the original on N random inputs (0: skip; default: 4)")
+    p.add_argument("--cut-dtype", choices=["float32", "float16", "int8"], default="float32",
+                   help="the dtype the cut crosses in: the offline piece ends with the cast or quantize, the online "
+                        "piece starts with the dequantize, precompute stores it (default: float32)")
+    p.add_argument("--calibration", action="append", default=[], metavar="SRC",
+                   help="for --cut-dtype int8: FILE.h5[:KEY] or FILE.npy holding inputs of the offline piece, "
+                        "whose cut values set each channel's range (repeatable, one per input)")
     p.add_argument("--format", choices=["auto", "frozen", "savedmodel"], default="auto",
                    help="pieces as frozen .pb files, or SavedModel directories that keep their variables "
                         "(for models past 2 GB); auto: frozen when a piece fits (default: auto)")
     p.add_argument("--verify-data", metavar="FILE",
                    help="verify on real inputs: an HDF5 file with one dataset per input (named as the input op), "
-                        "or a .npy array for a single input; its first N rows are used")
+                        "or FILE.h5:KEY or a .npy array for a single input; its first N rows are used")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=d0,d1,..",
                    help="shape of an input for the random verification inputs, batch first, ? for any (repeatable)")
     p.add_argument("--out", required=True, metavar="DIR",
@@ -46,7 +52,8 @@ def run(args):
     say = sayer(args)
     model = bind(load_options(args).load(args.model),
                  args.set)
-    split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None, format=args.format)
+    split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None, format=args.format,
+                        cut_dtype=args.cut_dtype, calibration=args.calibration)
     manifest = write_split(model, split, args.out, verify=args.verify, progress=progress(args) and not args.json,
                            verify_data=args.verify_data, input_shapes=parse_input_shapes(args.input_shape),
                            options=load_options(args))
@@ -75,4 +82,8 @@ def run(args):
         against = VERIFIED_AGAINST.get(v["reference"], f"the original ({v['reference']})")
         say(f"  verified on {v['n']} {v.get('data', 'random')} inputs against {against}: "
             f"max |difference| {v['max_abs_diff']:.3g} (tolerance {v['tolerance']:.3g})")
+        if "compressed" in v:
+            c = v["compressed"]
+            agreement = f", top-1 agreement {c['agreement']:.1%}" if c["agreement"] is not None else ""
+            say(f"  crossing as {c['dtype']}: max |difference| {c['max_abs_diff']:.3g} from the original{agreement}")
     return 0, {"written": out, **manifest}

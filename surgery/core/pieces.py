@@ -127,6 +127,18 @@ class Piece:
         other.outputs = specs(outputs) if outputs is not None else list(self.outputs)
         return other
 
+    def rewritten(self, rewrite, *, inputs=None, outputs=None) -> Piece:
+        """A new in-memory piece whose structure is `rewrite(GraphDef) -> GraphDef` applied to this
+        one's (nodes added or retyped; the held constants and variables untouched, so a lazily
+        filled piece stays lazy), fed at `inputs` and fetched at `outputs` where given."""
+        other = self.with_io(inputs, outputs)
+        if self._skeleton is not None and self._graph_def is None:
+            other._skeleton = rewrite(self._skeleton)
+        else:
+            other._graph_def, other._skeleton, other._constants = rewrite(self.graph_def), None, {}
+        other._sha256, other._on_disk, other.path = None, False, None
+        return other
+
     @property
     def sha256(self) -> str:
         """The piece's content digest: of its file(s) on disk as `manifest.piece_digest` reads them,

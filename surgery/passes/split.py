@@ -34,6 +34,7 @@ from ..core.names import VARIABLE_OP_TYPES, resolve_tensors, suggest
 from ..core.pieces import Piece, TensorSpec, specs
 from ..core.weights import restore_checkpoint, saver_for
 from . import savedmodel
+from .compress import compress_split
 from .freeze import freeze_model
 
 tf = tfcompat.tf
@@ -68,14 +69,33 @@ class Split:
     original_names: dict = dataclasses.field(default_factory=dict)
 
 
-def split_model(model, cut, outputs, *, inputs=None, format: str = "auto") -> Split:
+def split_model(model, cut, outputs, *, inputs=None, format: str = "auto", cut_dtype: str = "float32",
+                calibration=None) -> Split:
     """Split a loaded `Model` at `cut` (names or tensors) into offline and online pieces.
 
     `inputs` (optional) names the offline inputs explicitly; any tensor may be one (it becomes
     a placeholder of the offline piece). Raises `CutError` when the cut does not separate.
     `format`: "frozen", "savedmodel" (variables kept), or "auto": each piece frozen when it
     fits in a GraphDef (`savedmodel.frozen_limit()`), else kept as a SavedModel.
+    `cut_dtype`: "float16" or "int8" makes the cut cross compressed (see `passes.compress`); int8
+    takes its scales from `calibration`, a list of `FILE.h5[:KEY]`/`FILE.npy` sources of the
+    offline piece's inputs (as `export --calibration` reads them).
     """
+    split = _split(model, cut, outputs, inputs=inputs, format=format)
+    if cut_dtype == "int8":
+        from ..data.calibration import representative_rows
+        from .compress import calibrate
+
+        if not calibration:
+            raise CutError("--cut-dtype int8 needs calibration rows to choose its scales",
+                           "pass --calibration FILE.h5 (or .npy) holding inputs of the offline piece")
+        rows, _ = representative_rows(split.offline, calibration, verify=0)
+        return compress_split(split, cut_dtype, calibration=calibrate(model, split, rows))
+    return compress_split(split, cut_dtype)
+
+
+def _split(model, cut, outputs, *, inputs, format) -> Split:
+    """`split_model` with the cut crossing as it is."""
     if format not in savedmodel.FORMATS:
         raise CutError(f"unknown piece format '{format}'", "use --format " + ", ".join(savedmodel.FORMATS))
     graph = model.graph
@@ -485,17 +505,22 @@ def _match_inputs(by_name: dict, specs: dict, flag: str) -> dict:
 
 
 def _verify_rows(path: str, specs: dict, n: int) -> dict:
-    """The first `n` rows for each input from `path`: a `.npy` for the one data input, or an HDF5
-    file with one dataset per input (named as the input op, e.g. `images` or `net/x`)."""
+    """The first `n` rows for each input from `path`: a `.npy` or `FILE.h5:KEY` for the one data
+    input, or an HDF5 file with one dataset per input (named as the input op, e.g. `images`)."""
     from ..data import ArrayRows, check_feedable
 
     data_inputs = [name for name, spec in specs.items() if spec.shape != ()]
+    key = None
+    if not os.path.exists(path) and ":" in path and os.path.isfile(path.rsplit(":", 1)[0]):
+        path, key = path.rsplit(":", 1)
+    one = path.endswith(".npy") or key is not None
     rows = {}
-    for name in (data_inputs if not path.endswith(".npy") else data_inputs[:1]):
-        if path.endswith(".npy") and len(data_inputs) > 1:
-            raise CutError(f"--verify-data {path}: one .npy array cannot feed {len(data_inputs)} inputs "
+    for name in (data_inputs if not one else data_inputs[:1]):
+        if one and len(data_inputs) > 1:
+            raise CutError(f"--verify-data {path}: one array cannot feed {len(data_inputs)} inputs "
                            f"({', '.join(data_inputs)})", "pass an HDF5 file with one dataset per input")
-        with ArrayRows(path, None if path.endswith(".npy") else name.split(":")[0], what="--verify-data") as source:
+        dataset = key if key is not None else None if path.endswith(".npy") else name.split(":")[0]
+        with ArrayRows(path, dataset, what="--verify-data") as source:
             dtype = check_feedable(source, dataclasses.replace(specs[name], shape=None),
                                    where=f"--verify-data {source.where}")
             rows[name] = source.read(0, min(n, len(source))).astype(dtype)
@@ -660,26 +685,48 @@ def verify_split(model, split: Split, directory: str, feeds: dict, *, tolerance:
     output_names = [o.name for o in split.online.outputs]
     n = max((len(v) for v in feeds.values() if np.ndim(v)), default=1)
 
-    cut_values = _run_written(offline_path, {k: feeds[k] for k in (i.name for i in split.offline_inputs)},
-                              [c["tensor"] for c in split.cut])
-    online_feeds = {c["placeholder"]: v for c, v in zip(split.cut, cut_values)}
-    online_feeds.update({i.name: feeds[i.name] for i in split.live_inputs})
-    got = _run_written(online_path, online_feeds, output_names)
+    offline_feeds = {k: feeds[k] for k in (i.name for i in split.offline_inputs)}
+    live_feeds = {i.name: feeds[i.name] for i in split.live_inputs}
+    compressed = [c for c in split.cut if "offline_output" in c]
+    # the float path: the cut tensors themselves, fed where the online piece rebuilds them
+    cut_values = _run_written(offline_path, offline_feeds, [c["tensor"] for c in split.cut])
+    got = _run_written(online_path, dict(live_feeds, **{c.get("dequantized", c["placeholder"]): v
+                                                        for c, v in zip(split.cut, cut_values)}), output_names)
     expected, reference = _run_original(model, {split.original_names.get(k, k): v for k, v in feeds.items()},
                                         output_names)
+    max_diff, scale = _difference(got, expected)
+    tol = tolerance * scale
+    result = {"n": n, "reference": reference, "max_abs_diff": max_diff, "tolerance": tol,
+              "passed": bool(np.isfinite(max_diff) and max_diff <= tol)}
+    if compressed:  # the compressed path, as precompute and serving run it: reported, not held to tol
+        sent = _run_written(offline_path, offline_feeds, [c["offline_output"] for c in compressed])
+        got = _run_written(online_path, dict(live_feeds, **{c["placeholder"]: v for c, v in zip(compressed, sent)}),
+                           output_names)
+        result["compressed"] = {"dtype": compressed[0]["dtype"], "max_abs_diff": _difference(got, expected)[0],
+                                "agreement": _agreement(got, expected)}
+    return result
 
+
+def _difference(got: list, expected: list) -> tuple[float, float]:
+    """(max |got - expected| over all outputs, the outputs' magnitude, at least 1); inf when a
+    shape differs."""
     max_diff, scale = 0.0, 1.0
     for got_i, exp_i in zip(got, expected):
         got_i, exp_i = np.asarray(got_i, np.float64), np.asarray(exp_i, np.float64)
         if got_i.shape != exp_i.shape:
-            return {"n": n, "reference": reference, "max_abs_diff": float("inf"), "tolerance": tolerance,
-                    "passed": False}
+            return float("inf"), scale
         if exp_i.size:
             max_diff = max(max_diff, float(np.max(np.abs(got_i - exp_i))))
             scale = max(scale, float(np.max(np.abs(exp_i))))
-    tol = tolerance * scale
-    return {"n": n, "reference": reference, "max_abs_diff": max_diff, "tolerance": tol,
-            "passed": bool(np.isfinite(max_diff) and max_diff <= tol)}
+    return max_diff, scale
+
+
+def _agreement(got: list, expected: list):
+    """The share of rows whose top-1 class is the same, over the classifier outputs (rank 2, more
+    than one column); None when no output is one."""
+    same = [np.argmax(a, -1) == np.argmax(b, -1) for a, b in zip(got, expected)
+            if np.ndim(b) == 2 and np.shape(b)[-1] > 1 and np.shape(a) == np.shape(b)]
+    return float(np.mean(np.concatenate(same))) if same else None
 
 
 def import_piece(graph_def_or_path) -> object:

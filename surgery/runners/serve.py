@@ -89,7 +89,7 @@ class OnlineServer:
 
     def _map_datasets(self, manifest, online, precomputed) -> dict:
         online_inputs = {i.name for i in online.inputs}
-        by_cut = {_tensor_name(c["tensor"]): _tensor_name(c["placeholder"])
+        by_cut = {_tensor_name(c.get("offline_output", c["tensor"])): _tensor_name(c["placeholder"])
                   for c in manifest.get("cut", []) if isinstance(c, dict) and "tensor" in c and "placeholder" in c}
         feeds = {}
         for name, ds in self._file.items():

@@ -75,6 +75,9 @@ _ERROR = re.compile(re.escape(MARK) + r"\[(.*?)\|(.*?)\]", re.S)
 _SPARK_TO_NUMPY = {"tinyint": "int8", "smallint": "int16", "int": "int32", "bigint": "int64",
                    "float": "float32", "double": "float64", "boolean": "bool"}
 _NUMPY_TO_SPARK = {v: k for k, v in _SPARK_TO_NUMPY.items()}
+# Spark has no half float: a float16 output (a cut crossing as float16) is stored as its bits in a
+# smallint array, and `SparkResult` views it back as float16 (the layout records the dtype).
+_BITS = {"float16": "int16"}
 
 
 class SparkNotInstalledError(SurgeryError):
@@ -304,6 +307,8 @@ def _run_blocks(plan: _Blocks, x: np.ndarray, row0: int, ids):
         columns[plan.ids_column] = _arrow_ids(ids)
     for name, acc in zip(plan.datasets, results):
         value = np.concatenate(acc).reshape(len(x), -1)
+        if value.dtype.name in _BITS:
+            value = value.view(_BITS[value.dtype.name])
         offsets = pa.array(np.arange(len(x) + 1, dtype=np.int32) * value.shape[1])
         columns[name] = pa.ListArray.from_arrays(offsets, pa.array(value.ravel()))
     return pa.RecordBatch.from_pydict(columns)
@@ -614,9 +619,15 @@ def _layout(offline, datasets, inp: _Input) -> dict:
     with Runner(offline) as runner:
         layout = output_layout(offline, datasets, runner.run(np.zeros([1, *inp.row_shape], inp.feed_dtype), 0, 1))
     for spec in layout.values():
-        if np.dtype(spec["dtype"]).name not in _NUMPY_TO_SPARK:
+        if _stored(spec["dtype"]) not in _NUMPY_TO_SPARK:
             raise DataError(f"output {spec['tensor']} is {np.dtype(spec['dtype']).name}", "store numeric outputs only")
     return layout
+
+
+def _stored(dtype) -> str:
+    """The numpy dtype name an output of `dtype` is stored as in Parquet."""
+    name = np.dtype(dtype).name
+    return _BITS.get(name, name)
 
 
 def _ids_column(data: str, ids: str | None, inp: _Input, layout: dict) -> str | None:
@@ -681,7 +692,7 @@ def _output_schema(meta: dict, ids_column: str | None, id_type: str | None, layo
     if ids_column:
         fields.append(StructField(ids_column, DataType.fromDDL(id_type), True))
     for name, spec in layout.items():
-        element = DataType.fromDDL(_NUMPY_TO_SPARK[np.dtype(spec["dtype"]).name])
+        element = DataType.fromDDL(_NUMPY_TO_SPARK[_stored(spec["dtype"])])
         fields.append(StructField(name, ArrayType(element, containsNull=False), True, {"tensor": spec["tensor"]}))
     return StructType(fields)
 
@@ -792,6 +803,8 @@ class ParquetTable:
             return values.astype(object) if values.dtype == object else values
         spec = self.layout[name]
         flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        if np.dtype(spec["dtype"]).name in _BITS:
+            return flat.view(spec["dtype"]).reshape(len(col), *spec["shape"])
         return flat.astype(spec["dtype"], copy=False).reshape(len(col), *spec["shape"])
 
     def rows(self, start: int, stop: int, names=None) -> dict:

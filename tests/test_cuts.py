@@ -219,6 +219,44 @@ def test_cuts_cli_json_table_and_refusals(tmp_path):
     assert r.returncode == 2 and "probs" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_measure_times_the_shrinking_and_pareto_cuts_and_prices_compression(tmp_path):
+    import h5py
+
+    path = _model(vgg(), tmp_path)
+    images = RNG.normal(size=(100, 8, 8, 3)).astype(np.float32)
+    with h5py.File(tmp_path / "rows.h5", "w") as f:
+        f["images"] = images
+    r = cli("cuts", path, "--outputs", "probs", "--measure", "--data", tmp_path / "rows.h5", "--batch-size", 16,
+            "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    measured = {c["tensor"]: c["measured"] for c in doc["cuts"] if c["measured"]}
+    assert {"pool1:0", "pool2:0"} <= set(measured)  # where the rows shrink
+    assert "conv1/relu:0" not in measured and not any(c["measured"] for c in doc["cuts"] if c["kind"] != "cut")
+    pool2 = measured["pool2:0"]
+    assert pool2["batch_size"] == 16 and pool2["offline_ms"] > 0 and pool2["online_ms"] > 0
+    assert pool2["rows_compared"] == 100
+    # the reported price of crossing as int8 is what the numpy formulas give on the same rows
+    from surgery.passes.compress import int8_ranges, roundtrip
+
+    gd = g.read_graph_def(path)
+    (cut,) = run_graph_def(gd, {"images:0": images}, ["pool2:0"])
+    graph = tf.Graph()
+    with graph.as_default():
+        ph = v1.placeholder(tf.float32, [None, 2, 2, 8])
+        tf.import_graph_def(gd, input_map={"pool2:0": ph}, name="")
+        with v1.Session(graph=graph) as sess:
+            float_probs = sess.run("probs:0", {ph: cut})
+            int8_probs = sess.run("probs:0", {ph: roundtrip(cut, "int8", *int8_ranges(cut))})
+    # the rows are drawn in a fixed random order; the agreement is over the same set
+    assert pool2["int8"]["agreement"] == np.mean(int8_probs.argmax(1) == float_probs.argmax(1))
+    np.testing.assert_allclose(pool2["int8"]["max_abs_diff"], np.abs(int8_probs - float_probs).max(), rtol=1e-5)
+    r = cli("cuts", path, "--outputs", "probs", "--measure")
+    assert r.returncode == 0 and "ms/row" in r.stdout and "--data FILE" in r.stdout
+    r = cli("cuts", path, "--outputs", "probs", "--data", tmp_path / "rows.h5")
+    assert r.returncode == 2 and "--measure" in r.stderr
+
+
 def test_plot_is_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     path = _model(vgg(), tmp_path)

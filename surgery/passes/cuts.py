@@ -42,6 +42,7 @@ from ..core.pieces import TensorSpec
 tf = tfcompat.tf
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "int8": 1}
+_COMPARE_BATCHES = 8  # --measure --data compares compressed cuts on up to this many batches of rows
 _FLOAT_TYPES = {tf.float32.as_datatype_enum, tf.float16.as_datatype_enum, tf.float64.as_datatype_enum,
                 tf.bfloat16.as_datatype_enum}
 
@@ -59,6 +60,7 @@ class Cut:
     online: dict
     pareto: bool = False
     kind: str = "cut"  # "cut", "branch" (cuts one input's branch off), "all online", "all offline"
+    measured: dict | None = None  # with --measure: see `measure_cut`
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -244,10 +246,15 @@ def find_cuts(piece, *, layers: dict | None = None) -> dict:
     return result
 
 
-def cuts(model, outputs, *, inputs=None, set=None) -> dict:
+def cuts(model, outputs, *, inputs=None, set=None, measure: bool = False, data=None, batch_size: int = 32,
+         repeats: int = 5, progress=None) -> dict:
     """`surgery cuts`: `find_cuts` on `model` (a path, an `open_pieces` result, a `Model` or a
     keras.Model) frozen to `outputs` above `inputs`, placeholders bound by `set` first. No weight is
-    read: the frozen structure is enough. Returns `{"total", "cuts"}` as `find_cuts` does."""
+    read: the frozen structure is enough. Returns `{"total", "cuts"}` as `find_cuts` does.
+
+    `measure`: also split at each Pareto cut and time both sides in TensorFlow (`measure_cut`), on
+    `data` (`FILE.h5[:KEY]`/`FILE.npy` sources of the inputs) or random rows; `progress(iterable)`
+    wraps the loop over the cuts (a progress bar)."""
     from ..core.model import Model
     from ..core.names import parse_list
     from ..core.pieces import open_pieces
@@ -264,7 +271,94 @@ def cuts(model, outputs, *, inputs=None, set=None) -> dict:
                                "or one piece's .pb")
     loaded = bind(loaded, set)
     piece = freeze_model(loaded, parse_list(outputs), inputs=parse_list(inputs) if inputs else ())
-    return find_cuts(piece, layers=_keras_layers(loaded, piece))
+    report = find_cuts(piece, layers=_keras_layers(loaded, piece))
+    if measure:
+        chosen = measured_cuts(report["cuts"])
+        for c in (progress or iter)(chosen):
+            c.measured = measure_cut(loaded, c.tensor, [t.name for t in piece.outputs], inputs=inputs, data=data,
+                                     batch_size=batch_size, repeats=repeats)
+    return report
+
+
+# ---------------------------------------------------------------- measured: time and compression
+
+def measured_cuts(cuts: list) -> list:
+    """The cuts `--measure` times: the Pareto cuts, and each cut narrower than every cut before it
+    in graph order (where the rows shrink: a pooling, a bottleneck). A classifier's own output is
+    the narrowest tensor and costs nothing online, so on the Pareto front alone it hides the
+    inner cuts; the trivial cuts are not split."""
+    chosen, narrowest = [], None
+    for c in cuts:
+        size = c.bytes_per_row["float32"]
+        if c.kind in ("cut", "branch") and (c.pareto or (narrowest is not None and size < narrowest)):
+            chosen.append(c)
+        if c.kind != "branch":
+            narrowest = size if narrowest is None else min(narrowest, size)
+    return chosen
+
+
+def _timed(sess, fetches, feeds, repeats: int) -> tuple[list, float]:
+    """(values, median seconds) of `repeats` runs after one warm-up, through a callable (the
+    least per-call overhead TensorFlow offers)."""
+    import statistics
+    import time
+
+    names = list(feeds)
+    call = sess.make_callable(fetches, feed_list=names)
+    values = call(*[feeds[n] for n in names])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(*[feeds[n] for n in names])
+        times.append(time.perf_counter() - start)
+    return values, statistics.median(times)
+
+
+def measure_cut(model, cut: str, outputs: list, *, inputs=None, data=None, batch_size: int = 32,
+                repeats: int = 5) -> dict:
+    """Split `model` at `cut` (frozen pieces, in memory) and time each side on one batch:
+    `{"batch_size", "offline_ms", "online_ms"}` (median ms per row), and on `data` what crossing
+    compressed costs: `{"float16": {"max_abs_diff", "agreement"}, "int8": {...}}`, the online
+    outputs from the cut rounded through each dtype (int8 scales from these rows) against the
+    float ones; agreement is top-1 for classifier outputs (rank 2), else None."""
+    from ..core.pieces import Piece
+    from ..data.calibration import representative_rows
+    from .compress import int8_ranges, roundtrip
+    from .split import _agreement, _difference, import_piece, random_feeds, split_model
+
+    split = split_model(model, cut.split(","), outputs, inputs=inputs, format="frozen", cut_dtype="float32")
+    fed = list(split.offline_inputs) + list(split.live_inputs)
+    if data:
+        rows, _ = representative_rows(Piece(None, fed, name="data"), data, verify=0)
+        feeds = {s.name: r[:_COMPARE_BATCHES * batch_size] for s, r in zip(fed, rows)}
+    else:
+        feeds = random_feeds(fed, batch_size, np.random.default_rng(0), split.offline.graph_def)
+    batch = {k: v[:batch_size] if np.ndim(v) else v for k, v in feeds.items()}
+    n = max(len(v) for v in batch.values() if np.ndim(v))
+    cut_tensors, output_names = [c["tensor"] for c in split.cut], [o.name for o in split.online.outputs]
+    placeholders = [c["placeholder"] for c in split.cut]
+
+    def offline_feeds(f):
+        return {s.name: f[s.name] for s in split.offline_inputs}
+
+    def online_feeds(f, cut_values):
+        return dict({s.name: f[s.name] for s in split.live_inputs}, **dict(zip(placeholders, cut_values)))
+
+    with tf.compat.v1.Session(graph=import_piece(split.offline.graph_def)) as off, \
+            tf.compat.v1.Session(graph=import_piece(split.online.graph_def)) as on:
+        sent, t_off = _timed(off, cut_tensors, offline_feeds(batch), repeats)
+        _, t_on = _timed(on, output_names, online_feeds(batch, sent), repeats)
+        result = {"batch_size": n, "offline_ms": 1000 * t_off / n, "online_ms": 1000 * t_on / n}
+        sent = off.run(cut_tensors, offline_feeds(feeds))
+        if data and all(np.asarray(v).dtype == np.float32 for v in sent):  # only float cuts compress
+            answers = on.run(output_names, online_feeds(feeds, sent))
+            result["rows_compared"] = len(sent[0])
+            for dtype in ("float16", "int8"):
+                crossed = [roundtrip(v, dtype, *(int8_ranges(v) if dtype == "int8" else (None, None)))
+                           for v in sent]
+                got = on.run(output_names, online_feeds(feeds, crossed))
+                result[dtype] = {"max_abs_diff": _difference(got, answers)[0], "agreement": _agreement(got, answers)}
+    return result
 
 
 def _keras_layers(model, piece) -> dict:
@@ -274,4 +368,4 @@ def _keras_layers(model, piece) -> dict:
     return {f"{n.name}:0": n.name for n in piece.skeleton.node if "/" not in n.name and n.op != "Const"}
 
 
-__all__ = ["Cut", "cuts", "find_cuts", "separating_tensors"]
+__all__ = ["Cut", "cuts", "find_cuts", "measure_cut", "measured_cuts", "separating_tensors"]

@@ -64,7 +64,8 @@ def train(prefix: str, items, users, item_taste, user_taste, steps: int, seed: i
         train_op = v1.train.AdamOptimizer(3e-3).minimize(loss, global_step=v1.train.get_or_create_global_step())
         with v1.Session() as sess:
             sess.run(v1.global_variables_initializer())
-            bar = tqdm(range(steps), desc="train two-tower", leave=False)
+            bar = tqdm(range(steps), desc="train two-tower", leave=False,
+                       disable=not sys.stderr.isatty())  # a bar on a terminal; the final line alone in a log
             for step in bar:
                 i, u = rng.integers(0, len(items), 256), rng.integers(0, len(users), 256)
                 y = (np.sum(item_taste[i] * user_taste[u], axis=1) > 0).astype(np.float32)

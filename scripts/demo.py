@@ -26,9 +26,17 @@ STEPS = [
       "--epochs", "15", "--lr", "0.01", "--cache-bottlenecks", "--out", f"{OUT}/finetuned"]),
     ("Where can it be cut? Every tensor that alone separates the images from the answer, with the bytes a row "
      "of it takes and the FLOPs and parameters on each side (* marks the Pareto front)",
-     ["cuts", f"{OUT}/finetuned", "--outputs", "head/probabilities"]),
+     ["cuts", f"{OUT}/finetuned", "--outputs", "head/probabilities", "--measure", "--data", f"{DATA}:target/x"]),
     ("Split the fine-tuned network at fc7: an offline backbone and an online head, each frozen",
      ["split", f"{OUT}/finetuned", "--cut", "fc7", "--outputs", "head/probabilities", "--out", f"{OUT}/pieces"]),
+    ("The same split with fc7 crossing as int8 (per-channel scales from the source images): a quarter of the "
+     "bytes, and what it changes in the answers on 200 target images",
+     ["split", f"{OUT}/finetuned", "--cut", "fc7", "--outputs", "head/probabilities", "--cut-dtype", "int8",
+      "--calibration", f"{DATA}:source/x", "--verify", "200", "--verify-data", f"{DATA}:target/x",
+      "--out", f"{OUT}/pieces_int8"]),
+    ("Precompute the int8 fc7 rows: stored as int8, 128 bytes a row instead of 512",
+     ["precompute", f"{OUT}/pieces_int8", "--data", DATA, "--key", "target/x", "--ids", "target/ids",
+      "--out", f"{OUT}/fc7_int8.h5"]),
     ("Precompute fc7 embeddings for every target image with the offline piece (resumable, ids alongside)",
      ["precompute", f"{OUT}/pieces", "--data", DATA, "--key", "target/x", "--ids", "target/ids",
       "--out", f"{OUT}/fc7_embeddings.h5"]),

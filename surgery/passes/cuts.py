@@ -270,7 +270,7 @@ def cuts(model, outputs, *, inputs=None, set=None, measure: bool = False, data=N
             raise SurgeryError(f"{opened.path} is a directory of pieces", "pass the MODEL the pieces came from, "
                                "or one piece's .pb")
     loaded = bind(loaded, set)
-    piece = freeze_model(loaded, parse_list(outputs), inputs=parse_list(inputs) if inputs else ())
+    piece = freeze_model(loaded, parse_list(outputs), inputs=parse_list(inputs) if inputs else (), structure_only=True)
     report = find_cuts(piece, layers=_keras_layers(loaded, piece))
     if measure:
         chosen = measured_cuts(report["cuts"])

@@ -196,10 +196,13 @@ def check_cut_is_clean(graph_def, in_tensors, replaced):
 
 
 
-def freeze_model(model, outputs, *, inputs=(), optimize=False) -> Piece:
-    """Freeze a loaded `Model` with values read straight from its checkpoint (see `freeze_graph`)."""
+def freeze_model(model, outputs, *, inputs=(), optimize=False, structure_only=False) -> Piece:
+    """Freeze a loaded `Model` with values read straight from its checkpoint (see `freeze_graph`).
+    `structure_only`: only the skeleton will be used (`cuts`), so a `.meta` without its
+    checkpoint is enough; reading a weight then raises."""
     read = variable_reader(model)
-    frozen = freeze_graph(model.graph, outputs, inputs=inputs, read_variable=read, optimize=optimize,
+    frozen = freeze_graph(model.graph, outputs, inputs=inputs, optimize=optimize,
+                          read_variable=read if read is not None or not structure_only else _no_weights(model),
                           graph_def=model.graph_def if model.is_frozen else None)
     if read is not None:
         for stub, variable in frozen.variable_stubs():
@@ -211,3 +214,10 @@ def freeze_model(model, outputs, *, inputs=(), optimize=False) -> Piece:
 
 
 __all__ = ["freeze_graph", "freeze_model", "write_graph_def"]
+
+
+def _no_weights(model):
+    def read(variable):
+        raise SurgeryError(f"{model.path} has no checkpoint to read '{variable}' from",
+                           "pass the checkpoint prefix or directory, not the .meta alone")
+    return read

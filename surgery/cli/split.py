@@ -22,9 +22,10 @@ def add_arguments(p) -> None:
     p.add_argument("--calibration", action="append", default=[], metavar="SRC",
                    help="for --cut-dtype int8: FILE.h5[:KEY] or FILE.npy holding inputs of the offline piece, "
                         "whose cut values set each channel's range (repeatable, one per input)")
-    p.add_argument("--format", choices=["auto", "frozen", "savedmodel"], default="auto",
+    p.add_argument("--format", choices=["auto", "frozen", "savedmodel", "keras"], default="auto",
                    help="pieces as frozen .pb files, or SavedModel directories that keep their variables "
-                        "(for models past 2 GB); auto: frozen when a piece fits (default: auto)")
+                        "(for models past 2 GB), or .keras files for a Keras MODEL (cut and outputs named as "
+                        "layers); auto: frozen when a piece fits (default: auto)")
     p.add_argument("--verify-data", metavar="FILE",
                    help="verify on real inputs: an HDF5 file with one dataset per input (named as the input op), "
                         "or FILE.h5:KEY or a .npy array for a single input; its first N rows are used")
@@ -50,6 +51,8 @@ def run(args):
     if args.verify < 0:
         raise SurgeryError(f"--verify {args.verify} is negative", "give a number of random inputs, or 0 to skip")
     say = sayer(args)
+    if args.format == "keras":
+        return _run_keras(args, say)
     model = bind(load_options(args).load(args.model),
                  args.set)
     split = split_model(model, args.cut, args.outputs, inputs=args.inputs or None, format=args.format,
@@ -86,4 +89,38 @@ def run(args):
             c = v["compressed"]
             agreement = f", top-1 agreement {c['agreement']:.1%}" if c["agreement"] is not None else ""
             say(f"  crossing as {c['dtype']}: max |difference| {c['max_abs_diff']:.3g} from the original{agreement}")
+    return 0, {"written": out, **manifest}
+
+
+def _run_keras(args, say):
+    """`--format keras`: two .keras files from a Keras MODEL (`surgery.keras.split`)."""
+    import os
+
+    from ..core.errors import SurgeryError
+    from ..core.kerasfile import is_keras_file, load_keras_file
+    from ..passes.keras_split import split, write_keras_split
+
+    if not is_keras_file(args.model):
+        raise SurgeryError(f"--format keras needs a Keras MODEL (.keras or .h5); {args.model} is not one",
+                           "split it into frozen pieces (drop --format keras)")
+    for flag, given in (("--set", args.set), ("--inputs", args.inputs), ("--verify-data", args.verify_data),
+                        ("--input-shape", args.input_shape), ("--cut-dtype", args.cut_dtype != "float32")):
+        if given:
+            raise SurgeryError(f"{flag} does not apply to --format keras", f"drop {flag}, or split into frozen pieces")
+    model = load_keras_file(args.model, trust_code=load_options(args).trust_code)
+    offline, online = split(model, cut=args.cut, outputs=args.outputs)
+    manifest = write_keras_split(model, offline, online, args.out, verify=args.verify,
+                                 source={"path": os.path.abspath(args.model), "format": "keras"})
+    out = args.out.rstrip("/") or "/"
+    say(f"split {args.model} → {out}/ (Keras files)")
+    for name in ("offline", "online"):
+        info = manifest["pieces"][name]
+        feed = ", ".join(f"{i['name']} {i['shape']}" for i in info["inputs"])
+        say(f"  {info['graph']:<14} feed {feed}  →  {', '.join(o['name'] for o in info['outputs'])}")
+    v = manifest["verification"]
+    if v.get("skipped"):
+        say("  verification skipped (--verify 0)")
+    else:
+        say(f"  verified the written files, loaded with plain Keras, on {v['n']} random inputs: "
+            f"max |difference| {v['max_abs_diff']:.3g} (tolerance {v['tolerance']:.3g})")
     return 0, {"written": out, **manifest}

@@ -106,6 +106,10 @@ class Piece:
     def from_manifest(cls, directory: str, name: str, info: dict) -> Piece:
         """Piece `name` of a manifest in `directory` (its graph read on first use)."""
         path = os.path.join(directory, info["graph"])
+        if info.get("format") == "keras":
+            raise SurgeryError(f"{directory} holds Keras pieces (split --format keras): {info['graph']} is a "
+                               "keras.Model file, not a graph piece",
+                               f"pass the file itself as a MODEL ({path}), or load it with keras.models.load_model")
         return cls(inputs=info["inputs"], outputs=info["outputs"], name=name, path=path,
                    format="savedmodel" if os.path.isdir(path) else "frozen")
 

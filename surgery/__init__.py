@@ -33,8 +33,9 @@ _EXPORTS = {
     "data": ["RowSource", "check_feedable", "open_rows"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-# modules offered whole: `surgery.graph` is the GraphDef toolkit (small functions over GraphDef protos)
-_SUBMODULES = {"graph": "core.graph"}
+# modules offered whole: `surgery.graph` is the GraphDef toolkit (small functions over GraphDef protos);
+# `surgery.keras` cuts keras.Models into keras.Models (`surgery.keras.split`)
+_SUBMODULES = {"graph": "core.graph", "keras": "passes.keras_split"}
 
 __all__ = [name for names in _EXPORTS.values() for name in names] + list(_SUBMODULES)
 

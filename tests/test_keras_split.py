@@ -17,7 +17,7 @@ from conftest import cli
 
 keras = pytest.importorskip("keras")
 
-import surgery.keras  # noqa: E402
+import surgery  # noqa: E402
 from surgery.core.errors import CutError  # noqa: E402
 
 RNG = np.random.default_rng(0)

@@ -124,7 +124,7 @@ def output_names(model) -> list[str]:
     return [_history_layer(t) for t in model.outputs]
 
 
-def _graph_of(layer):
+def graph_of(layer):
     """The functional graph a nested model runs (a `Sequential` keeps one in `_functional`),
     or None for a plain layer or a subclassed model."""
     graph = layer if hasattr(layer, "_nodes_by_depth") else getattr(layer, "_functional", None)
@@ -169,8 +169,8 @@ def _flat_outputs(model):
     def remember(graph):
         for layer in graph.operations:  # layers and the bare ops a functional graph may hold (x + y)
             original.setdefault(id(layer), (layer, list(layer._inbound_nodes), list(layer._outbound_nodes)))
-            if _graph_of(layer) is not None:
-                remember(_graph_of(layer))
+            if graph_of(layer) is not None:
+                remember(graph_of(layer))
 
     remember(model)
     outputs, calls = {}, {}
@@ -187,7 +187,7 @@ def _flat_outputs(model):
                 key = prefix + layer.name + (f".call_{own.index(node)}" if len(own) > 1 else "")
                 if len(own) > 1:
                     calls.setdefault(prefix + layer.name, []).append(key)
-                inner = _graph_of(layer)
+                inner = graph_of(layer)
                 if inner is not None:
                     result = run(inner, keras.tree.flatten(args[0]), key + "/")
                 else:
@@ -232,7 +232,7 @@ def trace_for_surgery(model) -> Traced:
     if not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
         raise ModelLoadError(f"Keras model '{model.name}' has no inputs/outputs yet (a subclassed or unbuilt model)",
                              "build it as a functional model, or export a SavedModel with model.export(DIR)")
-    nested = any(_graph_of(layer) is not None for layer in model.layers)
+    nested = any(graph_of(layer) is not None for layer in model.layers)
     # a model without nested models is traced from Keras's own graph, untouched
     with _flat_outputs(model) if nested else contextlib.nullcontext((*_call_outputs(model), model.outputs)) as (
             outputs, calls, final):

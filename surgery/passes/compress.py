@@ -29,7 +29,6 @@ from ..core.names import node_input_op
 tf = tfcompat.tf
 
 CUT_DTYPES = ("float32", "float16", "int8")
-_CHUNK = 64  # calibration rows run through the model at a time
 
 
 # ---------------------------------------------------------------- the arithmetic, in numpy
@@ -64,6 +63,30 @@ def roundtrip(x, dtype: str, scale=None, zero_point=None) -> np.ndarray:
     if dtype == "int8":
         return dequantize(quantize(x, scale, zero_point), scale, zero_point)
     return np.asarray(x, np.float32)
+
+
+# ---------------------------------------------------------------- what compression changes
+
+def difference(got: list, expected: list) -> tuple[float, float]:
+    """(max |got - expected| over all outputs, the outputs' magnitude, at least 1); inf when a
+    shape differs."""
+    max_diff, scale = 0.0, 1.0
+    for got_i, exp_i in zip(got, expected):
+        got_i, exp_i = np.asarray(got_i, np.float64), np.asarray(exp_i, np.float64)
+        if got_i.shape != exp_i.shape:
+            return float("inf"), scale
+        if exp_i.size:
+            max_diff = max(max_diff, float(np.max(np.abs(got_i - exp_i))))
+            scale = max(scale, float(np.max(np.abs(exp_i))))
+    return max_diff, scale
+
+
+def agreement(got: list, expected: list):
+    """The share of rows whose top-1 class is the same, over the classifier outputs (rank 2, more
+    than one column); None when no output is one."""
+    same = [np.argmax(a, -1) == np.argmax(b, -1) for a, b in zip(got, expected)
+            if np.ndim(b) == 2 and np.shape(b)[-1] > 1 and np.shape(a) == np.shape(b)]
+    return float(np.mean(np.concatenate(same))) if same else None
 
 
 # ---------------------------------------------------------------- the graph ops
@@ -125,24 +148,10 @@ def _decompress_nodes(q: str, prefix: str, dtype: str, scale, zero_point) -> lis
 
 # ---------------------------------------------------------------- the split
 
-def calibrate(model, split, rows: list) -> list:
-    """The cut tensors' values on calibration `rows` (one array per offline input), computed by the
-    original model as loaded (its checkpoint, or the graph itself), a chunk at a time."""
-    from .split import _run_original
-
-    names = [split.original_names.get(i.name, i.name) for i in split.offline_inputs]
-    tensors = [c["tensor"] for c in split.cut]
-    parts = []
-    for start in range(0, len(rows[0]), _CHUNK):
-        feeds = {n: r[start:start + _CHUNK] for n, r in zip(names, rows)}
-        parts.append(_run_original(model, feeds, tensors)[0])
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(tensors))]
-
-
 def compress_split(split, dtype: str, *, calibration=None):
     """`split` with its cut crossing as `dtype` ("float16" or "int8"; "float32" returns it as is).
 
-    int8 needs `calibration`: the cut tensors' values on representative rows (see `calibrate`),
+    int8 needs `calibration`: the cut tensors' values on representative rows (see `split.calibrate`),
     one array per cut tensor. Each cut entry then records `dtype`, the compressed tensor the
     offline piece now outputs (`offline_output`), the float tensor the online piece rebuilds from
     the placeholder (`dequantized`), and for int8 the per-channel `scale` and `zero_point`.
@@ -203,4 +212,4 @@ def compress_split(split, dtype: str, *, calibration=None):
     return dataclasses.replace(split, offline=offline, online=online, cut=cut)
 
 
-__all__ = ["CUT_DTYPES", "calibrate", "compress_split", "dequantize", "int8_ranges", "quantize", "roundtrip"]
+__all__ = ["CUT_DTYPES", "agreement", "compress_split", "difference", "dequantize", "int8_ranges", "quantize", "roundtrip"]

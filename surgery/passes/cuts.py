@@ -323,8 +323,8 @@ def measure_cut(model, cut: str, outputs: list, *, inputs=None, data=None, batch
     float ones; agreement is top-1 for classifier outputs (rank 2), else None."""
     from ..core.pieces import Piece
     from ..data.calibration import representative_rows
-    from .compress import int8_ranges, roundtrip
-    from .split import _agreement, _difference, import_piece, random_feeds, split_model
+    from .compress import agreement, difference, int8_ranges, roundtrip
+    from .split import import_piece, random_feeds, split_model
 
     split = split_model(model, cut.split(","), outputs, inputs=inputs, format="frozen", cut_dtype="float32")
     fed = list(split.offline_inputs) + list(split.live_inputs)
@@ -357,7 +357,7 @@ def measure_cut(model, cut: str, outputs: list, *, inputs=None, data=None, batch
                 crossed = [roundtrip(v, dtype, *(int8_ranges(v) if dtype == "int8" else (None, None)))
                            for v in sent]
                 got = on.run(output_names, online_feeds(feeds, crossed))
-                result[dtype] = {"max_abs_diff": _difference(got, answers)[0], "agreement": _agreement(got, answers)}
+                result[dtype] = {"max_abs_diff": difference(got, answers)[0], "agreement": agreement(got, answers)}
     return result
 
 

@@ -1,5 +1,5 @@
-"""Keras in, Keras out: a functional `keras.Model` cut into two `keras.Model`s, each a plain Keras
-model that `keras.models.load_model` reads without surgery.
+"""Keras in, Keras out (`surgery.keras`): a functional `keras.Model` cut into two `keras.Model`s,
+each a plain Keras model that `keras.models.load_model` reads without surgery.
 
 - The offline model is the original's layers from its inputs to the cut tensors (Keras builds it
   from the original inputs and the intermediate outputs itself).
@@ -18,12 +18,12 @@ model that `keras.models.load_model` reads without surgery.
 from __future__ import annotations
 
 from ..core.errors import CutError, SurgeryError
-from ..core.kerasfile import _graph_of
+from ..core.kerasfile import graph_of
 from ..core.names import suggest
 
 
 def _functional(model):
-    graph = _graph_of(model)
+    graph = graph_of(model)
     if graph is None:
         raise CutError(f"'{model.name}' ({type(model).__name__}) is a subclassed model: it has no functional "
                        "graph of layers to cut", "rebuild it with the functional API (keras.Model(inputs, outputs)), "
@@ -33,7 +33,7 @@ def _functional(model):
 
 def _nested(op):
     """The functional graph of a nested model called as one layer, or None for a plain layer."""
-    return _graph_of(op) if hasattr(op, "layers") else None
+    return graph_of(op) if hasattr(op, "layers") else None
 
 
 def _layer_names(graph) -> set:

@@ -34,11 +34,12 @@ from ..core.names import VARIABLE_OP_TYPES, resolve_tensors, suggest
 from ..core.pieces import Piece, TensorSpec, specs
 from ..core.weights import restore_checkpoint, saver_for
 from . import savedmodel
-from .compress import compress_split
+from .compress import agreement, compress_split, difference
 from .freeze import freeze_model
 
 tf = tfcompat.tf
 
+_CALIBRATION_CHUNK = 64  # calibration rows run through the model at a time
 # {piece format: how its file (or directory) is named}; a SavedModel piece keeps its variables.
 PIECE_FILES = {"frozen": "{}.pb", "savedmodel": "{}"}
 # v1 control flow: a tensor between a Switch and its Merge (or an Enter and its Exit) only exists
@@ -84,14 +85,24 @@ def split_model(model, cut, outputs, *, inputs=None, format: str = "auto", cut_d
     split = _split(model, cut, outputs, inputs=inputs, format=format)
     if cut_dtype == "int8":
         from ..data.calibration import representative_rows
-        from .compress import calibrate
-
         if not calibration:
             raise CutError("--cut-dtype int8 needs calibration rows to choose its scales",
                            "pass --calibration FILE.h5 (or .npy) holding inputs of the offline piece")
         rows, _ = representative_rows(split.offline, calibration, verify=0)
         return compress_split(split, cut_dtype, calibration=calibrate(model, split, rows))
     return compress_split(split, cut_dtype)
+
+
+def calibrate(model, split: Split, rows: list) -> list:
+    """The cut tensors' values on calibration `rows` (one array per offline input), computed by the
+    original model as loaded (its checkpoint, or the graph itself), a chunk at a time."""
+    names = [split.original_names.get(i.name, i.name) for i in split.offline_inputs]
+    tensors = [c["tensor"] for c in split.cut]
+    parts = []
+    for start in range(0, len(rows[0]), _CALIBRATION_CHUNK):
+        feeds = {n: r[start:start + _CALIBRATION_CHUNK] for n, r in zip(names, rows)}
+        parts.append(run_original(model, feeds, tensors)[0])
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(tensors))]
 
 
 def _split(model, cut, outputs, *, inputs, format) -> Split:
@@ -617,7 +628,7 @@ def verify_in_child(model, split: Split, directory: str, feeds: dict, *, toleran
         with open(os.path.join(work, "spec.json"), "w") as f:
             json.dump(spec, f)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds surgery/
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         proc = subprocess.run([sys.executable, "-c", "import sys; from surgery.passes.split import _verify_child; "
                                "sys.exit(_verify_child(sys.argv[1]))", work],
@@ -692,9 +703,9 @@ def verify_split(model, split: Split, directory: str, feeds: dict, *, tolerance:
     cut_values = _run_written(offline_path, offline_feeds, [c["tensor"] for c in split.cut])
     got = _run_written(online_path, dict(live_feeds, **{c.get("dequantized", c["placeholder"]): v
                                                         for c, v in zip(split.cut, cut_values)}), output_names)
-    expected, reference = _run_original(model, {split.original_names.get(k, k): v for k, v in feeds.items()},
+    expected, reference = run_original(model, {split.original_names.get(k, k): v for k, v in feeds.items()},
                                         output_names)
-    max_diff, scale = _difference(got, expected)
+    max_diff, scale = difference(got, expected)
     tol = tolerance * scale
     result = {"n": n, "reference": reference, "max_abs_diff": max_diff, "tolerance": tol,
               "passed": bool(np.isfinite(max_diff) and max_diff <= tol)}
@@ -702,31 +713,9 @@ def verify_split(model, split: Split, directory: str, feeds: dict, *, tolerance:
         sent = _run_written(offline_path, offline_feeds, [c["offline_output"] for c in compressed])
         got = _run_written(online_path, dict(live_feeds, **{c["placeholder"]: v for c, v in zip(compressed, sent)}),
                            output_names)
-        result["compressed"] = {"dtype": compressed[0]["dtype"], "max_abs_diff": _difference(got, expected)[0],
-                                "agreement": _agreement(got, expected)}
+        result["compressed"] = {"dtype": compressed[0]["dtype"], "max_abs_diff": difference(got, expected)[0],
+                                "agreement": agreement(got, expected)}
     return result
-
-
-def _difference(got: list, expected: list) -> tuple[float, float]:
-    """(max |got - expected| over all outputs, the outputs' magnitude, at least 1); inf when a
-    shape differs."""
-    max_diff, scale = 0.0, 1.0
-    for got_i, exp_i in zip(got, expected):
-        got_i, exp_i = np.asarray(got_i, np.float64), np.asarray(exp_i, np.float64)
-        if got_i.shape != exp_i.shape:
-            return float("inf"), scale
-        if exp_i.size:
-            max_diff = max(max_diff, float(np.max(np.abs(got_i - exp_i))))
-            scale = max(scale, float(np.max(np.abs(exp_i))))
-    return max_diff, scale
-
-
-def _agreement(got: list, expected: list):
-    """The share of rows whose top-1 class is the same, over the classifier outputs (rank 2, more
-    than one column); None when no output is one."""
-    same = [np.argmax(a, -1) == np.argmax(b, -1) for a, b in zip(got, expected)
-            if np.ndim(b) == 2 and np.shape(b)[-1] > 1 and np.shape(a) == np.shape(b)]
-    return float(np.mean(np.concatenate(same))) if same else None
 
 
 def import_piece(graph_def_or_path) -> object:
@@ -771,7 +760,7 @@ def _session_run(sess, fetches, feeds):
                        _SHAPE_HINT.format(name="NAME")) from e
 
 
-def _run_original(model, feeds: dict, fetches: list):
+def run_original(model, feeds: dict, fetches: list):
     """The original model's answer: (values, how it was run)."""
     graph = model.graph
     needed = _ancestor_ops([graph.get_tensor_by_name(f) for f in fetches])
@@ -790,6 +779,6 @@ def _run_original(model, feeds: dict, fetches: list):
                                   if k in {i.name for i in whole.inputs}}, fetches), "frozen"
 
 
-__all__ = ["Split", "split_model", "write_split", "write_piece", "verify_feeds", "verify_in_child",
+__all__ = ["Split", "calibrate", "run_original", "split_model", "write_split", "write_piece", "verify_feeds", "verify_in_child",
            "verify_split", "random_feeds",
            "import_piece"]

@@ -161,3 +161,52 @@ def test_refusals_exit_2_and_write_nothing(tmp_path):
     r = cli("split", tmp_path / "nope.pb", "--cut", "d1", "--outputs", "out", "--format", "keras",
             "--out", tmp_path / "p")
     assert r.returncode == 2
+
+
+def test_finetune_writes_a_keras_twin_that_answers_as_frozen_pb_and_trains_on(tmp_path):
+    """`finetune` on a Keras MODEL also writes model.keras: the pretrained layers (frozen, but those
+    --train-scopes opened) and the head as Keras layers named like their GraphDef twins."""
+    import h5py
+    from conftest import run_graph_def
+
+    from surgery.core.graph import read_graph_def
+
+    x = keras.Input((16,), name="x")
+    h = L.BatchNormalization(name="bn")(L.Dense(32, activation="relu", name="d1")(x))
+    h = L.Dense(24, activation="relu", name="feat")(h)
+    path = str(tmp_path / "pretrained.keras")
+    keras.Model(x, L.Dense(3, activation="softmax", name="out")(h)).save(path)
+    rows = RNG.normal(size=(300, 16)).astype("float32")
+    labels = (rows[:, 0] > 0).astype("int64") + 2 * (rows[:, 1] > 0)
+    with h5py.File(tmp_path / "data.h5", "w") as f:
+        f["x"], f["y"] = rows, labels
+    out = tmp_path / "ft"
+    r = cli("finetune", path, "--at", "feat", "--head", "dense:8:relu,dropout:0.2,dense:4", "--data",
+            tmp_path / "data.h5", "--x", "x", "--y", "y", "--epochs", "3", "--train-scopes", "^d1/", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "model.keras" in r.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["finetune"]["keras_model"] == "model.keras"
+
+    model = keras.models.load_model(out / "model.keras")
+    trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
+    assert trainable == {"d1", "head_dense", "head_dense_1"}  # bn and feat stay frozen; d1 was opened
+    (expected,) = run_graph_def(read_graph_def(str(out / "frozen.pb")), {"x:0": rows[:50]}, ["head/probabilities:0"])
+    np.testing.assert_allclose(model.predict(rows[:50], verbose=0), expected, atol=1e-5)
+    trained = load_checkpoint(str(out / "model.ckpt")).get_tensor("head/dense_1/kernel")
+    np.testing.assert_array_equal(model.get_layer("head_dense_1").get_weights()[0], trained)
+    frozen_feat = model.get_layer("feat").get_weights()[0].copy()
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    history = model.fit(rows, labels, epochs=5, batch_size=300, verbose=0, shuffle=False)
+    assert history.history["loss"][-1] < history.history["loss"][0]  # fit goes on from the trained weights
+    np.testing.assert_array_equal(model.get_layer("feat").get_weights()[0], frozen_feat)
+
+
+def test_head_leaves_the_given_model_untouched():
+    model = _branchy()
+    before = [w.copy() for w in model.get_weights()]
+    tuned = surgery.keras.head(model, at="add", head="dense:4", train_scopes=["^left/"])
+    assert all(layer.trainable for layer in model.layers)
+    assert {layer.name for layer in tuned.layers if layer.trainable and layer.weights} == {"left", "head_dense"}
+    assert tuned.output.shape == (None, 4)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))

@@ -70,7 +70,14 @@ def run(args):
     if result.fixed:
         say(f"kept fixed {len(result.fixed)} non-trainable variables --train-scopes matched (statistics): "
             + ", ".join(result.fixed))
-    say(f"wrote {out}/: model.ckpt (+ .meta), frozen.pb, saved_model/, manifest.json")
+    record = result.manifest.get("finetune", {})
+    keras_file = ", model.keras" if record.get("keras_model") else ""
+    say(f"wrote {out}/: model.ckpt (+ .meta), frozen.pb, saved_model/{keras_file}, manifest.json")
+    if keras_file:
+        say(f"  model.keras: the pretrained layers and the new head in Keras (trainable: "
+            f"{', '.join(record['keras_trainable'])}); it answers as frozen.pb")
+    elif record.get("keras_note"):
+        say(f"  note: {record['keras_note']}")
     say(f"  feed:  {names['input']} (or cached values at {names['bottleneck']})")
     say(f"  fetch: {names['probabilities']}, {names['logits']}")
     return 0, {"written": out, "names": names, "trainable": result.trainable, "fixed": result.fixed,

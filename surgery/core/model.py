@@ -84,6 +84,8 @@ class Model:
     declared_variables: list | None = None
     # {placeholder op name: value} bound by `--set` (`bind.bind`): now constants of the graph
     bound_placeholders: dict = dataclasses.field(default_factory=dict)
+    # the keras.Model a Keras MODEL was loaded from (finetune writes `model.keras` from it)
+    keras_model: object = dataclasses.field(default=None, repr=False, compare=False)
     _reader_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -286,7 +288,7 @@ def _load_keras(keras_model, path: str, fmt: str) -> Model:
     for key in [k for k in sig.outputs if k not in traced.outputs]:  # the layers' outputs: names, not answers
         del sig.outputs[key]
     flat["meta_graph_def"].signature_def["serving_default"].CopyFrom(sig)
-    return Model(path=path, format=fmt, checkpoint=checkpoint, **flat)
+    return Model(path=path, format=fmt, checkpoint=checkpoint, keras_model=keras_model, **flat)
 
 
 def _load(path: str, tag_set: str, *, imported: bool, signature: str | None = None,

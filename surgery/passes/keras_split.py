@@ -231,6 +231,90 @@ def _unique(name: str, taken: set) -> str:
 
 
 
+# ---------------------------------------------------------------- head: a fine-tuned keras.Model
+
+def _keras_head_layers(spec) -> list:
+    """The Keras twins of a `--head` spec's layers, named as the GraphDef head's scopes
+    (`head/dense`, `head/dense_1`, … → `head_dense`, `head_dense_1`, …), then the logits and
+    the softmax (`head_logits`, `head_probabilities`)."""
+    import keras
+
+    from .splice import Dense, Dropout, Flatten, parse_head
+
+    layers, dense, other = [], 0, {}
+    for layer in (parse_head(spec) if isinstance(spec, str) else spec):
+        if isinstance(layer, Dense):
+            name = "head_dense" + (f"_{dense}" if dense else "")
+            dense += 1
+            act = None if layer.activation in (None, "linear", "none") else layer.activation
+            layers.append(keras.layers.Dense(layer.units, activation=act, name=name))
+        elif isinstance(layer, (Dropout, Flatten)):
+            kind = type(layer).__name__.lower()
+            k = other.get(kind, 0)
+            other[kind] = k + 1
+            name = f"head_{kind}" + (f"_{k}" if k else "")
+            layers.append(keras.layers.Dropout(layer.rate, name=name) if kind == "dropout"
+                          else keras.layers.Flatten(name=name))
+        else:
+            raise SurgeryError(f"head layer {layer!r} has no Keras twin",
+                               "give the head as a --head spec (dense, dropout, flatten)")
+    return layers
+
+
+def head(model, *, at, head, train_scopes=()):
+    """A new `keras.Model`: `model`'s layers from its inputs to layer `at`, then the layers of
+    `head` (a `--head` spec such as "dense:256:relu,dropout:0.5,dense:5"), then a softmax.
+
+    The layers below `at` are copies (the given model is not touched) with `trainable=False`,
+    except those whose weights match a regex of `train_scopes` (as `finetune --train-scopes`
+    opens them); the head layers are new and trainable. Weights are the model's own; `finetune`
+    then loads the trained values (`load_checkpoint_weights`)."""
+    import re
+
+    import keras
+
+    source = keras.models.clone_model(model)
+    source.set_weights(model.get_weights())
+    graph = _flat(source, {at.partition(":")[0]} if isinstance(at, str) else set())
+    (at_tensor,) = _resolve(graph, [at], "at")
+    below, _ = _walk_back([at_tensor], set())
+    inputs = [t for t in graph.inputs if id(t) in below]
+    base = keras.Model(inputs, at_tensor)
+    opened = [re.compile(rx) for rx in train_scopes]
+    for layer in base.layers:
+        layer.trainable = any(rx.search(w.path) for rx in opened for w in layer.weights)
+    x = at_tensor
+    layers = _keras_head_layers(head)
+    for layer in layers[:-1]:
+        x = layer(x)
+    logits = layers[-1](x)
+    logits = keras.layers.Identity(name="head_logits")(logits)
+    probabilities = keras.layers.Softmax(name="head_probabilities")(logits)
+    return keras.Model(inputs, probabilities, name=f"{model.name}_finetuned")
+
+
+def load_checkpoint_weights(keras_model, prefix: str) -> list:
+    """Fill `keras_model`'s weights from a fine-tuning checkpoint: backbone weights by their Keras
+    path (`d1/kernel`, the key surgery's flattened graph gives them), head layers by their GraphDef
+    twin (`head_dense_1/kernel` ← `head/dense_1/kernel`). Returns the weights it found no value
+    for (a Dropout's seed state, which holds none)."""
+    from ..core.tfcompat import tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    stored = reader.get_variable_to_shape_map()
+    missing = []
+    for w in keras_model.weights:
+        key = w.path
+        if key.startswith("head_"):
+            layer, _, rest = key.partition("/")
+            key = "head/" + layer[len("head_"):] + "/" + rest
+        if key in stored:
+            w.assign(reader.get_tensor(key))
+        else:
+            missing.append(w.path)
+    return missing
+
+
 # ---------------------------------------------------------------- split --format keras
 
 def _spec(tensor, name: str) -> dict:
@@ -239,7 +323,7 @@ def _spec(tensor, name: str) -> dict:
     return {"name": name, "dtype": keras.backend.standardize_dtype(tensor.dtype), "shape": list(tensor.shape)}
 
 
-def _random_inputs(model, n: int, seed: int = 0) -> list:
+def random_inputs(model, n: int, seed: int = 0) -> list:
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -257,7 +341,7 @@ def verify_keras_split(model, offline, online, n: int, *, tolerance: float = 1e-
     written files loaded back to check what was written)."""
     import numpy as np
 
-    x = _random_inputs(model, n, seed)
+    x = random_inputs(model, n, seed)
     by_name = {_history(t): v for t, v in zip(model.inputs, x)}
     sent = offline([by_name[_history(t)] for t in offline.inputs])
     sent = [sent] if len(offline.outputs) == 1 else list(sent)
@@ -315,4 +399,4 @@ def write_keras_split(model, offline, online, directory: str, *, verify: int = 4
                               cut=cut, live_inputs=[_spec(t, _history(t)) for t in online.inputs[len(cut):]],
                               verification=verification)
 
-__all__ = ["split", "verify_keras_split", "write_keras_split"]
+__all__ = ["head", "load_checkpoint_weights", "split", "verify_keras_split", "write_keras_split"]

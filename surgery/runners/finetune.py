@@ -49,6 +49,7 @@ CHECKPOINT = "model.ckpt"
 FROZEN = "frozen.pb"
 SAVED_MODEL = "saved_model"
 HISTORY_PNG = "history.png"
+KERAS_MODEL = "model.keras"  # for a Keras MODEL: the pretrained layers and the trained head, in Keras
 SAVE_SECONDS = 30.0  # at most this often, progress is saved for a resume (and after the last epoch)
 
 
@@ -381,17 +382,47 @@ def _write_output(run: _Run, out: str, history: list, initial, start: int, train
         # probabilities, its variables copied tensor by tensor (the backbone is never held twice).
         export_model(load_model(prefix), os.path.join(tmp, SAVED_MODEL), outputs=[sp.probabilities.name])
         plot_history(history, os.path.join(tmp, HISTORY_PNG))
+        keras_file = _write_keras_model(run, prefix, os.path.join(tmp, FROZEN), tmp)
         manifest = write_manifest(
             tmp, source=source_info(model), pieces={"model": frozen_graph.manifest_entry(FROZEN)}, checkpoint=CHECKPOINT,
             finetune={"at": sp.at.name, "head": run.config.head_text, "boundary": sp.boundary, "names": names,
                       "trainable": trainable, "fixed": list(sp.fixed_variables), "num_classes": sp.num_classes,
-                      "classes": run.classes, **run.config.record(),
+                      "classes": run.classes, **run.config.record(), **keras_file,
                       "initial_val_accuracy": initial, "val_accuracy": final, "history": history})
     shutil.rmtree(run.work, ignore_errors=True)
     return FinetuneResult(out=os.path.abspath(out), names=names, trainable=trainable, history=history,
                           initial_val_accuracy=initial, val_accuracy=final, num_train=len(run.train_idx),
                           num_val=len(run.val_idx), resumed_from_epoch=start, manifest=manifest,
                           fixed=list(sp.fixed_variables))
+
+
+def _write_keras_model(run: _Run, prefix: str, frozen: str, directory: str) -> dict:
+    """For a Keras MODEL, `model.keras`: `surgery.keras.head` above the splice layer, the trained
+    values loaded from `prefix`, checked against `frozen` (the same answers to 1e-5 on random rows)
+    before it is written. Returns the manifest's record: `{"keras_model": FILE}`, or
+    `{"keras_model": None, "keras_note": why}` where the splice point is no Keras layer."""
+    if run.model.keras_model is None:
+        return {}
+    from ..passes.keras_split import head, load_checkpoint_weights, random_inputs
+    from ..passes.split import import_piece
+
+    layer = run.sp.at.name.split(":")[0]
+    try:
+        model = head(run.model.keras_model, at=layer, head=run.config.head, train_scopes=run.config.train_scopes)
+    except SurgeryError as e:
+        return {"keras_model": None, "keras_note": f"no model.keras: {e.message}"}
+    load_checkpoint_weights(model, prefix)
+    x = random_inputs(model, 4)
+    with v1.Session(graph=import_piece(frozen)) as sess:
+        expected = sess.run(run.sp.probabilities.name, {run.sp.input.name: x[0]})
+    got = np.asarray(model(x if len(x) > 1 else x[0]))
+    diff = float(np.max(np.abs(got - expected)))
+    if diff > 1e-5:
+        raise SurgeryError(f"the Keras twin of the fine-tuned model answers {diff:.3g} away from frozen.pb",
+                           "please report this model; nothing was written")
+    model.save(os.path.join(directory, KERAS_MODEL))
+    return {"keras_model": KERAS_MODEL, "keras_trainable": [layer.name for layer in model.layers if layer.trainable
+                                                            and layer.weights]}
 
 
 def _fed(sp, cache) -> list:

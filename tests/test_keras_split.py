@@ -167,7 +167,7 @@ def test_finetune_writes_a_keras_twin_that_answers_as_frozen_pb_and_trains_on(tm
     """`finetune` on a Keras MODEL also writes model.keras: the pretrained layers (frozen, but those
     --train-scopes opened) and the head as Keras layers named like their GraphDef twins."""
     import h5py
-    from conftest import run_graph_def
+    from conftest import run_graph_def, tf
 
     from surgery.core.graph import read_graph_def
 
@@ -193,7 +193,7 @@ def test_finetune_writes_a_keras_twin_that_answers_as_frozen_pb_and_trains_on(tm
     assert trainable == {"d1", "head_dense", "head_dense_1"}  # bn and feat stay frozen; d1 was opened
     (expected,) = run_graph_def(read_graph_def(str(out / "frozen.pb")), {"x:0": rows[:50]}, ["head/probabilities:0"])
     np.testing.assert_allclose(model.predict(rows[:50], verbose=0), expected, atol=1e-5)
-    trained = load_checkpoint(str(out / "model.ckpt")).get_tensor("head/dense_1/kernel")
+    trained = tf.train.load_checkpoint(str(out / "model.ckpt")).get_tensor("head/dense_1/kernel")
     np.testing.assert_array_equal(model.get_layer("head_dense_1").get_weights()[0], trained)
     frozen_feat = model.get_layer("feat").get_weights()[0].copy()
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")

@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test lint fuzz zoo data models bench clean
+.PHONY: demo test lint docs fuzz zoo data models bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@# PYTHONWARNINGS: setuptools' "Editable installation" banner is a warning, not news (#33)
-	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[test,beam,viz,tflite,onnx,spark]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[test,beam,viz,tflite,onnx,spark,docs]'
 	touch $(STAMP)
 
 data/shapes.h5: scripts/make_data.py | $(STAMP)
@@ -30,6 +30,10 @@ demo: $(STAMP) data models
 # ruff's default rules plus import sorting, as configured in pyproject.toml
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# the documentation site into site/ (docs/, mkdocs.yml); --strict: a broken link or reference fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
 # two workers (CI has two cores), each taking whole test files: 6.5 min here instead of 12
 test: $(STAMP)

@@ -132,6 +132,15 @@ def test_the_docs_have_blocks_of_both_kinds_and_every_page_is_in_the_nav():
     on_disk = {os.path.relpath(os.path.join(folder, f), ROOT) for folder, _, files in os.walk(os.path.join(ROOT, "docs"))
                for f in files if f.endswith(".md")}
     assert on_disk == set(pages()[1:]), "every docs page is in mkdocs.yml's nav (and so tested)"
+    hidden = [f"{page}:{line}" for page, line, _, _, d in BLOCKS if "setup" in d or "pysetup" in d]
+    assert not hidden, f"examples build their inputs in visible code, not in hidden setups: {hidden}"
+
+
+def test_every_flag_of_every_command_is_on_its_page():
+    """docs/commands/NAME.md holds the options table scripts/docs_options.py writes from the parser."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "docs_options.py"), "--check"],
+                          capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_readme_stays_short():

@@ -208,11 +208,27 @@ class LoadOptions:
 
 
 def load_model(path, *, tag_set: str = "serve", signature: str | None = None, trust_code: bool = False) -> Model:
-    """Load MODEL from any of the accepted forms; `ModelLoadError` names the problem.
+    """Load MODEL from any of the forms people hold a trained model in, into one `Model`.
 
-    `path` may also be a `keras.Model`, a `tf.Graph` or a `GraphDef` (never mutated).
-    `signature`: the SavedModel signature to flatten (default `serving_default`, else the only
-    one). `trust_code`: load a Keras file even when loading runs code from it (a Lambda layer)."""
+    The files are never modified; `Model.graph` is a fresh `tf.Graph` the caller may extend.
+
+    Args:
+        path: a checkpoint prefix or directory, a `.meta`, a frozen `.pb`/`.pbtxt`, a SavedModel
+            directory, a `.keras`/`.h5` file; or in memory a `keras.Model`, `tf.Graph` or `GraphDef`.
+        tag_set: the SavedModel tag set to load (default `serve`).
+        signature: the SavedModel signature to flatten (default `serving_default`, else the only one).
+        trust_code: load a Keras file even when loading runs code stored in it (a Lambda layer).
+
+    Returns:
+        A `Model`: `graph`, `graph_def`, `checkpoint` (where the weights are), `format`, signatures.
+
+    Raises:
+        ModelLoadError: the path is missing, damaged or of another kind; the message names it.
+
+    Examples:
+        >>> model = surgery.load_model("data/models/vgg")
+        >>> model.format, model.checkpoint
+    """
     if not isinstance(path, (str, os.PathLike)):
         return _load_object(path)
     return _load(path, tag_set, imported=True, signature=signature, trust_code=trust_code)

@@ -318,7 +318,22 @@ class Opened:
 def open_pieces(path, options=None) -> Opened:
     """Decide, once, what `path` is: a directory of pieces (a manifest and no model of its own) or
     a MODEL in any form. Nothing heavy happens here: pieces read their graphs, and the MODEL
-    loads, on first use. `options` (`model.LoadOptions`) say how to load a MODEL."""
+    loads, on first use.
+
+    Args:
+        path: a split or export directory with a `manifest.json`, or any MODEL (see `load_model`).
+        options: a `LoadOptions` saying how to load a MODEL (tag set, signature, trust_code).
+
+    Returns:
+        An `Opened`: `.pieces` in manifest order, `.piece(name)`, `.manifest`, `.model()`.
+
+    Raises:
+        SurgeryError: a manifest that cannot be read, or Keras pieces (open those with Keras).
+
+    Examples:
+        >>> opened = surgery.open_pieces("pieces/")
+        >>> [t.name for t in opened.piece("online").inputs]
+    """
     from .manifest import is_pieces_dir, read_manifest
     from .model import LoadOptions
 

@@ -79,13 +79,30 @@ def _saved_model_keys(directory: str) -> dict:
 
 
 def export(graph, directory: str, *, outputs=None, inputs=None, set=None, progress: bool = False) -> dict:
-    """Export GRAPH (a frozen .pb/.pbtxt, a directory with a manifest, or with `outputs` any MODEL;
-    a path or an `open_pieces` result) as SavedModel(s).
+    """Export GRAPH as SavedModel(s) with a `serving_default` signature (the TF Serving layout).
 
-    A manifest directory gives one SavedModel per piece, `directory/<piece>` (`offline`,
-    `online` for a split), all written into place together; a piece that is already a SavedModel
-    is copied. A MODEL with `outputs` keeps its variables (`export_model`); a frozen graph with
-    `outputs` is cut to them first. `set` binds placeholders (`bind.bind`). Returns {piece or "": signature keys}."""
+    A directory of pieces gives one SavedModel per piece, `directory/<piece>`, written into place
+    together; a piece that is already a SavedModel is copied. A MODEL with `outputs` keeps its
+    variables (no 2 GB limit); a frozen graph with `outputs` is cut to them first.
+
+    Args:
+        graph: a frozen `.pb`/`.pbtxt`, a directory with a manifest, or (with `outputs`) any MODEL;
+            a path or an `open_pieces` result.
+        directory: where to write.
+        outputs: the tensors to serve.
+        inputs: tensors to cut off into the signature's inputs.
+        set: placeholders bound first.
+        progress: show a progress bar.
+
+    Returns:
+        `{piece (or ""): signature keys}`.
+
+    Raises:
+        SurgeryError: no outputs to serve, or names that match nothing.
+
+    Examples:
+        >>> surgery.export("pieces/", "serving/")
+    """
     opened = open_pieces(graph)
     if set and (opened.is_split or not outputs):
         raise SurgeryError("--set binds placeholders of one MODEL: it needs --outputs",

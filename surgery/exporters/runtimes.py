@@ -624,10 +624,35 @@ def load_pieces(graph, *, outputs=None, inputs=None, set=None) -> tuple:
 def export_runtime(graph, path: str, fmt: str, *, outputs=None, inputs=None, input_shapes=(), quantize=None,
                    calibration=(), allow_select_tf_ops=False, max_error=None, verify: int = 100,
                    per_tensor: bool = False, float_from=(), set=None, progress: bool = False) -> dict:
-    """`surgery export GRAPH --tflite PATH` / `--onnx PATH`: every piece converted and verified, then
-    written together. PATH is a file (`x.tflite`) for one piece, or a directory that gets
-    `<piece>.tflite` per piece and a manifest. Returns the manifest (written or not).
-    `float_from`: op names kept in float, with all after them, in an int8 file (`float_ops`)."""
+    """`surgery export --tflite/--onnx`: every piece converted and verified in its own runtime
+    (LiteRT, onnxruntime) on the same inputs as TensorFlow runs it, then all written together.
+
+    Args:
+        graph: a frozen `.pb`, a directory of pieces, or any MODEL with `outputs`.
+        path: a file (`x.tflite`) for one piece, or a directory that gets `<piece>.tflite` each.
+        fmt: "tflite" or "onnx".
+        outputs: the tensors to keep (a MODEL needs them).
+        inputs: tensors to cut off into inputs.
+        input_shapes: `NAME=d0,d1,..` pins (mobile runtimes want every dimension but the batch).
+        quantize: None, "dynamic", "float16", "int8" or "int16x8".
+        calibration: `FILE.h5[:KEY]`/`FILE.npy` representative rows (int8, int16x8).
+        allow_select_tf_ops: let LiteRT fall back to TensorFlow ops it lacks.
+        max_error: fail a quantized file past this max difference (else it is reported).
+        verify: rows to verify on.
+        per_tensor: one scale per weight tensor instead of per channel.
+        float_from: op names kept in float, with everything after them, in an int8 file.
+        set: placeholders bound first.
+        progress: show a progress bar.
+
+    Returns:
+        The manifest (files, sizes, and each piece's verification).
+
+    Raises:
+        SurgeryError: a conversion the runtime refuses, or a float file that does not agree.
+
+    Examples:
+        >>> surgery.export_runtime("pieces/", "mobile/", "tflite", quantize="int8", calibration=["fc7.h5"])
+    """
     from ..core.files import atomic_path, write_bytes
     from ..core.manifest import FILENAME, FORMAT
 

@@ -248,13 +248,33 @@ def find_cuts(piece, *, layers: dict | None = None) -> dict:
 
 def cuts(model, outputs, *, inputs=None, set=None, measure: bool = False, data=None, batch_size: int = 32,
          repeats: int = 5, progress=None) -> dict:
-    """`surgery cuts`: `find_cuts` on `model` (a path, an `open_pieces` result, a `Model` or a
-    keras.Model) frozen to `outputs` above `inputs`, placeholders bound by `set` first. No weight is
-    read: the frozen structure is enough. Returns `{"total", "cuts"}` as `find_cuts` does.
+    """Every place `model` can be split between its inputs and `outputs`, and what each costs.
 
-    `measure`: also split at each Pareto cut and time both sides in TensorFlow (`measure_cut`), on
-    `data` (`FILE.h5[:KEY]`/`FILE.npy` sources of the inputs) or random rows; `progress(iterable)`
-    wraps the loop over the cuts (a progress bar)."""
+    No weight is read: the frozen structure is enough (a `.meta` alone will do).
+
+    Args:
+        model: a path, an `open_pieces` result, a `Model` or a `keras.Model`.
+        outputs: the tensors the online side answers with.
+        inputs: the inputs (default: the graph's placeholders).
+        set: `{placeholder: value}` or `["T=V"]` bound first (`--set is_training=false`).
+        measure: also split at the Pareto cuts and where the rows shrink, and time both sides.
+        data: with `measure`, `FILE.h5[:KEY]`/`FILE.npy` rows of the inputs (else random rows);
+            then the float16/int8 price of each measured cut is reported too.
+        batch_size: rows per timed run.
+        repeats: timed runs per side (their median is reported).
+        progress: wraps the loop over the measured cuts (a progress bar), if given.
+
+    Returns:
+        `{"total": {"flops", "params"}, "cuts": [Cut, ...]}`, the cuts in graph order between the
+        trivial "all online" and "all offline" ones; `Cut.measured` set where measured.
+
+    Raises:
+        SurgeryError: the outputs do not depend on the inputs, or a name matches nothing.
+
+    Examples:
+        >>> report = surgery.cuts("data/models/vgg", "predictions")
+        >>> [c.tensor for c in report["cuts"] if c.pareto]
+    """
     from ..core.model import Model
     from ..core.names import parse_list
     from ..core.pieces import open_pieces

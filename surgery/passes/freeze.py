@@ -197,9 +197,31 @@ def check_cut_is_clean(graph_def, in_tensors, replaced):
 
 
 def freeze_model(model, outputs, *, inputs=(), optimize=False, structure_only=False) -> Piece:
-    """Freeze a loaded `Model` with values read straight from its checkpoint (see `freeze_graph`).
-    `structure_only`: only the skeleton will be used (`cuts`), so a `.meta` without its
-    checkpoint is enough; reading a weight then raises."""
+    """Freeze a loaded `Model`: variables become constants read straight from its checkpoint, the
+    graph pruned to `outputs`, each of `inputs` turned into a placeholder, training nodes gone.
+
+    The structure is checked first (and the 2 GB limit estimated) before any weight is read;
+    the weights are read when the piece is written or its `graph_def` is first used.
+
+    Args:
+        model: a loaded `Model`.
+        outputs: tensor names (any form `resolve_tensors` accepts) or tf.Tensors to keep.
+        inputs: tensors to cut off into placeholders (everything below them goes).
+        optimize: also run the inference passes (constant and batch-norm folding, switches fixed).
+        structure_only: only the skeleton will be used (as `cuts` does), so a `.meta` without its
+            checkpoint is enough; reading a weight then raises.
+
+    Returns:
+        A frozen `Piece` with its `inputs` and `outputs` as `TensorSpec`s.
+
+    Raises:
+        TensorNotFoundError: a name matches no tensor (the closest names are suggested).
+        GraphTooBigError: the frozen graph would pass protobuf's 2 GB limit.
+
+    Examples:
+        >>> head = surgery.freeze_model(model, "predictions", inputs="fc7")
+        >>> surgery.write_graph_def(head, "head.pb")
+    """
     read = variable_reader(model)
     frozen = freeze_graph(model.graph, outputs, inputs=inputs, optimize=optimize,
                           read_variable=read if read is not None or not structure_only else _no_weights(model),

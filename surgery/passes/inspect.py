@@ -168,7 +168,20 @@ def _count_constants(model) -> int:
 
 
 def inspect_model(model, *, tensors: str | None = None) -> dict:
-    """What `surgery inspect` prints: format, num_nodes, ops, inputs, outputs, variables, num_params[, tensors]."""
+    """What `surgery inspect` reports about a loaded model, as a dict.
+
+    Args:
+        model: a loaded `Model`.
+        tensors: a regex; every tensor whose name matches is listed with dtype and shape.
+
+    Returns:
+        `{format, num_nodes, ops, inputs, outputs, variables, num_params[, tensors]}`: the op
+        histogram, the likely inputs and outputs, every variable (non-trainable ones counted).
+
+    Examples:
+        >>> report = surgery.inspect_model(surgery.load_model("data/models/vgg"), tensors="^fc7")
+        >>> report["num_params"]
+    """
     ops = collections.Counter(node.op for node in model.graph_def.node)
     split = count_params_split(model)  # (trainable, non-trainable), read once
     report = {

@@ -159,11 +159,28 @@ def _walk_back(tensors, stop: set) -> dict:
 
 
 def split(model, *, cut, outputs=None):
-    """`(offline, online)` keras.Models: `model` cut at the tensors of the layers named in `cut`
-    (a name, comma-separated names or a list), answering `outputs` (default: the model's own).
+    """Cut a functional `keras.Model` into two `keras.Model`s: `online(offline(x)) == model(x)`.
 
-    Raises `CutError` for a subclassed model, an unknown or ambiguous layer name, or a cut that does
-    not separate (naming the input that leaks and the layer where it joins)."""
+    The offline model is the original's layers from its inputs to the cut; the online model takes
+    one `keras.Input` per cut (named `LAYER_cut`) plus each live original input, and calls the
+    downstream layers (the original's, sharing their weights) in graph order.
+
+    Args:
+        model: a functional `keras.Model` (or `Sequential`), loaded or in memory.
+        cut: layer names, a list or comma-separated (`LAYER:k` for a shared layer's k-th call).
+        outputs: the layers the online model answers with (default: the model's outputs).
+
+    Returns:
+        `(offline, online)`, two `keras.Model`s.
+
+    Raises:
+        CutError: a subclassed model, an unknown or ambiguous layer name, or a cut that does not
+            separate (naming the input that leaks and the layer where it joins).
+
+    Examples:
+        >>> offline, online = surgery.keras.split(model, cut="block_5_add")
+        >>> online.predict(offline.predict(x))
+    """
     import keras
 
     from ..core.names import parse_list
@@ -262,13 +279,30 @@ def _keras_head_layers(spec) -> list:
 
 
 def head(model, *, at, head, train_scopes=()):
-    """A new `keras.Model`: `model`'s layers from its inputs to layer `at`, then the layers of
-    `head` (a `--head` spec such as "dense:256:relu,dropout:0.5,dense:5"), then a softmax.
+    """A new `keras.Model`: `model`'s layers up to layer `at`, then the layers of `head`, then a
+    softmax; what `finetune` writes as `model.keras` for a Keras MODEL.
 
     The layers below `at` are copies (the given model is not touched) with `trainable=False`,
-    except those whose weights match a regex of `train_scopes` (as `finetune --train-scopes`
-    opens them); the head layers are new and trainable. Weights are the model's own; `finetune`
-    then loads the trained values (`load_checkpoint_weights`)."""
+    except those whose weights match a regex of `train_scopes`; the head layers are new,
+    trainable, and named like the GraphDef head's scopes (`head/dense_1` → `head_dense_1`).
+    `load_checkpoint_weights` fills it from a fine-tuning checkpoint.
+
+    Args:
+        model: a functional `keras.Model`.
+        at: the layer to put the head above.
+        head: a `--head` spec such as "dense:256:relu,dropout:0.5,dense:5".
+        train_scopes: regexes of the weights (`block5_conv1/kernel`) whose layers stay trainable.
+
+    Returns:
+        The `keras.Model`, from `model`'s inputs to `head_probabilities`.
+
+    Raises:
+        CutError: `at` names no layer, or several tensors.
+
+    Examples:
+        >>> tuned = surgery.keras.head(model, at="avg_pool", head="dense:5")
+        >>> tuned.fit(images, labels, epochs=3)
+    """
     import re
 
     import keras

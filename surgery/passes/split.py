@@ -72,15 +72,31 @@ class Split:
 
 def split_model(model, cut, outputs, *, inputs=None, format: str = "auto", cut_dtype: str = "float32",
                 calibration=None) -> Split:
-    """Split a loaded `Model` at `cut` (names or tensors) into offline and online pieces.
+    """Split a loaded `Model` at `cut` into an offline piece (inputs → cut tensors) and an online
+    piece (one placeholder per cut tensor, plus the live inputs the outputs still need → outputs).
 
-    `inputs` (optional) names the offline inputs explicitly; any tensor may be one (it becomes
-    a placeholder of the offline piece). Raises `CutError` when the cut does not separate.
-    `format`: "frozen", "savedmodel" (variables kept), or "auto": each piece frozen when it
-    fits in a GraphDef (`savedmodel.frozen_limit()`), else kept as a SavedModel.
-    `cut_dtype`: "float16" or "int8" makes the cut cross compressed (see `passes.compress`); int8
-    takes its scales from `calibration`, a list of `FILE.h5[:KEY]`/`FILE.npy` sources of the
-    offline piece's inputs (as `export --calibration` reads them).
+    Args:
+        model: a loaded `Model`.
+        cut: the cut tensors (names or tf.Tensors); `surgery.cuts` lists the ones that separate.
+        outputs: the online piece's outputs.
+        inputs: the offline inputs, when not the placeholders the cut depends on.
+        format: "frozen", "savedmodel" (variables kept), or "auto": frozen when a piece fits in a
+            GraphDef, else a SavedModel.
+        cut_dtype: "float16" or "int8" makes the cut cross compressed (see `passes.compress`).
+        calibration: for int8, `FILE.h5[:KEY]`/`FILE.npy` sources of the offline inputs; the cut's
+            values on those rows set each channel's range.
+
+    Returns:
+        A `Split`: `offline` and `online` pieces, `cut` (the manifest's entries), `offline_inputs`,
+        `live_inputs`, `defaults`.
+
+    Raises:
+        CutError: the cut does not separate (naming the input that leaks, where it joins and the
+            `--cut` to add), a cut inside a conditional or at a variable, int8 without calibration.
+
+    Examples:
+        >>> split = surgery.split_model(model, "fc7", "predictions")
+        >>> surgery.write_split(model, split, "pieces/")
     """
     split = _split(model, cut, outputs, inputs=inputs, format=format)
     if cut_dtype == "int8":
@@ -339,16 +355,35 @@ def _defaults(piece) -> list:
 def write_split(model, split: Split, directory: str, *, verify: int = 4, seed: int = 0,
                 tolerance: float = 1e-4, progress: bool = False, input_shapes=None, verify_data: str | None = None,
                 options=None) -> dict:
-    """Write `offline.pb`, `online.pb` (or SavedModel directories `offline/`, `online/` for pieces
-    that keep their variables) and `manifest.json` into `directory`, all or nothing.
+    """Write `offline.pb`, `online.pb` (or SavedModel directories for pieces that keep their
+    variables) and `manifest.json` into `directory`, all or nothing, after verifying them.
 
-    With `verify` > 0, feeds that many inputs through the original model and through
-    offline∘online read back from the written files, in a child process (a TensorFlow `CHECK`
-    failure on a hostile graph kills that process, not this one); a difference beyond
-    `tolerance` (relative to the outputs' magnitude) raises `CutError` and nothing is written.
-    The inputs are the rows of `verify_data` (HDF5 with one dataset per input, or a `.npy` for
-    one input), else random values shaped by `input_shapes` ({name: [dims]}) and every shape
-    the graph records (see `verify_feeds`). Returns the manifest.
+    Verification feeds `verify` inputs through the original model and through offline∘online read
+    back from the written files, in a child process (a TensorFlow `CHECK` failure on a hostile
+    graph kills that process, not this one). The inputs are the first rows of `verify_data`, else
+    random values shaped by `input_shapes` and every shape the graph records (`verify_feeds`).
+
+    Args:
+        model: the loaded `Model` the split came from.
+        split: what `split_model` returned.
+        directory: the directory to write (replaced as a whole; a foreign directory is refused).
+        verify: the number of inputs to verify on (0 skips).
+        seed: the random inputs' seed.
+        tolerance: the allowed difference, relative to the outputs' magnitude.
+        progress: show a progress bar while the pieces are written.
+        input_shapes: `{input: [dims]}` for inputs whose shape the graph does not fix.
+        verify_data: `FILE.h5` (a dataset per input), `FILE.h5:KEY` or `FILE.npy` rows to verify on.
+        options: the `LoadOptions` the model was loaded with (the child loads it again).
+
+    Returns:
+        The manifest written (`verification` included).
+
+    Raises:
+        CutError: offline∘online differs from the original beyond `tolerance`; nothing is written.
+
+    Examples:
+        >>> manifest = surgery.write_split(model, split, "pieces/", verify=8)
+        >>> manifest["verification"]["max_abs_diff"]
     """
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and (not os.path.isdir(directory) or (

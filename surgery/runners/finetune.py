@@ -205,18 +205,35 @@ class _Run:
 
 def finetune(model, *, out: str, config: FinetuneConfig | None = None, save_seconds: float = SAVE_SECONDS,
              cache_memory: int | None = None, progress: bool = True, on_epoch=None, **options) -> FinetuneResult:
-    """Splice `head` above `at`, train it on `data`, write `out/` (see the module docstring).
+    """Splice a new head above `at` behind a `stop_gradient`, train it on `data`, and write `out/`:
+    `model.ckpt*`, `frozen.pb`, `saved_model/`, `model.keras` for a Keras MODEL, `manifest.json`.
 
-    The run is a `FinetuneConfig`, passed whole or as its fields (`at=`, `head=`, `data=`, ...).
-    `data`: HDF5 (`x_key`/`y_key` datasets), `.npy` (`y_key` a second `.npy`), TFRecord files
-    (`x_key`/`y_key` features) or an image folder (labels from its sorted sub-directories),
-    scaled as `preprocess` says (`data.PREPROCESS`).
+    Everything (names, data keys, labels, the restore plan) is checked before anything is
+    written; an interrupted run resumes from its last saved epoch.
 
-    `model`: a `Model` or any MODEL path. `on_epoch(record)` is called after each epoch.
-    `tensorboard`: a log directory for per-epoch scalars and the graph. Progress is saved at
-    most every `save_seconds` (and after the last epoch). A bottleneck cache larger than
-    `cache_memory` bytes (default: a quarter of the free memory) is read from disk in batches.
-    Everything is checked (names, data keys, labels, restore plan) before anything is written.
+    Args:
+        model: a `Model` or any MODEL path.
+        out: the directory to write, all or nothing.
+        config: a `FinetuneConfig`, or its fields as keyword arguments: `at`, `head` (a spec such
+            as "dense:5"), `data` (HDF5, `.npy`, TFRecord or an image folder), `x_key`, `y_key`,
+            `epochs`, `batch_size`, `lr`, `optimizer`, `train_scopes`, `val_split`,
+            `cache_bottlenecks`, `seed`, `preprocess`, `tensorboard`.
+        save_seconds: progress is saved at most this often (and after the last epoch).
+        cache_memory: bytes of bottleneck cache held in memory before it is read from disk.
+        progress: show progress bars.
+        on_epoch: called with each epoch's record (loss, accuracies, seconds).
+        **options: the `FinetuneConfig` fields, when `config` is not given.
+
+    Returns:
+        A `FinetuneResult`: `names` (what to feed and fetch), `trainable`, `history`, accuracies.
+
+    Raises:
+        SurgeryError: a bad name, data key, label or head spec; a restore plan that does not fit.
+
+    Examples:
+        >>> result = surgery.finetune(model, at="fc7", head="dense:5", data="data/shapes.h5",
+        ...                           x_key="target/x", y_key="target/y", out="tuned/")
+        >>> result.val_accuracy
     """
     config = config or FinetuneConfig(**options)
     run = _prepare(load_model(model) if isinstance(model, str) else model, config, out, cache_memory, progress)

@@ -164,14 +164,31 @@ class PrecomputeResult:
 def precompute(graph, data: str, key: str | None, out: str, *, ids: str | None = None, batch_size: int = 256,
                inputs=None, outputs=None, preprocess: str | None = None, set=None,
                progress: bool = False) -> PrecomputeResult:
-    """Run GRAPH's offline piece over `data[key]` into `out` (HDF5), resuming an interrupted run.
+    """Run GRAPH's offline piece over a dataset into an HDF5 file, in fixed blocks of `batch_size`
+    rows, streaming; an interrupted run resumes where it stopped.
 
-    `graph` is what `offline_piece` takes (a path, an `open_pieces` result, a `Piece`). `data` is any
-    `data.open_rows` source (HDF5, `.npy`, TFRecord, image folder), scaled as `preprocess` says.
-    `outputs` are `T[=NAME],..` (default: the piece's outputs, stored as `embeddings` when there
-    is one); `ids` is a dataset key (for `.npy` data: a `.npy` file; a TFRecord feature; any
-    value for an image folder: its files' paths) copied alongside as `ids`. `set` binds
-    placeholders first (`--set is_training=false`; see `bind.bind`).
+    Args:
+        graph: a split directory, a `.pb`, any MODEL, an `open_pieces` result or a `Piece`.
+        data: an HDF5, `.npy`, TFRecord or image-folder source (`data.open_rows`).
+        key: the dataset, feature or column to read rows from.
+        out: the `.h5` file to write.
+        ids: a key of ids to store alongside (for `.npy` data a second `.npy`; for an image
+            folder, any value: its files' relative paths).
+        batch_size: rows per block (the same numbers on every runner).
+        inputs: the input tensor, when the piece has several.
+        outputs: `T[=NAME],..` tensors to store (default: the piece's outputs, as `embeddings`).
+        preprocess: `none`, `vgg`, `inception` or `unit` scaling of the rows.
+        set: placeholders bound first (`["is_training=false"]`).
+        progress: show a progress bar.
+
+    Returns:
+        A `PrecomputeResult`: the rows computed and the datasets written.
+
+    Raises:
+        DataError: rows that cannot feed the piece (both shapes named), a resume with other options.
+
+    Examples:
+        >>> surgery.precompute("pieces/", "data/shapes.h5", "target/x", "fc7.h5", ids="target/ids")
     """
     if batch_size < 1:
         raise SurgeryError(f"--batch-size {batch_size} is not a positive number", "use e.g. --batch-size 256")

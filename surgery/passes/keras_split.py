@@ -278,6 +278,22 @@ def _keras_head_layers(spec) -> list:
     return layers
 
 
+def _copy(model):
+    """An independent copy of `model`, made as Keras users make one: saved and loaded back. A
+    `clone_model` + `set_weights` copy misses state kept outside the weights (an adapted
+    Normalization's mean and variance are recomputed only when Keras loads it)."""
+    import os
+    import tempfile
+
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="surgery-keras-copy-") as work:
+        path = os.path.join(work, "model.keras")
+        model.save(path)
+        # the model already runs in this process (its code, if any, ran when it was built or loaded)
+        return keras.saving.load_model(path, compile=False, safe_mode=False)
+
+
 def head(model, *, at, head, train_scopes=()):
     """A new `keras.Model`: `model`'s layers up to layer `at`, then the layers of `head`, then a
     softmax; what `finetune` writes as `model.keras` for a Keras MODEL.
@@ -307,8 +323,7 @@ def head(model, *, at, head, train_scopes=()):
 
     import keras
 
-    source = keras.models.clone_model(model)
-    source.set_weights(model.get_weights())
+    source = _copy(model)
     graph = _flat(source, {at.partition(":")[0]} if isinstance(at, str) else set())
     (at_tensor,) = _resolve(graph, [at], "at")
     below, _ = _walk_back([at_tensor], set())

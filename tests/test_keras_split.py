@@ -123,6 +123,8 @@ def test_cli_writes_files_plain_keras_loads_in_a_fresh_interpreter(tmp_path):
         assert r.returncode == 0, r.stderr
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["pieces"]["online"]["graph"] == "online.keras" and manifest["verification"]["passed"]
+        again = cli("split", path, "--cut", "d1", "--outputs", "out", "--format", "keras", "--out", out)
+        assert again.returncode == 0, again.stderr  # a directory surgery wrote is replaced as a whole
         assert manifest["cut"][0]["tensor"] == "d1" and manifest["cut"][0]["placeholder"] == "d1_cut"
         np.save(tmp_path / "x.npy", x)
         code = ("import sys, numpy as np, keras\n"

@@ -140,9 +140,9 @@ def _producers(tensor) -> list:
     return list(node.input_tensors)
 
 
-def _walk_back(tensors, stop: set) -> dict:
-    """{id: tensor} of every tensor `tensors` are computed from (themselves included), not walking
-    past the tensors whose ids are in `stop`, with the tensor each was reached from."""
+def _walk_back(tensors, stop: set) -> tuple[dict, dict]:
+    """({id: tensor} of every tensor `tensors` are computed from, themselves included, not walking
+    past the tensors whose ids are in `stop`; {id: the tensor it was first reached from})."""
     seen, parent, todo = {}, {}, list(tensors)
     while todo:
         t = todo.pop()
@@ -416,8 +416,10 @@ def write_keras_split(model, offline, online, directory: str, *, verify: int = 4
     from ..core.manifest import write_manifest
 
     directory = os.path.abspath(directory)
-    if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
-        raise SurgeryError(f"{directory} exists and is not empty", "choose a new --out directory")
+    if os.path.exists(directory) and (not os.path.isdir(directory) or (
+            os.listdir(directory) and not os.path.exists(os.path.join(directory, "manifest.json")))):
+        raise SurgeryError(f"{directory} exists and is not a directory written by surgery",
+                           "choose a new --out directory (it is replaced as a whole)")
     with atomic_path(directory, directory=True) as tmp:
         files = {}
         for name, piece in (("offline", offline), ("online", online)):

@@ -198,10 +198,14 @@ def test_finetune_writes_a_keras_twin_that_answers_as_frozen_pb_and_trains_on(tm
     trained = tf.train.load_checkpoint(str(out / "model.ckpt")).get_tensor("head/dense_1/kernel")
     np.testing.assert_array_equal(model.get_layer("head_dense_1").get_weights()[0], trained)
     frozen_feat = model.get_layer("feat").get_weights()[0].copy()
+    statistics = [w.copy() for w in model.get_layer("bn").get_weights()]  # gamma, beta, mean, variance
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     history = model.fit(rows, labels, epochs=5, batch_size=300, verbose=0, shuffle=False)
     assert history.history["loss"][-1] < history.history["loss"][0]  # fit goes on from the trained weights
     np.testing.assert_array_equal(model.get_layer("feat").get_weights()[0], frozen_feat)
+    # a frozen BatchNormalization stays in inference mode under fit: its statistics do not move
+    for after, before in zip(model.get_layer("bn").get_weights(), statistics):
+        np.testing.assert_array_equal(after, before)
 
 
 def test_head_leaves_the_given_model_untouched():

@@ -163,6 +163,12 @@ def test_refusals_exit_2_and_write_nothing(tmp_path):
     r = cli("split", tmp_path / "nope.pb", "--cut", "d1", "--outputs", "out", "--format", "keras",
             "--out", tmp_path / "p")
     assert r.returncode == 2
+    mine = tmp_path / "mine"  # a folder surgery did not write is never replaced
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    r = cli("split", path, "--cut", "d1", "--outputs", "out", "--format", "keras", "--out", mine)
+    assert r.returncode == 2 and "not a directory written by surgery" in r.stderr, r.stderr
+    assert os.listdir(mine) == ["notes.txt"]
 
 
 def test_finetune_writes_a_keras_twin_that_answers_as_frozen_pb_and_trains_on(tmp_path):

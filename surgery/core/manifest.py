@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, OutputError
 from .files import write_text
 
 FORMAT = "surgery-manifest/1"
@@ -42,6 +42,18 @@ def write_manifest(directory: str, *, source: dict, pieces: dict, **extra) -> di
     manifest = {"format": FORMAT, "source": source, "pieces": pieces, **extra}
     write_text(os.path.join(directory, FILENAME), json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def replaceable_directory(directory: str) -> str:
+    """`directory` as an absolute path, if a writer may replace it as a whole: absent, empty, or
+    holding a manifest (surgery wrote it). Anything else is refused (OutputError) so that no
+    user's folder is ever swapped out."""
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and (not os.path.isdir(directory) or (
+            os.listdir(directory) and not os.path.exists(os.path.join(directory, FILENAME)))):
+        raise OutputError(f"{directory} exists and is not a directory written by surgery",
+                          "choose a new --out directory (it is replaced as a whole)")
+    return directory
 
 
 def read_manifest(directory: str) -> dict:

@@ -413,13 +413,9 @@ def write_keras_split(model, offline, online, directory: str, *, verify: int = 4
     import keras
 
     from ..core.files import atomic_path
-    from ..core.manifest import write_manifest
+    from ..core.manifest import replaceable_directory, write_manifest
 
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and (not os.path.isdir(directory) or (
-            os.listdir(directory) and not os.path.exists(os.path.join(directory, "manifest.json")))):
-        raise SurgeryError(f"{directory} exists and is not a directory written by surgery",
-                           "choose a new --out directory (it is replaced as a whole)")
+    directory = replaceable_directory(directory)
     with atomic_path(directory, directory=True) as tmp:
         files = {}
         for name, piece in (("offline", offline), ("online", online)):

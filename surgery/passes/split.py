@@ -24,11 +24,10 @@ import numpy as np
 
 from ..core import graph as g
 from ..core import tfcompat
-from ..core.errors import CutError, GraphTooBigError, OutputError
+from ..core.errors import CutError, GraphTooBigError
 from ..core.files import atomic_path
 from ..core.graph import write_graph_def
-from ..core.manifest import FILENAME as MANIFEST
-from ..core.manifest import source_info, write_manifest
+from ..core.manifest import replaceable_directory, source_info, write_manifest
 from ..core.model import LoadOptions
 from ..core.names import VARIABLE_OP_TYPES, resolve_tensors, suggest
 from ..core.pieces import Piece, TensorSpec, specs
@@ -385,11 +384,7 @@ def write_split(model, split: Split, directory: str, *, verify: int = 4, seed: i
         >>> manifest = surgery.write_split(model, split, "pieces/", verify=8)
         >>> manifest["verification"]["max_abs_diff"]
     """
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and (not os.path.isdir(directory) or (
-            os.listdir(directory) and not os.path.exists(os.path.join(directory, MANIFEST)))):
-        raise OutputError(f"{directory} exists and is not a directory written by surgery",
-                          "choose a new --out directory (it is replaced as a whole)")
+    directory = replaceable_directory(directory)
     pieces = {"offline": split.offline, "online": split.online}
     with atomic_path(directory, directory=True) as tmp:
         files = {name: write_piece(piece, tmp, name, progress=progress) for name, piece in pieces.items()}
